@@ -40,16 +40,15 @@ class _ProgressRenderer:
             return
         if event.kind is EventKind.PROGRESS:
             if self.bar is None:
+                # Off a terminal (logs, CI) a bar line every few seconds is plenty.
+                interval = 0.2 if sys.stderr.isatty() else 5.0
                 self.bar = tqdm(total=event.total, desc=self.desc, unit="it", dynamic_ncols=True,
-                                file=sys.stderr)
+                                file=sys.stderr, mininterval=interval)
             if event.total is not None and self.bar.total != event.total:
                 self.bar.total = event.total
-            self.bar.n = event.step
             if event.metrics:
                 self.bar.set_postfix({k: _short(v) for k, v in event.metrics.items()}, refresh=False)
-            if event.message:
-                self.bar.set_description_str(f"{self.desc}: {event.message}"[:60], refresh=False)
-            self.bar.refresh()
+            self.bar.update(event.step - self.bar.n)  # tqdm rate-limits the redraw itself
         elif event.kind is EventKind.LOG:
             if self.bar is not None:
                 self.bar.write(event.message, file=sys.stderr)
