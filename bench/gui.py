@@ -1,0 +1,244 @@
+"""GUI responsiveness benchmark: open a generated 10 000-image folder in the real window.
+
+Measures, with a timer probe in the UI thread (a 5 ms QTimer; any gap longer than its interval is time
+the UI thread could not react):
+
+* ``first_thumbnails_s``: open -> the first decoded thumbnail is painted in the grid (cold: no project
+  store, no thumbnail cache);
+* ``max_ui_block_ms``: the longest UI stall from opening through the whole scan + import, scrolling the
+  grid from top to bottom, filtering, searching, opening and labelling an image in the viewer, closing
+  the project and opening it again (``phase_block_ms`` splits it by phase);
+* ``warm_first_thumbnails_s``: the same folder opened again (store and thumbnail cache present).
+
+The machine's own load shows up as stalls too: ``load_avg`` is reported alongside.
+
+Usage: ``python bench/gui.py [--images 10000] [--folder DIR]`` (runs offscreen unless a display is set).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_folder(folder: Path, n: int, size: int = 96) -> Path:
+    """n small grey PNGs in 4 class folders (+ a mask for every 10th); reused when already there."""
+    import numpy as np
+    from PIL import Image
+
+    marker = folder / f".bench-{n}-{size}"
+    if marker.exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    classes = ["alpha", "beta", "gamma", "delta"]
+    for c in classes:
+        (folder / c).mkdir(parents=True)
+    for i in range(n):
+        cls = classes[i % 4]
+        cx, cy, r = rng.integers(20, size - 20, 2).tolist() + [int(rng.integers(6, 16))]
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        img = (rng.normal(120, 30, (size, size)) * (1 - 0.5 * disc)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / cls / f"img{i:05d}.png", compress_level=1)
+        if i % 10 == 0:
+            Image.fromarray((disc * 255).astype(np.uint8)).save(folder / cls / f"img{i:05d}_mask.png")
+    marker.write_text("ok")
+    return folder
+
+
+class Probe:
+    """UI-thread stall detector: a fast timer; gaps beyond its interval are stalls."""
+
+    def __init__(self, interval_ms: int = 5):
+        from PySide6 import QtCore
+
+        self.interval = interval_ms / 1000.0
+        self.timer = QtCore.QTimer()
+        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.max_gap = 0.0
+        self.phase_max: dict[str, float] = {}
+        self.phase = "idle"
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.timer.start()
+
+    def set_phase(self, name: str) -> None:
+        self.phase = name
+        self.phase_max.setdefault(name, 0.0)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        gap = now - self.last - self.interval
+        self.last = now
+        if gap > self.max_gap:
+            self.max_gap = gap
+        if gap > self.phase_max.get(self.phase, 0.0):
+            self.phase_max[self.phase] = gap
+
+    def block_ms(self) -> float:
+        return round(max(0.0, self.max_gap) * 1000, 1)
+
+
+def spin(ms: int) -> None:
+    """Run the event loop for ``ms`` (QEventLoop.exec releases the GIL while idle; QTest.qWait does not,
+    which would starve the worker threads and distort the measurement)."""
+    from PySide6 import QtCore
+
+    loop = QtCore.QEventLoop()
+    QtCore.QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def wait(cond, timeout: float) -> bool:
+    """Run the event loop until ``cond()`` is true (checked every 5 ms) or ``timeout`` seconds pass."""
+    from PySide6 import QtCore
+
+    if cond():
+        return True
+    loop = QtCore.QEventLoop()
+    end = time.perf_counter() + timeout
+    timer = QtCore.QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: (cond() or time.perf_counter() > end) and loop.quit())
+    timer.start()
+    loop.exec()
+    timer.stop()
+    return cond()
+
+
+def run(folder: Path, out: dict) -> None:
+    from PySide6 import QtCore, QtTest
+
+    from desktop.app import create_app
+
+    app = create_app()
+    from desktop.app import preload_engine
+
+    preload_engine()            # as desktop.app.main() does behind its splash screen
+    from desktop.main_window import MainWindow
+    from desktop.settings import Settings
+
+    data = Path(os.environ["MEDSSL_DATA_DIR"])
+    win = MainWindow(Settings(data / "desktop.ini"))
+    win.resize(1440, 900)
+    win.prewarm()               # as desktop.app.main() does behind its splash screen
+    win.show()
+    QtTest.QTest.qWaitForWindowExposed(win)
+    spin(300)
+
+    first = {}
+    orig_get = win.thumbs.get
+
+    def get(path):
+        pm = orig_get(path)
+        if pm is not None and "t" not in first:
+            first["t"] = time.perf_counter()
+        return pm
+
+    win.thumbs.get = get
+
+    probe = Probe()
+    probe.start()
+    spin(100)
+    probe.max_gap = 0.0
+
+    # cold open
+    probe.set_phase("open")
+    t0 = time.perf_counter()
+    win.open_path(folder)
+    ok = wait(lambda: "t" in first, 30)
+    out["first_thumbnails_s"] = round(first["t"] - t0, 3) if ok else None
+    probe.set_phase("scan")
+    wait(lambda: win.project.scan_complete, 600)
+    out["scan_s"] = round(time.perf_counter() - t0, 2)
+    out["n_images"] = len(win.project.items)
+    spin(300)
+
+    # scroll the grid top to bottom
+    probe.set_phase("scroll")
+    bar = win.library.grid.verticalScrollBar()
+    steps = 60
+    for k in range(steps + 1):
+        bar.setValue(int(bar.maximum() * k / steps))
+        spin(25)
+    spin(200)
+
+    # filters and search
+    probe.set_phase("filter")
+    for key in ("unlabeled", "class:beta", "all"):
+        win.side.select_filter(key)
+        spin(60)
+    win.side.mask_combo.setCurrentIndex(win.side.mask_combo.findData("with"))
+    spin(60)
+    win.side.mask_combo.setCurrentIndex(win.side.mask_combo.findData("any"))
+    win.library.search.setText("img0999")
+    spin(300)
+    win.library.search.setText("")
+    spin(300)
+
+    # open an image, label it, next
+    probe.set_phase("viewer")
+    win.open_item(win.library.model.rows[0])
+    wait(lambda: win.viewer.loaded is not None, 20)
+    win.label_key(1)
+    win.navigate(+1)
+    spin(300)
+
+    # warm re-open (store + thumbnail cache present)
+    probe.set_phase("warm")
+    win.close_project()
+    spin(200)
+    first.clear()
+    t0 = time.perf_counter()
+    win.open_path(folder)
+    ok = wait(lambda: "t" in first, 30)
+    out["warm_first_thumbnails_s"] = round(first["t"] - t0, 3) if ok else None
+    wait(lambda: win.project.scan_complete, 600)
+    out["warm_scan_s"] = round(time.perf_counter() - t0, 2)
+    spin(200)
+    probe.timer.stop()
+    out["max_ui_block_ms"] = probe.block_ms()          # over everything: cold open ... warm re-open
+    out["phase_block_ms"] = {k: round(max(0.0, v) * 1000, 1) for k, v in probe.phase_max.items()}
+    win.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--folder", type=Path, default=None, help="where the generated images go (reused)")
+    args = ap.parse_args()
+    import tempfile
+
+    base = Path(tempfile.gettempdir()) / "medssl-bench-gui"
+    folder = args.folder or base / f"images-{args.images}"
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("MEDSSL_DATA_DIR", str(base / "userdata"))
+    t = time.perf_counter()
+    make_folder(folder, args.images)
+    shutil.rmtree(folder / ".medssl", ignore_errors=True)          # cold open every run
+    out: dict = {"bench": "gui", "images_generated_s": round(time.perf_counter() - t, 1),
+                 "qpa": os.environ.get("QT_QPA_PLATFORM", "xcb"), "cpus": os.cpu_count()}
+    run(folder, out)
+    out["load_avg"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    out["ok"] = bool(out.get("first_thumbnails_s") is not None and out["first_thumbnails_s"] < 1.0
+                     and out["max_ui_block_ms"] <= 100)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

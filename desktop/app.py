@@ -1,0 +1,114 @@
+"""``medssl-studio [PROJECT_OR_FOLDER]``: the desktop app.
+
+With no argument it opens on the start page (recent projects, "Open folder…", "Open demo project").
+"""
+
+from __future__ import annotations
+
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medssl-studio",
+        description="MedSSL Studio desktop: label images, draw lesion masks, view entropy maps and MAE "
+                    "reconstructions. Every change is saved at once.")
+    p.add_argument("path", nargs="?", help="an image folder, or a project.db, to open")
+    p.add_argument("--demo", action="store_true", help="open the demo project (made on first use)")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def create_app(argv: Sequence[str] | None = None):
+    """The QApplication with the app's name, icon and theme (reuses a running one, e.g. in tests)."""
+    from PySide6 import QtCore, QtWidgets
+
+    from desktop import theme
+
+    app = QtWidgets.QApplication.instance()
+    if app is None:
+        QtCore.QCoreApplication.setApplicationName("MedSSL Studio")
+        QtCore.QCoreApplication.setOrganizationName("MedSSL")
+        app = QtWidgets.QApplication(list(argv) if argv is not None else sys.argv[:1])
+    app.setApplicationDisplayName("MedSSL Studio")
+    app.setWindowIcon(theme.app_icon())
+    theme.apply_theme(app)
+    return app
+
+
+def preload_engine() -> None:
+    """Import the torch-backed engine modules now, in the UI thread, before the window exists.
+
+    Importing torch takes a few seconds and holds Python's GIL most of that time; done later from a
+    worker thread it would freeze the window for that long. Done here, behind the splash screen, the
+    window never stalls on it.
+    """
+    import importlib
+
+    for name in ("core.entropy", "core.masking", "core.library", "core.store", "core.demo"):
+        importlib.import_module(name)
+
+
+def _splash():
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    from desktop import theme
+
+    pm = QtGui.QPixmap(460, 240)
+    pm.fill(QtGui.QColor(theme.PANEL))
+    p = QtGui.QPainter(pm)
+    p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
+    p.setPen(QtGui.QPen(QtGui.QColor(theme.BORDER), 2))
+    p.drawRect(pm.rect().adjusted(1, 1, -1, -1))
+    p.drawPixmap(36, 64, theme.app_icon().pixmap(96, 96))
+    f = p.font()
+    f.setPointSizeF(20)
+    f.setBold(True)
+    p.setFont(f)
+    p.setPen(QtGui.QColor(theme.TEXT))
+    p.drawText(QtCore.QRect(152, 78, 290, 40), QtCore.Qt.AlignmentFlag.AlignVCenter, "MedSSL Studio")
+    f.setPointSizeF(10)
+    f.setBold(False)
+    p.setFont(f)
+    p.setPen(QtGui.QColor(theme.TEXT_DIM))
+    p.drawText(QtCore.QRect(152, 116, 290, 24), QtCore.Qt.AlignmentFlag.AlignVCenter,
+               "Offline annotation and self-supervised pretraining")
+    p.end()
+    splash = QtWidgets.QSplashScreen(pm)
+    splash.showMessage("Loading…", QtCore.Qt.AlignmentFlag.AlignBottom | QtCore.Qt.AlignmentFlag.AlignHCenter,
+                       QtGui.QColor(theme.TEXT_DIM))
+    return splash
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.version:
+        from core import __version__
+
+        print(f"medssl-studio {__version__}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    splash = _splash()
+    splash.show()
+    app.processEvents()
+    preload_engine()
+    from desktop.main_window import MainWindow
+
+    win = MainWindow()
+    win.prewarm()
+    win.show()
+    splash.finish(win)
+    if args.demo:
+        win.open_demo()
+    elif args.path:
+        win.open_path(args.path)
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
