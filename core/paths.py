@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import sys
 from pathlib import Path
 
 PROJECT_DIR_NAME = ".medssl"
 
 
+def folder_accepts_writes(folder: str | Path) -> bool:
+    """False for a folder someone made read-only (no write bit at all), even when we run as root and
+    os.access would say yes: a shared data set must never gain files from us."""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return False
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def fallback_project_dir(image_folder: str | Path) -> Path:
+    """Where the project of a read-only image folder lives: per user, keyed by the folder's path."""
+    folder = Path(image_folder).expanduser().absolute()
+    digest = hashlib.sha1(str(folder).encode("utf-8")).hexdigest()[:10]
+    return user_data_dir() / "projects" / f"{folder.name}-{digest}"
+
+
 def project_dir(image_folder: str | Path) -> Path:
-    """The app's own folder inside an image folder: store, thumbnails, app-written masks."""
-    return Path(image_folder) / PROJECT_DIR_NAME
+    """The app's own folder (store, thumbnails, app-written masks): inside the image folder when we
+    may write there, else under the per-user data folder."""
+    own = Path(image_folder) / PROJECT_DIR_NAME
+    if own.is_dir() or folder_accepts_writes(image_folder):
+        return own
+    return fallback_project_dir(image_folder)
 
 
 def default_store_path(image_folder: str | Path) -> Path:

@@ -10,6 +10,8 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
 from desktop.jobs_bridge import AsyncCaller, JobRunner
+from desktop.jobs_panel import JobsManager, JobsPanel
+from desktop.predictions import PredictionsPage
 from desktop.library import LibraryPage, ProjectPanel
 from desktop.mae_panel import MaePanel
 from desktop.project import Item, ProjectModel
@@ -95,8 +97,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self.viewer = ViewerPage(self.project, self.caller)
         self.mae = MaePanel(self.project, self.caller)
         self.side = ProjectPanel(self.project, self.library.model)
+        self.predictions = PredictionsPage(self.project)
+        # training jobs (desktop/jobs_panel.py): a bottom dock, shown when a job starts
+        self.jobs = JobsManager(self.project, self)
+        self.jobs_panel = JobsPanel(self.jobs)
+        self.jobs_dock = QtWidgets.QDockWidget("Jobs", self)
+        self.jobs_dock.setObjectName("jobs-dock")
+        self.jobs_dock.setWidget(self.jobs_panel)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
+        self.jobs_dock.hide()
+        self.suggest_queue: list[int] = []
         self.pages = QtWidgets.QStackedWidget()
-        for w in (self.library, self.viewer, self.mae):
+        for w in (self.library, self.viewer, self.mae, self.predictions):
             self.pages.addWidget(w)
         side_frame = QtWidgets.QFrame()
         side_frame.setObjectName("sidepanel")
@@ -164,8 +176,9 @@ class MainWindow(QtWidgets.QMainWindow):
         A("show_library", "Library", lambda: self.show_page("library"), "library", checkable=True)
         A("show_viewer", "Viewer", lambda: self.show_page("viewer"), "viewer", checkable=True)
         A("show_mae", "MAE panel", lambda: self.show_page("mae"), "reconstruct", checkable=True)
+        A("show_predictions", "Predictions", lambda: self.show_page("predictions"), "gradcam", checkable=True)
         self.page_group = QtGui.QActionGroup(self)
-        for aid in ("show_library", "show_viewer", "show_mae"):
+        for aid in ("show_library", "show_viewer", "show_mae", "show_predictions"):
             self.page_group.addAction(self.actions_by_id[aid])
         A("search", "Search", self.focus_search, "search")
         A("back", "Back to library", self.back)
@@ -208,6 +221,15 @@ class MainWindow(QtWidgets.QMainWindow):
         A("add_class", "Add class…", self.side.add_class, "add")
         A("rename_class", "Rename class…", self.side.rename_class, "rename")
         A("about", "About MedSSL Studio", self.show_about, "help")
+        A("job_pretrain", "Pretrain encoder…", lambda: self.launch_job("pretrain"))
+        A("job_finetune", "Fine-tune classifier…", lambda: self.launch_job("finetune"))
+        A("job_ensemble", "Build ensemble…", lambda: self.launch_job("ensemble"))
+        A("job_predict", "Predict folder…", lambda: self.launch_job("predict"))
+        A("next_suggested", "Next suggested image", self.next_suggested, "next-unlabeled")
+        A("show_runs", "Runs browser…", self.show_runs)
+        self.actions_by_id["next_suggested"].setShortcut(QtGui.QKeySequence("Ctrl+Shift+N"))
+        self.actions_by_id["show_jobs"] = self.jobs_dock.toggleViewAction()
+        self.actions_by_id["show_jobs"].setText("Jobs panel")
 
     def _build_menus_and_toolbar(self) -> None:
         a = self.actions_by_id
@@ -230,8 +252,15 @@ class MainWindow(QtWidgets.QMainWindow):
         m.addSeparator()
         m.addAction(a["add_class"])
         m.addAction(a["rename_class"])
+        m = mb.addMenu("&Train")
+        for aid in ("job_pretrain", "job_finetune", "job_ensemble", "job_predict"):
+            m.addAction(a[aid])
+        m.addSeparator()
+        m.addAction(a["show_jobs"])
+        m.addAction(a["show_runs"])
+        m.addAction(a["next_suggested"])
         m = mb.addMenu("&View")
-        for aid in ("show_library", "show_viewer", "show_mae"):
+        for aid in ("show_library", "show_viewer", "show_mae", "show_predictions"):
             m.addAction(a[aid])
         m.addSeparator()
         for aid in ("next", "previous", "next_unlabeled"):
@@ -253,8 +282,9 @@ class MainWindow(QtWidgets.QMainWindow):
         tb.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         tb.addAction(a["open_folder"])
         tb.addSeparator()
-        for aid in ("show_library", "show_viewer", "show_mae"):
+        for aid in ("show_library", "show_viewer", "show_mae", "show_predictions"):
             tb.addAction(a[aid])
+        tb.addAction(a["show_jobs"])
         tb.addSeparator()
         tb.addAction(a["undo"])
         tb.addAction(a["redo"])
@@ -286,6 +316,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.viewer.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
         self.viewer.itemShown.connect(lambda it: self.mae.show_item(it))
         self.mae.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        self.predictions.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        self.predictions.openImage.connect(self.open_prediction)
+        self.predictions.suggested.connect(self.start_suggestions)
+        self.jobs.runFinished.connect(self._job_finished)
         self.pages.currentChanged.connect(lambda _i: self._update_enabled())
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
 
@@ -323,6 +357,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.open_path(path)
 
     def open_path(self, path: str | Path) -> bool:
+        self.jobs.shutdown()
         try:
             paths = self.project.open(path)
         except Exception as exc:  # shown to the user, never a crash
@@ -360,6 +395,7 @@ class MainWindow(QtWidgets.QMainWindow):
         runner.start()
 
     def close_project(self) -> None:
+        self.jobs.shutdown()
         self.project.close()
         self.thumbs.set_cache_dir(None)
         self.viewer.show_item(None)
@@ -389,7 +425,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def show_page(self, name: str) -> None:
         if not self.project.is_open:
             return
-        page = {"library": self.library, "viewer": self.viewer, "mae": self.mae}[name]
+        page = {"library": self.library, "viewer": self.viewer, "mae": self.mae,
+                "predictions": self.predictions}[name]
         if name in ("viewer", "mae") and self.viewer.item is None:
             it = self.library.current_item() or self.library.model.item_at(0)
             if it is not None:
@@ -404,14 +441,17 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def current_page(self) -> str:
         w = self.pages.currentWidget()
+        if w is self.predictions:
+            return "predictions"
         return "library" if w is self.library else "viewer" if w is self.viewer else "mae"
 
     def _update_enabled(self) -> None:
         is_open = self.project.is_open
         page = self.current_page() if is_open else None
         in_image = page in ("viewer", "mae")
-        for aid in ("show_library", "show_viewer", "show_mae", "rescan", "close_project", "search", "add_class",
-                    "rename_class"):
+        for aid in ("show_library", "show_viewer", "show_mae", "show_predictions", "rescan", "close_project",
+                    "search", "add_class", "rename_class", "job_pretrain", "job_finetune", "job_ensemble",
+                    "job_predict", "next_suggested", "show_runs"):
             self.actions_by_id[aid].setEnabled(is_open)
         for aid in ("next", "previous"):
             # in the library the grid moves its own selection with the arrow keys
@@ -507,6 +547,72 @@ class MainWindow(QtWidgets.QMainWindow):
         else:
             self.open_item(it, switch=False)
 
+    # -- jobs and predictions (desktop/jobs_panel.py, desktop/predictions.py) --------------------------
+    def job_dialog(self, kind: str):
+        from desktop.job_dialogs import DIALOGS
+
+        return DIALOGS[kind](self.project, self.settings, self)
+
+    def launch_job(self, kind: str, dialog=None) -> int | None:
+        """Show the dialog for ``kind`` (or use ``dialog``, already accepted) and queue the job."""
+        if not self.project.ready:
+            self.statusBar().showMessage("Open a project first.", 4000)
+            return None
+        dlg = dialog or self.job_dialog(kind)
+        if dialog is None and dlg.exec() != QtWidgets.QDialog.DialogCode.Accepted:
+            return None
+        try:
+            rid = self.jobs.submit(*dlg.request())
+        except Exception as exc:  # shown, never a crash
+            log.exception("cannot start job")
+            QtWidgets.QMessageBox.warning(self, "Start job", str(exc))
+            return None
+        self.jobs_dock.show()
+        self.jobs_panel.select_run(rid)
+        return rid
+
+    def show_runs(self):
+        from desktop.runs_browser import RunsBrowser
+
+        if not self.project.ready:
+            return None
+        dlg = RunsBrowser(self.project, self)
+        dlg.show()
+        return dlg
+
+    def _job_finished(self, rid: int, kind: str) -> None:
+        if kind == "predict":
+            self.predictions.refresh()
+            self.project.rescan()          # library filters and sort by prediction / uncertainty
+        self.statusBar().showMessage(f"Job #{rid} ({kind}) finished.", 6000)
+
+    def open_prediction(self, image_id: int, ensemble: str = "") -> None:
+        it = self.project.by_id.get(image_id)
+        if it is None:
+            return
+        if ensemble and Path(ensemble).is_file() and self.viewer.ensemble_path() != ensemble:
+            self.viewer.set_ensemble(ensemble)
+        self.open_item(it, switch=False)
+        self.show_page("viewer")
+        if self.viewer.ov_cam.check.isEnabled():
+            self.viewer.ov_cam.set_checked(True)
+
+    def start_suggestions(self, ids: list) -> None:
+        self.suggest_queue = list(ids)
+        if ids:
+            self.statusBar().showMessage(f"{len(ids)} images suggested for labelling: label with 1–9, "
+                                         "Ctrl+Shift+N for the next suggestion.", 10000)
+            self.next_suggested()
+
+    def next_suggested(self) -> None:
+        while self.suggest_queue:
+            it = self.project.by_id.get(self.suggest_queue.pop(0))
+            if it is not None and it.label is None:
+                self.open_item(it, switch=False)
+                self.show_page("viewer")
+                return
+        self.statusBar().showMessage("No more suggested images: run Suggest next again.", 5000)
+
     # -- help -------------------------------------------------------------------------------------------
     def show_shortcuts(self) -> None:
         ShortcutsDialog(self).exec()
@@ -526,6 +632,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings.sync()
         if self.demo_runner is not None and self.demo_runner.running:
             self.demo_runner.cancel()
+        self.jobs.shutdown()
         self.project.close(wait=True)
         self.thumbs.shutdown()
         self.caller.shutdown()

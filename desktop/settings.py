@@ -10,7 +10,6 @@ data folder instead, so opening it never fails and never writes into it.
 from __future__ import annotations
 
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from pathlib import Path
 
 from PySide6 import QtCore
 
-from core.paths import PROJECT_DIR_NAME, demo_project_dir, project_dir, user_data_dir
+from core.paths import (PROJECT_DIR_NAME, demo_project_dir, fallback_project_dir, folder_accepts_writes,
+                        project_dir, user_data_dir)
 
 MAX_RECENT = 10
 
@@ -43,7 +43,7 @@ class ProjectPaths:
 
 
 def _writable(folder: Path) -> bool:
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not folder_accepts_writes(folder):
         return False
     pdir = folder / PROJECT_DIR_NAME
     return not pdir.exists() or os.access(pdir, os.W_OK | os.X_OK)
@@ -63,8 +63,7 @@ def locate_project(path: str | Path) -> ProjectPaths:
     folder = path
     if _writable(folder):
         return ProjectPaths(folder, project_dir(folder), True)
-    digest = hashlib.sha1(str(folder).encode("utf-8")).hexdigest()[:10]
-    return ProjectPaths(folder, user_data_dir() / "projects" / f"{folder.name}-{digest}", False)
+    return ProjectPaths(folder, fallback_project_dir(folder), False)
 
 
 def _root_from_store(store_path: Path) -> str | None:

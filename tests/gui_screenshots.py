@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from PySide6 import QtCore  # noqa: E402  (for the jobs tour)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -108,6 +110,90 @@ def tour(win, folder: Path, out: Path, prefix: str, checkpoint: str | None, imag
     win.show_page("viewer")
 
 
+def jobs_tour(win, folder: Path, out: Path, prefix: str, epochs: int = 3, tiny: bool = False) -> None:
+    """Real (small) runs from the dialogs: tiny MAE pretraining (jobs panel with live curves, then the
+    MAE panel from its checkpoint), two fine-tuned members, an ensemble, a prediction run (predictions
+    table, confusion/ROC). Tiny ConvNeXt, 64 px, CPU."""
+    from desktop.job_dialogs import EnsembleDialog, FinetuneDialog, PredictDialog, PretrainDialog
+
+    win.open_path(folder)
+    wait(lambda: win.project.ready and win.project.scan_complete, 600)
+    jobs = win.jobs
+
+    def run(dlg, kind, shot_running: Path | None = None):
+        dlg._accept()
+        rid = win.launch_job(kind, dlg)
+        if shot_running is not None:
+            wait(lambda: len(jobs.entries[rid].losses) >= 25 and len(jobs.entries[rid].history) >= 1
+                 or jobs.entries[rid].state != "running", 600)
+            shoot(win, shot_running)
+        wait(lambda: jobs.entries[rid].state not in ("queued", "running"), 900)
+        e = jobs.entries[rid]
+        print(f"  {kind} #{rid}: {e.state} {e.error}")
+        return rid
+
+    win.jobs_dock.show()
+    win.resizeDocks([win.jobs_dock], [430], QtCore.Qt.Orientation.Vertical)
+    d = PretrainDialog(win.project, win.settings, win)
+    d.method.setCurrentIndex(d.method.findText("MAE, entropy-guided masks"))
+    d.backbone.setCurrentText("convnext_atto")
+    d.tiny.setChecked(tiny)
+    d.image_size.setValue(64)
+    d.epochs.setValue(epochs)
+    d.batch.setValue(32)
+    d.lr.setValue(1.5e-3)
+    d.set_device("cpu")
+    d.name.setText("mae-atto-64")
+    d.show()
+    spin(300)
+    shoot(d, out / f"{prefix}_jobs_0_pretrain_dialog.png")
+    d.hide()
+    pre = run(d, "pretrain", out / f"{prefix}_jobs_1_panel_live.png")
+    shoot(win, out / f"{prefix}_jobs_2_panel_finished.png")
+    win.mae.set_checkpoint(jobs.entries[pre].run_dir)
+    it = win.library.model.item_at(0)
+    for row in win.library.model.rows:
+        if row.label == "malignant":
+            it = row
+            break
+    win.open_item(it, switch=False)
+    win.show_page("mae")
+    wait(lambda: win.mae.last is not None and win.mae.last[0] is win.viewer.item, 180)
+    shoot(win, out / f"{prefix}_jobs_3_mae_panel.png")
+    for init in ("pretrained", "random"):
+        f = FinetuneDialog(win.project, win.settings, win)
+        {"pretrained": f.init_pretrained, "random": f.init_random}[init].setChecked(True)
+        f.backbone.setCurrentText("convnext_atto")
+        f.tiny.setChecked(tiny)
+        f.image_size.setValue(64)
+        f.epochs.setValue(epochs)
+        f.batch.setValue(32)
+        f.set_device("cpu")
+        f.name.setText(f"atto-{init}")
+        if init == "pretrained":
+            f.show()
+            spin(300)
+            shoot(f, out / f"{prefix}_jobs_4_finetune_dialog.png")
+            f.hide()
+        run(f, "finetune")
+    shoot(win, out / f"{prefix}_jobs_5_panel_finetune.png")
+    run(EnsembleDialog(win.project, win.settings, win), "ensemble")
+    p = PredictDialog(win.project, win.settings, win)
+    run(p, "predict")
+    wait(lambda: win.project.scan_complete, 300)
+    win.jobs_dock.hide()
+    win.predictions.refresh()
+    win.show_page("predictions")
+    shoot(win, out / f"{prefix}_jobs_6_predictions.png")
+    win.predictions.suggest()
+    win.show_page("predictions")
+    shoot(win, out / f"{prefix}_jobs_7_suggested.png")
+    win.predictions.show_combo.setCurrentIndex(0)
+    win.predictions.tabs.setCurrentIndex(1)
+    shoot(win, out / f"{prefix}_jobs_8_confusion_roc.png")
+    win.predictions.tabs.setCurrentIndex(0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/screens"))
@@ -116,6 +202,11 @@ def main() -> int:
                     help="per-user data folder (demo project, settings); default: a fresh temporary one")
     ap.add_argument("--busi", type=Path, default=REPO.parent / "shared" / "data" / "busi")
     ap.add_argument("--no-busi", action="store_true", help="only the demo project")
+    ap.add_argument("--jobs", action="store_true",
+                    help="only the training screens: real tiny runs from the dialogs (BUSI when present, else "
+                         "the demo project)")
+    ap.add_argument("--jobs-epochs", type=int, default=3)
+    ap.add_argument("--jobs-tiny", action="store_true", help="test-size backbone (fast on a busy CPU)")
     args = ap.parse_args()
     _reexec_under_xvfb()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +226,17 @@ def main() -> int:
     win.show()
     spin(500)
     shoot(win, args.out / "0_start.png")
+
+    if args.jobs:
+        if (args.busi / "benign").is_dir() and not args.no_busi:
+            jobs_tour(win, args.busi, args.out, "busi", args.jobs_epochs, args.jobs_tiny)
+        else:
+            win.open_demo()
+            wait(lambda: win.project.is_open, 300)
+            jobs_tour(win, demo_folder(), args.out, "demo", args.jobs_epochs, args.jobs_tiny)
+        win.close()
+        app.quit()
+        return 0
 
     # demo project (generated on first use, like "Open demo project")
     win.open_demo()

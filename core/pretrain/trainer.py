@@ -1,0 +1,703 @@
+"""The shared pretraining loop: every registered method (``core.pretrain.get_method``) trains through it.
+
+What it does, in order: folder scan and data fingerprint; dataset of the kind the method names; model
+from ``method.build``; AdamW (no weight decay on norms, biases, layer scales, mask tokens) with a
+per-iteration schedule (linear warm-up, then cosine to ``min_lr``); gradient accumulation; gradient
+clipping; autocast (bf16 on CUDA by default, fp32 on CPU); a NaN guard (a step whose gradient norm is
+not finite is skipped; too many in a row stop the run); progress events (loss, images/s, ETA) and
+cancellation through ``core.jobs``; a JSON-lines log per epoch (with encoder collapse metrics);
+checkpoints; resume; DistributedDataParallel under ``torchrun``.
+
+Run folder (``config.out``)::
+
+    checkpoint-last/model.safetensors   whole model (encoder.* + method parts), float32
+    checkpoint-last/config.json         TrainConfig, data fingerprint, progress, versions
+    checkpoint-last/optimizer.pt        optimizer (+ grad scaler) state, RNG states, progress
+                                        (torch.save of tensors/lists/dicts/numbers: loads with weights_only)
+    encoder.safetensors                 encoder only, timm key names (loads into timm.create_model(backbone))
+    log.jsonl                           one JSON object per epoch
+    job.json, job.log                   core.jobs status and events (when run as a job with this state dir)
+
+Resume (``resume=``) restores everything: weights, optimizer, RNG, epoch/step counters, epoch
+accumulators. The continued run gives the same losses as an uninterrupted one (same device and
+precision), because nothing random depends on process state: batches come from a per-epoch seeded
+permutation, and per-sample randomness (flips, masks) from (seed, epoch, dataset index). The saved
+config must match on everything that changes the result (``IDENTITY_KEYS`` plus the data fingerprint).
+``init_weights`` instead loads encoder weights only and starts a fresh run.
+
+DDP: launched with ``torchrun --nproc-per-node N``, each process takes ``batch_size / N`` images of every
+global batch; the method's loss is a per-image mean, and DDP averages gradients, so N processes follow
+the same trajectory as one process with the same ``batch_size`` (up to float summation order). Backend
+gloo on CPU, nccl on CUDA. Only rank 0 writes files; every rank reads the checkpoint on resume (so a
+multi-node run needs the run folder on a shared file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from core.pretrain import StepContext, get_method
+
+__all__ = ["TrainConfig", "train", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
+           "read_checkpoint_config", "resolve_checkpoint", "load_checkpoint_model", "lr_at",
+           "collapse_metrics", "IDENTITY_KEYS", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "medssl-pretrain/1"
+CKPT_DIR = "checkpoint-last"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Config fields that must match for --resume (everything that changes the trajectory).
+IDENTITY_KEYS = ("method", "backbone", "backbone_kwargs", "image_size", "cell", "epochs", "batch_size",
+                 "accum_steps", "lr", "min_lr", "weight_decay", "betas", "warmup_epochs", "clip_grad",
+                 "seed", "hflip", "mean", "std", "options")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "mae"
+    data: str = ""                      # image folder
+    out: str = ""                       # run folder
+    backbone: str = "convnext_tiny"
+    backbone_kwargs: dict = field(default_factory=dict)   # timm kwargs (e.g. tiny depths/dims)
+    image_size: int = 224
+    cell: int = 32                      # mask cell = encoder total stride
+    epochs: int = 100
+    batch_size: int = 64                # images per micro-step, all processes together
+    accum_steps: int = 1                # micro-steps per optimizer step
+    lr: float = 5e-4                    # peak learning rate (absolute, not scaled by batch size)
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    warmup_epochs: float = 5.0
+    clip_grad: float = 3.0              # max gradient L2 norm; 0 = no clipping
+    seed: int = 0
+    hflip: bool = True
+    mean: tuple = IMAGENET_MEAN         # encoder input normalisation (recorded for fine-tuning)
+    std: tuple = IMAGENET_STD
+    options: dict = field(default_factory=dict)          # the method's own options
+    # run settings (may change between a run and its resume)
+    device: str | None = None
+    precision: str = "auto"             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    workers: int = 0
+    cache_mb: float = 2048
+    checkpoint_epochs: int = 1          # save every N epochs (and at the end, on cancel)
+    checkpoint_steps: int = 0           # also every N optimizer steps (0 = off)
+    probe_size: int = 64                # images for the per-epoch collapse metrics
+    max_nan_skips: int = 20             # consecutive non-finite steps before giving up
+    max_steps: int | None = None        # stop (with a checkpoint) after this many optimizer steps in total
+    init_weights: str | None = None     # encoder weights to start from (weights only)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"], d["mean"], d["std"] = list(self.betas), list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        cfg.betas, cfg.mean, cfg.std = tuple(cfg.betas), tuple(cfg.mean), tuple(cfg.std)
+        return cfg
+
+
+# -- schedule and optimizer ---------------------------------------------------------------------------
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` then half-cosine from ``lr`` to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or "mask_token" in name or name.endswith(".gamma"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# -- collapse metrics ---------------------------------------------------------------------------------
+@torch.no_grad()
+def collapse_metrics(features: torch.Tensor) -> dict[str, float]:
+    """Pooled features [N, C] -> mean per-channel std, effective rank (exp of the entropy of the normalised
+    singular values of the centred matrix, max min(N-1, C)), fraction of channels with std < 1e-4."""
+    f = features.float()
+    std = f.std(dim=0)
+    s = torch.linalg.svdvals(f - f.mean(dim=0, keepdim=True))
+    p = s / s.sum().clamp_min(1e-12)
+    eff_rank = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return {"feat_std": float(std.mean()), "feat_eff_rank": eff_rank,
+            "feat_dead_frac": float((std < 1e-4).float().mean())}
+
+
+# -- distributed ----------------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_request: str | None) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and (device_request is None or device_request.startswith("cuda"))
+        if use_cuda:
+            torch.cuda.set_device(d.local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        d.owns_group = True
+    return d
+
+
+def _barrier(d: _Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (checkpoint-last inside)."""
+    p = Path(path)
+    for cand in (p, p / CKPT_DIR, p / (CKPT_DIR + ".old")):
+        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+            return cand
+    raise FileNotFoundError(f"{path}: no checkpoint here (expected config.json and model.safetensors, "
+                            f"or a run folder with {CKPT_DIR}/)")
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    """The config.json of a checkpoint (``{"format", "config", "data", "progress", ...}``)."""
+    return json.loads((resolve_checkpoint(path) / "config.json").read_text())
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+             "python": [int(v) for v in random.getstate()[1]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[str, str]:
+    return {"format": CHECKPOINT_FORMAT, "method": config.method, "backbone": config.backbone,
+            "backbone_kwargs": json.dumps(config.backbone_kwargs), "image_size": str(config.image_size),
+            "mean": json.dumps(list(config.mean)), "std": json.dumps(list(config.std)),
+            "data_fingerprint": data.get("fingerprint", ""), "epoch": str(progress.get("epoch", ""))}
+
+
+def _save_encoder(encoder_sd: dict, path: Path, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in encoder_sd.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config: TrainConfig,
+                     data: dict, progress: dict, extra: dict) -> Path:
+    """Write checkpoint-last atomically (tmp folder, then rename) and encoder.safetensors."""
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp, old = run_dir / CKPT_DIR, run_dir / (CKPT_DIR + ".tmp"), run_dir / (CKPT_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
+    torch.save({"optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "rng": _rng_state(), "progress": progress}, tmp / "optimizer.pt")
+    meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data, "progress": progress,
+            "versions": {"torch": torch.__version__, "timm": _timm_version(), "medssl": _medssl_version()},
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    _save_encoder(enc, run_dir / "encoder.safetensors", _encoder_metadata(config, data, progress))
+    return final
+
+
+def _timm_version() -> str:
+    import timm
+    return timm.__version__
+
+
+def _medssl_version() -> str:
+    import core
+    return core.__version__
+
+
+def _config_differences(saved: dict, current: TrainConfig, fingerprint: str | None) -> list[str]:
+    diffs = []
+    cur = current.to_dict()
+    for k in IDENTITY_KEYS:
+        a, b = saved["config"].get(k), json.loads(json.dumps(cur[k]))
+        if a != b:
+            diffs.append(f"{k}: checkpoint {a!r}, now {b!r}")
+    if fingerprint is not None and saved["data"].get("fingerprint") != fingerprint:
+        diffs.append(f"data: the images differ from the checkpoint's ({saved['data'].get('n_images')} images "
+                     f"then, fingerprint {saved['data'].get('fingerprint', '')[:12]}...; now {fingerprint[:12]}...)")
+    return diffs
+
+
+def _check_resumable(ckpt: Path, saved: dict, config: TrainConfig, fingerprint: str | None) -> None:
+    diffs = _config_differences(saved, config, fingerprint)
+    if diffs:
+        raise ValueError(f"cannot resume from {ckpt}: the settings differ from the checkpoint's:\n  "
+                         + "\n  ".join(diffs))
+
+
+def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
+    """Rebuild a checkpoint's model (eval mode) with its weights: (model, config, config.json dict)."""
+    from safetensors.torch import load_file
+
+    ckpt = resolve_checkpoint(path)
+    meta = json.loads((ckpt / "config.json").read_text())
+    config = TrainConfig.from_dict(meta["config"])
+    model = get_method(config.method).build(config)
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+    return model.to(device).eval(), config, meta
+
+
+# -- encoder weights for fine-tuning --------------------------------------------------------------------
+_IGNORED_PREFIXES = ("head.", "norm_pre.")
+
+
+def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Encoder weights (timm key names) and metadata from: an ``encoder.safetensors``; a checkpoint or run
+    folder of this project; a ``model.safetensors`` with ``encoder.*`` keys; or a timm/PyTorch weights file
+    (``.safetensors``, ``.pth``, ``.pt``, ``.bin``; a ``model``/``state_dict`` entry and ``module.`` prefixes
+    are unwrapped)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        if (p / "encoder.safetensors").is_file():
+            p = p / "encoder.safetensors"
+        else:
+            p = resolve_checkpoint(p) / "model.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    meta: dict[str, str] = {}
+    if p.suffix == ".safetensors":
+        sd = load_file(str(p))
+        with safe_open(str(p), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        if p.name == "model.safetensors" and (p.parent / "config.json").is_file():
+            cfg = json.loads((p.parent / "config.json").read_text())
+            meta.update({"backbone": cfg["config"]["backbone"], "method": cfg["config"]["method"]})
+    else:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict", "model_state"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return sd, meta
+
+
+def load_encoder_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load pretrained encoder weights into a timm ConvNeXt (e.g. a classifier for fine-tuning).
+
+    Every key of ``model`` except ``head.*``/``norm_pre.*`` must be present with the same shape, and the
+    file may hold no other keys besides those: a different backbone or size fails loudly instead of
+    loading half the weights. The head keeps its own (fresh) weights. Returns a report
+    ``{"loaded": n, "kept": [head keys], "source": path, "metadata": {...}}``.
+    """
+    sd, meta = read_encoder_state(path)
+    target = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not k.startswith(_IGNORED_PREFIXES)}
+    missing = [k for k in target if k not in sd and not k.startswith(_IGNORED_PREFIXES)]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}" for k in sd
+                  if k in target and sd[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        hint = f" (weights are for backbone {meta['backbone']!r})" if meta.get("backbone") else ""
+        parts = [f"{name}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("shape mismatch", mismatched)) if keys]
+        raise ValueError(f"{path}: encoder weights do not fit this model{hint}; " + "; ".join(parts))
+    model.load_state_dict(sd, strict=False)
+    kept = [k for k in target if k.startswith(_IGNORED_PREFIXES)]
+    return {"loaded": len(sd), "kept": kept, "source": str(path), "metadata": meta}
+
+
+def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the encoder of a checkpoint as timm-keyed safetensors (default: RUN_DIR/encoder.safetensors)."""
+    from safetensors.torch import load_file
+
+    ckpt = resolve_checkpoint(ckpt_dir)
+    meta = json.loads((ckpt / "config.json").read_text())
+    sd = load_file(str(ckpt / "model.safetensors"))
+    enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    if not enc:
+        raise ValueError(f"{ckpt}: the checkpoint holds no encoder.* weights")
+    out = Path(out) if out is not None else ckpt.parent / "encoder.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _save_encoder(enc, out, _encoder_metadata(TrainConfig.from_dict(meta["config"]), meta["data"],
+                                                     meta["progress"]))
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    from core.models import autocast_dtype
+
+    if precision == "auto":
+        return autocast_dtype(device) if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
+        return torch.float16
+    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) \
+        else model
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, probe: torch.Tensor, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    enc = _unwrap(model).encoder
+    was_training = enc.training
+    enc.eval()
+    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
+    x = (probe.to(device) - mean) / std
+    feats = enc.forward_features(x).float().mean(dim=(2, 3))          # [N, C]
+    enc.train(was_training)
+    return collapse_metrics(feats)
+
+
+def _probe_batch(dataset, n: int) -> torch.Tensor:
+    items = [dataset[i]["image"] for i in range(min(n, len(dataset)))]
+    x = torch.stack(items).float()                                     # [N, 1|3, S, S]
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def train(config: TrainConfig, ctx=None, *, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train ``config.method`` on ``config.data``; checkpoints in ``config.out``.
+
+    ``resume``: a checkpoint or run folder to continue from (everything restored), or ``"auto"``: continue
+    from ``config.out`` when it holds a checkpoint, else start fresh. Without ``resume``, a run folder that
+    already holds a checkpoint is refused. Returns ``{"run_dir", "checkpoint", "encoder", "global_step",
+    "total_steps", "epochs_done", "step_losses": [(global_step, loss), ...] (this call's steps), ...}``.
+    """
+    dist_info = _setup_distributed(config.device)
+    try:
+        return _train(config, ctx, resume, dist_info)
+    finally:
+        if dist_info.owns_group:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
+    config = TrainConfig.from_dict(config.to_dict())        # private copy
+    method = get_method(config.method)
+    config.options = {**method.default_options(), **(config.options or {})}
+    method.check_options(config.options, config)
+    if config.image_size % config.cell:
+        raise ValueError(f"image size {config.image_size} must be a multiple of {config.cell}")
+    if config.accum_steps < 1 or config.epochs < 1 or config.batch_size < 1:
+        raise ValueError("epochs, batch size and accumulation steps must be >= 1")
+    if config.warmup_epochs > config.epochs:
+        raise ValueError(f"warm-up ({config.warmup_epochs} epochs) is longer than the run ({config.epochs})")
+    log = ctx.log if ctx is not None else (lambda msg: None)
+
+    # -- where we start from
+    ckpt: Path | None = None
+    if resume == "auto":
+        try:
+            ckpt = resolve_checkpoint(config.out)
+        except FileNotFoundError:
+            ckpt = None
+    elif resume is not None:
+        ckpt = resolve_checkpoint(resume)
+    saved = json.loads((ckpt / "config.json").read_text()) if ckpt is not None else None
+    if saved is not None and not config.out:
+        config.out = str(ckpt.parent)
+    if not config.out:
+        raise ValueError("no run folder given (--out)")
+    run_dir = Path(config.out)
+    if saved is None:
+        try:
+            existing = resolve_checkpoint(run_dir)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            raise ValueError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} "
+                             f"or choose a new --out")
+
+    # -- data (the settings are checked before the scan, the images after it)
+    from core.pretrain.data import EpochBatchSampler, build_dataset, fingerprint, make_loader, scan_images
+
+    if saved is not None:
+        _check_resumable(ckpt, saved, config, None)
+    records = scan_images(config.data, ctx).images
+    data = {"folder": str(Path(config.data).resolve()), "n_images": len(records),
+            "fingerprint": fingerprint([r.content_hash for r in records])}
+    if saved is not None:
+        _check_resumable(ckpt, saved, config, data["fingerprint"])
+    dataset = build_dataset(method.dataset, records, config, ctx)
+    n = len(dataset)
+    micro_per_epoch = n // config.batch_size
+    steps_per_epoch = micro_per_epoch // config.accum_steps
+    if steps_per_epoch < 1:
+        raise ValueError(f"{n} images give no full optimizer step of {config.batch_size} x "
+                         f"{config.accum_steps} images; lower --batch-size or --accum-steps")
+    if config.batch_size % dd.world_size:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {dd.world_size} processes")
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+
+    # -- model, optimizer
+    if dd.enabled and torch.cuda.is_available() and (config.device is None or config.device.startswith("cuda")):
+        device = torch.device("cuda", dd.local_rank)
+    else:
+        from core.models import pick_device
+        device = pick_device(config.device)
+    amp_dtype = _resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    random.seed(config.seed)
+    model = method.build(config)
+    if config.init_weights and saved is None:
+        report = load_encoder_weights(_unwrap(model).encoder, config.init_weights)
+        log(f"encoder initialised from {config.init_weights} ({report['loaded']} tensors)")
+    model.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+                                  betas=tuple(config.betas))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch, "finished": False, "epoch_sums": {}, "epoch_count": 0,
+                "skipped_steps": 0}
+    if saved is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)), strict=True)
+        state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        progress.update(state["progress"])
+        log(f"resuming from {ckpt} at epoch {progress['epoch']}, step {progress['global_step']}/{total_steps}")
+    if dd.enabled:
+        import warnings
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        # Depthwise conv weights [C, 1, k, k] get grads with another (equivalent) stride for the size-1
+        # dim; DDP warns once per process about it. Harmless: it only concerns a copy into the bucket.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    probe = _probe_batch(dataset, config.probe_size) if dd.is_main and config.probe_size > 0 else None
+    result: dict[str, Any] = {"run_dir": str(run_dir), "step_losses": [], "total_steps": total_steps,
+                              "steps_per_epoch": steps_per_epoch, "n_images": n, "resumed_from": str(ckpt) if ckpt else None}
+    extra_meta = {"world_size": dd.world_size, "device": str(device),
+                  "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}
+    if config.init_weights:
+        extra_meta["init_weights"] = str(config.init_weights)
+
+    saved_at_step = [progress["global_step"] if saved is not None else -1]
+
+    def save() -> None:
+        if dd.is_main:
+            _save_checkpoint(run_dir, _unwrap(model), optimizer, scaler, config, data, progress, extra_meta)
+        _barrier(dd)
+        saved_at_step[0] = progress["global_step"]
+
+    if progress["finished"]:
+        log(f"{run_dir}: training already finished ({total_steps} steps)")
+    model.train()
+    session_start, session_steps, last_event = time.perf_counter(), 0, 0.0
+    consecutive_bad = 0
+    stop_reason = None
+    images_per_step = config.batch_size * config.accum_steps
+    while progress["epoch"] < config.epochs and stop_reason is None:
+        epoch = progress["epoch"]
+        sampler = EpochBatchSampler(n, config.batch_size, rank=dd.rank, world_size=dd.world_size,
+                                    seed=config.seed, epoch=epoch,
+                                    start=progress["step_in_epoch"] * config.accum_steps)
+        loader = make_loader(dataset, sampler, workers=config.workers, pin_memory=device.type == "cuda")
+        batches = iter(loader)
+        epoch_start = time.perf_counter()
+        while progress["step_in_epoch"] < steps_per_epoch:
+            step_start = time.perf_counter()
+            g = progress["global_step"]
+            lr = lr_at(g, lr=config.lr, min_lr=config.min_lr, warmup_steps=warmup_steps, total_steps=total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            step_ctx = StepContext(epoch=epoch, global_step=g, total_steps=total_steps, seed=config.seed,
+                                   device=device, autocast_dtype=amp_dtype, rank=dd.rank,
+                                   world_size=dd.world_size, options=config.options)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            metric_sums: dict[str, float] = {}
+            for micro in range(config.accum_steps):
+                batch = next(batches)
+                sync = micro == config.accum_steps - 1
+                with (model.no_sync() if dd.enabled and not sync else contextlib.nullcontext()):
+                    loss, metrics = method.loss(model, batch, step_ctx)
+                    scaled = loss / config.accum_steps
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                loss_sum += loss.detach().double().cpu() / config.accum_steps
+                for k, v in metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / config.accum_steps
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            max_norm = config.clip_grad if config.clip_grad and config.clip_grad > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            cancel = bool(ctx is not None and ctx.cancel_requested)
+            step_loss = float(loss_sum)
+            if dd.enabled:   # one all-reduce: mean loss and metrics for the log + any rank's cancel
+                import torch.distributed as dist
+                keys = sorted(metric_sums)
+                t = torch.tensor([step_loss, float(cancel)] + [metric_sums[k] for k in keys],
+                                 dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+                dist.all_reduce(t)
+                t = t.cpu() / dd.world_size
+                step_loss, cancel = float(t[0]), bool(t[1] > 0)
+                metric_sums = {k: float(v) for k, v in zip(keys, t[2:])}
+            finite = math.isfinite(grad_norm) and math.isfinite(step_loss)
+            if scaler is not None:
+                scaler.step(optimizer)      # skips by itself when gradients are inf/NaN
+                scaler.update()
+            elif finite:
+                optimizer.step()
+            if finite:
+                consecutive_bad = 0
+                sums = progress["epoch_sums"]
+                for k, v in {"loss": step_loss, "grad_norm": grad_norm, **metric_sums}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                progress["epoch_count"] += 1
+            else:
+                consecutive_bad += 1
+                progress["skipped_steps"] += 1
+                optimizer.zero_grad(set_to_none=True)
+                log(f"step {g}: non-finite loss/gradient (loss {step_loss}, grad norm {grad_norm}); step skipped")
+                if consecutive_bad > config.max_nan_skips:
+                    raise FloatingPointError(
+                        f"{consecutive_bad} non-finite steps in a row at step {g}; lower --lr, or resume from "
+                        f"the last good checkpoint in {run_dir}")
+            progress["global_step"] += 1
+            progress["step_in_epoch"] += 1
+            session_steps += 1
+            result["step_losses"].append((g, step_loss))
+            now = time.perf_counter()
+            step_time = now - step_start
+            per_step = (now - session_start) / session_steps
+            if ctx is not None and (now - last_event > 0.25 or progress["step_in_epoch"] == steps_per_epoch):
+                last_event = now
+                ctx.progress(progress["global_step"], total_steps, message=f"epoch {epoch + 1}/{config.epochs}",
+                             loss=step_loss, lr=lr, images_per_s=images_per_step / max(step_time, 1e-9),
+                             eta_s=per_step * (total_steps - progress["global_step"]), epoch=epoch + 1)
+            if cancel:
+                save()
+                log(f"cancelled at step {progress['global_step']}; checkpoint saved in {run_dir / CKPT_DIR}")
+                ctx.check_cancelled()
+                stop_reason = "cancelled"   # cancel requested on another rank
+                break
+            if config.max_steps is not None and progress["global_step"] >= config.max_steps:
+                stop_reason = "max_steps"
+                break
+            if config.checkpoint_steps and progress["global_step"] % config.checkpoint_steps == 0 \
+                    and progress["step_in_epoch"] < steps_per_epoch:
+                save()
+        if stop_reason is not None and progress["step_in_epoch"] < steps_per_epoch:
+            break
+        # -- end of epoch
+        sums, count = progress["epoch_sums"], max(1, progress["epoch_count"])
+        line = {"epoch": epoch + 1, "epochs": config.epochs, "global_step": progress["global_step"],
+                **{k: v / count for k, v in sums.items()},
+                "lr": lr, "skipped_steps": progress["skipped_steps"],
+                "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
+                "images_per_s": round(images_per_step * progress["step_in_epoch"] /
+                                      max(1e-9, time.perf_counter() - epoch_start), 3)}
+        if probe is not None:
+            line.update(_probe(model, probe, config, device))
+        progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums={}, epoch_count=0)
+        progress["finished"] = progress["epoch"] >= config.epochs
+        if dd.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+        result.setdefault("epoch_logs", []).append(line)
+        if progress["finished"] or (epoch + 1) % max(1, config.checkpoint_epochs) == 0:
+            save()
+    if saved_at_step[0] != progress["global_step"]:    # stopped between scheduled checkpoints
+        save()
+    result.update(checkpoint=str(run_dir / CKPT_DIR), encoder=str(run_dir / "encoder.safetensors"),
+                  global_step=progress["global_step"], epochs_done=progress["epoch"],
+                  finished=progress["finished"], stop_reason=stop_reason)
+    return result
+
+
+def make_job(config: TrainConfig, *, resume: str | Path | None = None, state_dir: str | Path | None = None):
+    """A ``core.jobs.Job`` that trains ``config`` (state_dir defaults to the run folder)."""
+    from core.jobs import Job
+
+    return Job(f"pretrain {config.method}", lambda ctx: train(config, ctx, resume=resume),
+               state_dir=state_dir if state_dir is not None else config.out)

@@ -1,0 +1,93 @@
+"""The `medssl` command: version, help on every sub-command, and the foundation commands end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core import __version__
+from core.cli import build_parser, main
+
+
+def subcommand_paths(parser, prefix=()):
+    """Every sub-command path in the argparse tree, e.g. ('pretrain', 'mae')."""
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from subcommand_paths(sub, prefix + (name,))
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_every_command_has_help(capsys):
+    paths = list(subcommand_paths(build_parser()))
+    names = {p[0] for p in paths}
+    assert {"scan", "demo-data", "entropy", "pretrain", "reconstruct", "finetune", "ensemble",
+            "predict"} <= names
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*path, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage:" in out and len(out) > 100, path
+
+
+def test_demo_data_then_scan(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo-data", str(out), "--cases", "2"]) == 0
+    capsys.readouterr()
+    assert main(["scan", str(out), "--json", "--store"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_errors"] == 0
+    assert set(summary["classes"]) == {"normal", "benign", "malignant"}
+    assert summary["n_cases"] == 6 and len(summary["modalities"]) == 2
+    assert (out / ".medssl" / "project.db").exists()
+    # A second scan must not list the store folder's files as images.
+    assert main(["scan", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == summary["n_images"]
+
+
+def test_scan_reports_bad_files_and_goes_on(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png at all")
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    from PIL import Image
+    Image.new("L", (8, 8), 100).save(tmp_path / "a" / "good.png")
+    assert main(["scan", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "broken.png" in out and "empty.png" in out
+    assert "errors" in out and "images" in out
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["scan", str(tmp_path / "nope")]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "core.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_store_of_a_read_only_folder_goes_to_the_user_folder(tmp_path, monkeypatch, capsys):
+    """A read-only data set (like the shared BUSI copy) never gains files, even for root."""
+    from core.paths import project_dir
+
+    data = tmp_path / "ro"
+    assert main(["demo-data", str(data), "--cases", "1"]) == 0
+    monkeypatch.setenv("MEDSSL_DATA_DIR", str(tmp_path / "user"))
+    data.chmod(0o555)
+    try:
+        assert main(["scan", str(data), "--store"]) == 0
+        assert not (data / ".medssl").exists()
+        assert (project_dir(data) / "project.db").exists()
+        assert str(project_dir(data)).startswith(str(tmp_path / "user"))
+    finally:
+        data.chmod(0o755)
