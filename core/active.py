@@ -16,7 +16,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Suggestion", "entropy", "js_divergence", "uncertainty", "rank_for_labeling"]
+from core.metrics import js_divergence, predictive_entropy
+
+__all__ = ["Suggestion", "js_divergence", "predictive_entropy", "uncertainty", "rank_for_labeling"]
 
 DEFAULT_W_DISAGREEMENT = 1.0
 DEFAULT_W_ENTROPY = 0.5
@@ -30,28 +32,13 @@ class Suggestion:
     entropy: float            # predictive entropy, nats
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Entropy in nats over the last axis."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=-1)
-
-
-def js_divergence(member_probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
-    """Weighted generalised JS divergence of members, nats: [M, N, C] -> [N] (0 for one member)."""
-    p = np.asarray(member_probs, dtype=np.float64)
-    w = np.ones(p.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    mix = np.tensordot(w, p, axes=1)
-    return np.maximum(entropy(mix) - np.tensordot(w, entropy(p), axes=1), 0.0)
-
-
 def uncertainty(ens_probs: np.ndarray, member_probs: np.ndarray | None = None,
                 weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """{'entropy': [N], 'disagreement': [N]} for ensemble probabilities [N, C] and members [M, N, C]."""
     ens = np.asarray(ens_probs, dtype=np.float64)
     js = (js_divergence(member_probs, weights) if member_probs is not None and len(member_probs) > 1
           else np.zeros(ens.shape[0]))
-    return {"entropy": entropy(ens), "disagreement": js}
+    return {"entropy": predictive_entropy(ens), "disagreement": js}
 
 
 def rank_for_labeling(rows: Iterable[Mapping], *, n_classes: int, n_members: int,

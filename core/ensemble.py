@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.metrics import classification_metrics, summarize_folds
+from core.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
 
 log = logging.getLogger(__name__)
 
@@ -170,21 +171,6 @@ def combine(member_probs: np.ndarray, weights: Sequence[float] | None = None) ->
     w = np.ones(p.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     return np.tensordot(w, p, axes=1)
-
-
-def predictive_entropy(probs: np.ndarray) -> np.ndarray:
-    """H(p) in nats per row: [..., C] -> [...]."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=-1)
-
-
-def js_divergence(member_probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
-    """Generalised (weighted) Jensen–Shannon divergence of the members, nats: [M, N, C] -> [N]."""
-    p = np.asarray(member_probs, dtype=np.float64)
-    w = np.ones(p.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    mix = np.tensordot(w, p, axes=1)
-    return np.maximum(predictive_entropy(mix) - np.tensordot(w, predictive_entropy(p), axes=1), 0.0)
 
 
 # ----------------------------------------------------------------------------------------------- model

@@ -123,3 +123,19 @@ def summarize_folds(fold_metrics: Sequence[dict], keys: Sequence[str] = SUMMARY_
         out[key] = {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
                     "n": int(len(arr)), "values": [float(v) for v in arr]}
     return out
+
+
+# -- uncertainty of an ensemble (shared by core.ensemble and core.active) ---------------------------------
+def predictive_entropy(probs: np.ndarray) -> np.ndarray:
+    """H(p) in nats per row: [..., C] -> [...]."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=-1)
+
+
+def js_divergence(member_probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Generalised (weighted) Jensen–Shannon divergence of the members, nats: [M, N, C] -> [N]."""
+    p = np.asarray(member_probs, dtype=np.float64)
+    w = np.ones(p.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mix = np.tensordot(w, p, axes=1)
+    return np.maximum(predictive_entropy(mix) - np.tensordot(w, predictive_entropy(p), axes=1), 0.0)
