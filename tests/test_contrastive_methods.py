@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -205,8 +206,9 @@ def test_fgssl_stage_mapping_and_progressive_phases(demo_dir):
         FGSSLModel(build_encoder(cfg), [16, 8, 4, 2, 1], proj_hidden=8, proj_dim=8)
 
 
-def test_lars_step_and_refusal_without_trainer_hook(demo_dir):
-    from core.pretrain.simclr import LARS, trainer_supports_method_optimizer
+def test_lars_step_and_training_with_lars(demo_dir, tmp_path):
+    from core.pretrain.simclr import LARS
+    from core.pretrain.trainer import train
 
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))              # ||w|| = 5
     b = torch.nn.Parameter(torch.tensor([1.0]))
@@ -217,10 +219,13 @@ def test_lars_step_and_refusal_without_trainer_hook(demo_dir):
     # trust ratio 0.1 * 5 / 10 = 0.05 -> update 0.05 * g = [0, 0.5]; no-decay group: plain SGD step
     assert torch.allclose(w.detach(), torch.tensor([3.0, 3.5]), atol=1e-5)
     assert torch.allclose(b.detach(), torch.tensor([-1.0]))
-    if not trainer_supports_method_optimizer():
-        _, _, cfg = _dataset("simclr", demo_dir)
-        with pytest.raises(ValueError, match="build_optimizer"):
-            get_method("simclr").check_options({**cfg.options, "optimizer": "lars"}, cfg)
+    # the trainer asks the method for its optimiser: --optimizer lars trains with LARS
+    cfg = _config("simclr", demo_dir, tmp_path / "lars", epochs=3, lr=0.5, options={"optimizer": "lars"})
+    train(cfg)
+    logs = [json.loads(line) for line in (tmp_path / "lars" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(entry["loss"]) for entry in logs) and len(logs) == 3
+    state = torch.load(tmp_path / "lars" / "checkpoint-last" / "optimizer.pt", weights_only=True)
+    assert "eta" in state["optimizer"]["param_groups"][0], "LARS keeps its trust coefficient per group"
 
 
 def test_cli_pretrain_then_finetune_init_weights(demo_dir, tmp_path, capsys):

@@ -73,6 +73,13 @@ class PretrainMethod:
     def build(self, config) -> "torch.nn.Module":
         raise NotImplementedError
 
+    def build_optimizer(self, param_groups: list[dict], config) -> "torch.optim.Optimizer":
+        """The optimiser over the trainer's decay / no-decay groups; AdamW unless a method needs another
+        (SimCLR's LARS)."""
+        import torch
+
+        return torch.optim.AdamW(param_groups, lr=config.lr, betas=tuple(config.betas))
+
     def loss(self, model, batch: dict, step: "StepContext") -> tuple["torch.Tensor", dict[str, float]]:
         raise NotImplementedError
 

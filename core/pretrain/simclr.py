@@ -15,9 +15,8 @@ Views come from ``core.pretrain.pairs.PairedViews`` (data set kind ``"pairs"``) 
 ``core.pretrain.augment``. ``ContrastiveMethod`` holds what SimCLR, MICLe, multimodal and FG-SSL share:
 options, encoder, projection heads, the view chain, and LARS.
 
-Optimiser: the shared trainer builds AdamW. :class:`LARS` is here for ``--optimizer lars``; it takes effect
-only when the trainer asks the method for its optimiser (``PretrainMethod.build_optimizer``), which the
-trainer does not do yet: until then ``--optimizer lars`` is refused with that explanation.
+Optimiser: the shared trainer asks the method (``PretrainMethod.build_optimizer``): AdamW by default,
+:class:`LARS` with ``--optimizer lars`` as in SimCLR.
 """
 
 from __future__ import annotations
@@ -167,11 +166,6 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def trainer_supports_method_optimizer() -> bool:
-    """True once the shared trainer asks methods for their optimiser (``PretrainMethod.build_optimizer``)."""
-    return "build_optimizer" in vars(PretrainMethod)
-
-
 # -- the shared method class --------------------------------------------------------------------------------
 class ContrastiveMethod(PretrainMethod):
     """Options, views, encoder/heads and optimiser shared by simclr, micle, multimodal and fgssl."""
@@ -227,9 +221,6 @@ class ContrastiveMethod(PretrainMethod):
             raise ValueError("--proj-hidden and --proj-dim must be >= 1")
         if options["optimizer"] not in ("adamw", "lars"):
             raise ValueError(f"--optimizer must be adamw or lars, got {options['optimizer']!r}")
-        if options["optimizer"] == "lars" and not trainer_supports_method_optimizer():
-            raise ValueError("--optimizer lars needs the shared trainer to ask the method for its optimiser "
-                             "(PretrainMethod.build_optimizer), which this version does not; use adamw")
         if config.batch_size < 2:
             raise ValueError("contrastive pretraining needs --batch-size >= 2 (in-batch negatives)")
 

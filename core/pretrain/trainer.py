@@ -525,8 +525,7 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
         report = load_encoder_weights(_unwrap(model).encoder, config.init_weights)
         log(f"encoder initialised from {config.init_weights} ({report['loaded']} tensors)")
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=tuple(config.betas))
+    optimizer = method.build_optimizer(_param_groups(model, config.weight_decay), config)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "total_steps": total_steps,
