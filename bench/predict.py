@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from core.ensemble import create_spec, load_ensemble  # noqa: E402
 from core.finetune import FinetuneConfig, build_classifier, save_checkpoint  # noqa: E402
-from core.predict import cached_onnx_path, export_onnx, has_onnxruntime, list_images, predict_folder  # noqa: E402
+from core.predict import (CPU_BATCH_SIZE, cached_onnx_path, export_onnx, has_onnxruntime, list_images,  # noqa: E402
+                          predict_folder)
 
 CLASSES = ["benign", "malignant", "normal"]
 
@@ -153,12 +154,13 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--backbone", default="convnext_tiny")
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: predict_folder's (4 on a CPU)")
     ap.add_argument("--workers", type=int, default=1, help="decode processes for the fast path")
     ap.add_argument("--skip-torch-fast", action="store_true", help="do not also time the torch backend")
     ap.add_argument("--rounds", type=int, default=3, help="best of N rounds per measurement")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
+    args.batch_size = args.batch_size or CPU_BATCH_SIZE
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="medssl-bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)

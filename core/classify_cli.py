@@ -84,6 +84,9 @@ def _register_finetune(subparsers) -> None:
     s.add_argument("--test-fraction", type=float, default=0.15, help="ignored with --kfold (test = held-out fold)")
     s.add_argument("--kfold", type=int, default=None, metavar="K", help="K-fold cross-validation")
     s.add_argument("--folds", type=_int_list, default=None, help="only these folds, e.g. 0,1")
+    s.add_argument("--split-name", default="default",
+                   help="with --project: the split saved in the store under this name (made and saved on "
+                        "first use; k-fold splits are saved as NAME-Kfold), so all runs share it")
     r = p.add_argument_group("run")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (finished folds are kept)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
@@ -121,7 +124,7 @@ def _finetune(args) -> int:
         device=args.device, amp=not args.no_amp,
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
     job = finetune_job(cfg, args.out, folder=args.data, project=args.project, kfold=args.kfold,
-                       resume=args.resume, folds=args.folds)
+                       resume=args.resume, folds=args.folds, split_name=args.split_name)
     import os
 
     result = _run(job, args.quiet or int(os.environ.get("RANK", "0")) != 0)
@@ -220,7 +223,7 @@ def _register_predict(subparsers) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="auto = ONNX Runtime on a CPU when onnxruntime is installed (export cached beside the "
                         "ensemble file), else PyTorch")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 4 on a CPU, 32 on a GPU")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: min(2, CPUs))")
     p.add_argument("--device", default=None)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

@@ -546,3 +546,24 @@ def format_table(report: dict, keys: Sequence[str] = ("accuracy", "balanced_accu
             for stage in ("before", "after"):
                 lines.append(f"| {r['name']} | {stage} | " + " | ".join(_fmt(r[stage].get(k)) for k in keys) + " |")
     return "\n".join(lines)
+
+
+def ensemble_job(members: Sequence[str | Path], run_dir: str | Path, *, names: Sequence[str] | None = None,
+                 split: str = "test", calibrate: bool = True, device=None):
+    """A ``core.jobs.Job`` that writes ``RUN/ensemble.json`` from fine-tuned members, calibrates and evaluates
+    it (``report.json``, ``per_image.csv``); the desktop's "Build ensemble" runs this."""
+    from core.jobs import Job
+
+    run_dir = Path(run_dir)
+
+    def fn(ctx):
+        path = run_dir / "ensemble.json"
+        spec = create_spec(path, members, names=names or None)
+        rep = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
+                                per_image=run_dir / "per_image.csv")
+        rep.pop("_probs", None)
+        (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=float))
+        ctx.log(f"ensemble of {len(spec.members)} written to {path}")
+        return {**rep, "ensemble_file": str(path)}
+
+    return Job("ensemble", fn, state_dir=run_dir)

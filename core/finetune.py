@@ -49,6 +49,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.metrics import classification_metrics, summarize_folds
+from core.rng import capture_rng_state, restore_rng_state
 from core.models import autocast_dtype, create_backbone, pick_device, TINY_CONVNEXT
 from core.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, TrainTransform, load_rgb, normalize,
                              resize_pil, to_float_tensor)
@@ -120,6 +121,7 @@ class Sample:
     rel_path: str
     label: str | None
     group: str | None = None       # case id; None = its own group
+    image_id: int | None = None    # the project store's id, when the image came from a store
 
 
 @dataclass
@@ -153,8 +155,8 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
             classes = list(store.classes())
         finally:
             store.close()
-        samples = [Sample(Path(r.abs_path), r.rel_path, labels.get(r.id), r.case_id or f"sha:{r.content_hash}")
-                   for r in rows]
+        samples = [Sample(Path(r.abs_path), r.rel_path, labels.get(r.id), r.case_id or f"sha:{r.content_hash}",
+                          r.id) for r in rows]
         root = None
         if rows:   # the image folder the rel paths are relative to
             first = Path(rows[0].abs_path)
@@ -710,21 +712,24 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(last_dir / "model.safetensors")))
-        st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=False)
+        try:
+            st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        except Exception as e:   # written by an older version with pickled numpy state: never unpickle it
+            raise ValueError(f"{last_dir / 'optimizer.pt'}: not a safe resume state ({type(e).__name__}); "
+                             f"start a new --out, or --init-weights {best_dir}") from e
         optimizer.load_state_dict(st["optimizer"])
         start_epoch, best, best_epoch, bad_epochs = st["epoch"], st["best"], st["best_epoch"], st["bad_epochs"]
         ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
         if (best_dir / "model.safetensors").is_file():
             best_state = load_file(str(best_dir / "model.safetensors"))
-        random.setstate(st["rng"]["python"])
-        np.random.set_state(st["rng"]["numpy"])
-        torch.set_rng_state(st["rng"]["torch"])
+        restore_rng_state(st["rng"])
         say(f"resumed from {last_dir} after epoch {start_epoch}")
 
     history_path = run_dir / "history.jsonl"
     stop_reason = "epochs"
     n_bad_steps = 0
     t0 = time.time()
+    session_start, session_steps = time.perf_counter(), 0   # this process's pace, for the ETA
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         if bad_epochs >= cfg.patience:
@@ -733,6 +738,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         sampler.set_epoch(epoch)
         train_model.train()
         tot_loss, n_seen, correct = 0.0, 0, 0
+        step_start = time.perf_counter()
         for i, (x, y, _) in enumerate(train_loader):
             if ctx is not None:
                 ctx.check_cancelled()
@@ -762,14 +768,22 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
             tot_loss += float(loss.detach()) * len(y)
             n_seen += len(y)
             correct += int((out.argmax(1) == y).sum())
+            session_steps += 1
             if ctx is not None and is_main:
-                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}",
-                             loss=float(loss.detach()), lr=optimizer.param_groups[-1]["lr"])
+                now = time.perf_counter()
+                per_step = (now - session_start) / session_steps
+                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: training",
+                             loss=float(loss.detach()), lr=optimizer.param_groups[-1]["lr"], epoch=epoch + 1,
+                             images_per_s=len(y) * world / max(now - step_start, 1e-9),
+                             eta_s=per_step * (total_iters - it - 1))
+            step_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, n_seen),
                                "train_acc": correct / max(1, n_seen), "lr": optimizer.param_groups[-1]["lr"],
                                "time_s": round(time.time() - t0, 1)}
         improved = True
         if len(val_loader.dataset):
+            if ctx is not None and is_main:
+                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: validating")
             logits, yv = predict_logits(model, val_loader, device, amp)
             m = classification_metrics(yv, softmax_np(logits), classes)
             row.update({f"val_{k}": m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "nll")})
@@ -791,8 +805,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
                 fh.write(json.dumps(row) + "\n")
             state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best": best,
                      "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                     "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}}
+                     "rng": capture_rng_state()}
             save_checkpoint(last_dir, model, {**ckpt_cfg, "epoch": epoch + 1}, state)
             msg = f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
             if "val_balanced_accuracy" in row:
@@ -839,8 +852,9 @@ def is_kfold_run(run_dir: str | Path) -> bool:
 
 
 def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: int = 5, *, resume: bool = False,
-              ctx=None, folds: Sequence[int] | None = None) -> dict:
-    """k-fold cross-validation (stratified, grouped by case); fold i tests on held-out fold i."""
+              ctx=None, folds: Sequence[int] | None = None, fold_of: Sequence[int | None] | None = None) -> dict:
+    """k-fold cross-validation (stratified, grouped by case); fold i tests on held-out fold i.
+    ``fold_of``: a given fold per sample (a split saved in the project store; None = left out)."""
     from core.splits import kfold_indices, split_indices
 
     run_dir = Path(run_dir)
@@ -861,7 +875,12 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     _barrier()
     labels, groups = data.labels(), data.groups()
-    splits = kfold_indices(labels, groups, k=k, seed=cfg.seed)
+    if fold_of is None:
+        splits = kfold_indices(labels, groups, k=k, seed=cfg.seed)
+    else:
+        fold_arr = np.asarray([-1 if f is None else f for f in fold_of])
+        splits = [(np.flatnonzero((fold_arr != f) & (fold_arr >= 0)), np.flatnonzero(fold_arr == f))
+                  for f in range(k)]
     fits = len(data.samples) * 3 * (cfg.image_size ** 2) * 2.4 <= cfg.cache_mb * 2**20
     cache = ImageCache(data.samples, cfg.image_size, keep=fits, ctx=ctx)
     results = []
@@ -918,11 +937,77 @@ def _scalars(m: dict | None) -> dict:
     return {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
 
 
+# ------------------------------------------------------------------------------------------ stored splits
+def stored_split(project: str | Path, data: LabeledData, name: str, make: Callable[[], list[str | int]],
+                 params: dict, ctx=None) -> list[str | int | None]:
+    """The part (``train``/``val``/``test`` or a fold number) of every sample, from the project store's split
+    ``name``; made with ``make`` and saved when the store has none, so that every later run, and every
+    member of an ensemble, trains and tests on the same images. Labelled images the saved split does not
+    know (labelled after it was made) get None: left out, and said so."""
+    from core.store import ProjectStore
+
+    def say(msg: str) -> None:
+        ctx.log(msg) if ctx is not None else log.info(msg)
+
+    store = ProjectStore(project)
+    try:
+        if name in store.list_splits():
+            saved = store.load_split(name)
+            parts = [saved.get(s.image_id) for s in data.samples]
+            missing = sum(p is None for p in parts)
+            say(f"split {name!r} from the project store ({len(saved)} images, made with "
+                f"{store.split_params(name)})" + (f"; {missing} labelled images are not in it (labelled after "
+                                                  f"it was made) and are left out" if missing else ""))
+            return parts
+        parts = make()
+        store.save_split(name, {s.image_id: p for s, p in zip(data.samples, parts)}, params)
+        say(f"split {name!r} made and saved in the project store ({len(parts)} images, {params})")
+        return list(parts)
+    finally:
+        store.close()
+
+
+def _project_parts(cfg: FinetuneConfig, data: LabeledData, project, name: str, ctx) -> dict[str, list[Sample]]:
+    from core.splits import split_indices
+
+    def make() -> list[str]:
+        idx = split_indices(data.labels(), data.groups(), val_fraction=cfg.val_fraction,
+                            test_fraction=cfg.test_fraction, seed=cfg.seed)
+        part = [""] * len(data.samples)
+        for k, v in idx.items():
+            for i in v:
+                part[i] = k
+        return part
+
+    params = {"kind": "holdout", "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+              "test_fraction": cfg.test_fraction}
+    part = stored_split(project, data, name, make, params, ctx)
+    return {k: [s for s, p in zip(data.samples, part) if p == k] for k in ("train", "val", "test")}
+
+
+def _project_folds(cfg: FinetuneConfig, data: LabeledData, k: int, project, name: str, ctx) -> list[int | None]:
+    from core.splits import kfold_indices
+
+    def make() -> list[int]:
+        fold = [-1] * len(data.samples)
+        for f, (_, test_idx) in enumerate(kfold_indices(data.labels(), data.groups(), k=k, seed=cfg.seed)):
+            for i in test_idx:
+                fold[i] = f
+        return fold
+
+    fold = stored_split(project, data, f"{name}-{k}fold", make, {"kind": "kfold", "k": k, "seed": cfg.seed}, ctx)
+    bad = {f for f in fold if f is not None and not (isinstance(f, int) and 0 <= f < k)}
+    if bad:
+        raise ValueError(f"split {name}-{k}fold in {project} holds parts {sorted(map(str, bad))}, not folds 0..{k - 1}")
+    return fold
+
+
 # ---------------------------------------------------------------------------------------------------- job
 def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path | None = None,
                  project: str | Path | None = None, kfold: int | None = None, resume: bool = False,
-                 folds: Sequence[int] | None = None):
-    """A ``core.jobs.Job`` for one run or a k-fold run; state dir = the run folder."""
+                 folds: Sequence[int] | None = None, split_name: str = "default"):
+    """A ``core.jobs.Job`` for one run or a k-fold run; state dir = the run folder. With a project store the
+    split comes from (or is saved to) the store under ``split_name``."""
     from core.jobs import Job
 
     run_dir = Path(run_dir)
@@ -931,7 +1016,10 @@ def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path
         data = load_labeled_data(folder, project=project, ctx=ctx)
         ctx.log(f"{len(data.samples)} labelled images, classes {data.classes}")
         if kfold:
-            return run_kfold(cfg, data, run_dir, kfold, resume=resume, ctx=ctx, folds=folds)
-        return finetune(cfg, data, run_dir, resume=resume, ctx=ctx)
+            fold_of = _project_folds(cfg, data, kfold, project, split_name, ctx) if project else None
+            return run_kfold(cfg, data, run_dir, kfold, resume=resume, ctx=ctx, folds=folds, fold_of=fold_of)
+        parts = _project_parts(cfg, data, project, split_name, ctx) if project else None
+        return finetune(cfg, data, run_dir, parts=parts, resume=resume, ctx=ctx,
+                        split_extra={"store_split": split_name} if project else None)
 
     return Job("finetune", fn, state_dir=run_dir)

@@ -39,9 +39,10 @@ from core.transforms import load_8bit, resize_pil
 log = logging.getLogger(__name__)
 
 __all__ = ["list_images", "predict_folder", "export_onnx", "OnnxEnsemble", "predict_job", "output_columns",
-           "cached_onnx_path", "has_onnxruntime"]
+           "cached_onnx_path", "has_onnxruntime", "parse_prediction_header", "store_predictions"]
 
 SKIP_DIRS = {".medssl", "__pycache__", ".git"}
+CPU_BATCH_SIZE = 4   # measured best on the 2-core CI CPU for ConvNeXt-Tiny at 224 px (bench/predict.py)
 
 
 def _image_extensions() -> set[str]:
@@ -394,14 +395,16 @@ def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset
 # ------------------------------------------------------------------------------------------------ main
 def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsemble | str | Path | None = None,
                    onnx: "str | Path | OnnxEnsemble | None" = None, backend: str = "auto", fmt: str | None = None,
-                   batch_size: int = 16, num_workers: int | None = None, device: str | None = None,
+                   batch_size: int | None = None, num_workers: int | None = None, device: str | None = None,
                    channels_last: bool | None = None, precision: str = "auto", bf16_tol: float = 2e-2,
                    threads: int | None = None, limit: int | None = None, ctx=None) -> dict:
     """Classify every image under ``folder``; append rows to ``out``; return a summary dict.
 
     ``backend``: ``torch`` (eager PyTorch), ``onnx`` (export once, cached beside the ensemble file, then
-    ONNX Runtime) or ``auto`` (ONNX Runtime on a CPU when onnx/onnxruntime are installed: measured 1.9x
-    faster than eager PyTorch for ConvNeXt here; PyTorch otherwise, and always on a GPU)."""
+    ONNX Runtime) or ``auto`` (ONNX Runtime on a CPU when onnx/onnxruntime are installed: about 1.1x the
+    batched PyTorch path for ConvNeXt-Tiny on the 2-core CI CPU; PyTorch otherwise, and always on a GPU).
+    ``batch_size`` None = 4 on a CPU (ConvNeXt-Tiny's activations of 4 images stay in cache: 0.73 of the
+    sgemm peak vs 0.67 at 16, bench/predict.py), 32 on a GPU."""
     if backend not in ("auto", "torch", "onnx"):
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
     folder, out = Path(folder), Path(out)
@@ -441,6 +444,8 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
         classes, names, weights = ens.classes, ens.names, ens.weights
         size, interp = ens.image_size, ens.configs[0].get("interpolation", "bicubic")
 
+    if batch_size is None:
+        batch_size = 32 if onnx is None and backend == "torch" and ens.device.type == "cuda" else CPU_BATCH_SIZE
     columns = output_columns(classes, names)
     all_rel = list_images(folder)
     done = _read_done(out, fmt, columns)
@@ -488,3 +493,50 @@ def predict_job(folder, out, **kwargs):
     from core.jobs import Job
 
     return Job("predict", lambda ctx: predict_folder(folder, out, ctx=ctx, **kwargs))
+
+
+def parse_prediction_header(header: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(classes, member names) from the header of a prediction CSV (see ``output_columns``)."""
+    classes = [c[len("prob_"):] for c in header if c.startswith("prob_")]
+    names: list[str] = []
+    for col in header:
+        if col.startswith("prob_"):
+            continue
+        for c in classes:
+            suffix = f"_prob_{c}"
+            if col.endswith(suffix):
+                name = col[:-len(suffix)]
+                if name not in names:
+                    names.append(name)
+                break
+    return classes, names
+
+
+def store_predictions(store, run_id: int, csv_path: str | Path, folder: str | Path) -> int:
+    """Keep the ok rows of a prediction CSV as the run's predictions in the project store (matched to the
+    store's images by path relative to ``folder``; rows of other images and error rows are skipped).
+
+    probs = {"ensemble": {class: p}, "members": {member: {class: p}}}; uncertainty = {"entropy": nats,
+    "disagreement": JS divergence in nats}; label = the predicted class. Returns the number stored."""
+    folder = Path(folder)
+    images = store.images()
+    by_rel = {im.rel_path: im.id for im in images}
+    by_abs = {str(Path(im.abs_path)): im.id for im in images}
+    rows = []
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        classes, names = parse_prediction_header(reader.fieldnames or [])
+        for r in reader:
+            if r.get("status", "ok") not in ("ok", ""):
+                continue
+            rel = r["path"].replace("\\", "/")
+            image_id = by_rel.get(rel) or by_abs.get(str(folder / rel))
+            if image_id is None:
+                continue
+            ens = {c: float(r[f"prob_{c}"]) for c in classes}
+            members = {n: {c: float(r[f"{n}_prob_{c}"]) for c in classes} for n in names}
+            rows.append({"image_id": image_id, "label": r.get("predicted") or max(ens, key=ens.get),
+                         "probs": {"ensemble": ens, "members": members},
+                         "uncertainty": {"entropy": float(r.get("entropy") or 0.0),
+                                         "disagreement": float(r.get("disagreement_js") or 0.0)}})
+    return store.add_predictions(run_id, rows)

@@ -504,7 +504,8 @@ class PredictDialog(JobDialog):
             self.ensemble.addItem(f"#{r.id} {r.name} ({len(r.config.get('members', []))} members)", path)
         self.ensemble_file = PathPicker("Ensemble file", filt="Ensemble (*.json);;All files (*)")
         self.folder = PathPicker("Image folder", folder=True)
-        self.batch = self.spin(1, 1024, 16)
+        self.batch = self.spin(0, 1024, 0)
+        self.batch.setSpecialValueText("auto (4 on a CPU, 32 on a GPU)")
         self.form.addRow("Ensemble", self.ensemble)
         self.form.addRow("…or a file", self.ensemble_file)
         self.form.addRow("Folder", self.folder)
@@ -512,7 +513,7 @@ class PredictDialog(JobDialog):
         self.form.addRow("Device", self.device)
         v = self.remembered()
         self.name.setText(v.get("name", "predict"))
-        self.batch.setValue(int(v.get("batch_size", 16)))
+        self.batch.setValue(int(v.get("batch_size", 0)))
         self.set_device(v.get("device", ""))
         if project is not None and project.paths is not None:
             self.folder.setText(str(project.paths.folder))
@@ -537,7 +538,7 @@ class PredictDialog(JobDialog):
         folder = Path(self.folder.text())
         in_project = (self.project is not None and self.project.paths is not None
                       and folder.resolve() == self.project.paths.folder.resolve())
-        return {"ensemble": self.ensemble_path(), "folder": str(folder), "batch_size": self.batch.value(),
+        return {"ensemble": self.ensemble_path(), "folder": str(folder), "batch_size": self.batch.value() or None,
                 "device": self.device.currentData() or None, "store": in_project}
 
 

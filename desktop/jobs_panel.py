@@ -16,7 +16,6 @@ already written).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -53,19 +52,6 @@ def runs_folder(project_dir: Path) -> Path:
     return Path(project_dir) / "runs"
 
 
-def finetune_config(d: dict):
-    from core.finetune import FinetuneConfig
-    from core.transforms import AugmentConfig
-    from dataclasses import fields
-
-    known = {f.name for f in fields(FinetuneConfig)}
-    kw = {k: v for k, v in d.items() if k in known and k != "aug"}
-    aug = d.get("aug") or {}
-    aug_known = {f.name for f in fields(AugmentConfig)}
-    aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items() if k in aug_known})
-    return FinetuneConfig(**kw, aug=aug)
-
-
 def build_job(kind: str, config: dict, run_dir: Path, *, store=None, store_path: Path | None = None,
               run_id: int | None = None, resume: bool = False) -> Job:
     """The ``core.jobs.Job`` for a run of ``kind`` with the stored ``config`` (see the dialogs)."""
@@ -76,33 +62,25 @@ def build_job(kind: str, config: dict, run_dir: Path, *, store=None, store_path:
         cfg = TrainConfig.from_dict({**config, "out": str(run_dir)})
         return make_job(cfg, resume="auto", state_dir=run_dir)
     if kind == "finetune":
-        from core.finetune import finetune_job
+        from core.finetune import FinetuneConfig, finetune_job
 
-        return finetune_job(finetune_config(config), run_dir, project=str(store_path), resume=resume)
+        return finetune_job(FinetuneConfig.from_dict(config), run_dir, project=str(store_path), resume=resume)
     if kind == "ensemble":
-        def ensemble_fn(ctx):
-            from core.ensemble import create_spec, evaluate_ensemble
+        from core.ensemble import ensemble_job
 
-            path = run_dir / "ensemble.json"
-            spec = create_spec(path, config["members"], names=config.get("names") or None)
-            rep = evaluate_ensemble(spec, split=config.get("split", "test"), calibrate=config.get("calibrate", True),
-                                    device=config.get("device"), ctx=ctx, per_image=run_dir / "per_image.csv")
-            rep.pop("_probs", None)
-            (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=float))
-            ctx.log(f"ensemble of {len(spec.members)} written to {path}")
-            return {**rep, "ensemble_file": str(path)}
-        return Job("ensemble", ensemble_fn, state_dir=run_dir)
+        return ensemble_job(config["members"], run_dir, names=config.get("names"), split=config.get("split", "test"),
+                            calibrate=config.get("calibrate", True), device=config.get("device"))
     if kind == "predict":
         def predict_fn(ctx):
-            from core.predict import predict_folder
+            from core.predict import predict_folder, store_predictions
 
             out = run_dir / "predictions.csv"
             summary = predict_folder(config["folder"], out, ensemble=config["ensemble"], backend="torch",
-                                     batch_size=int(config.get("batch_size", 16)), num_workers=0,
+                                     batch_size=config.get("batch_size"), num_workers=0,
                                      device=config.get("device"), ctx=ctx)
             if store is not None and run_id is not None and config.get("store", True):
                 try:
-                    n = import_predictions_csv(store, run_id, out, Path(config["folder"]))
+                    n = store_predictions(store, run_id, out, Path(config["folder"]))
                 finally:
                     store.release_thread()
                 ctx.log(f"{n} predictions stored in the project")
@@ -110,50 +88,6 @@ def build_job(kind: str, config: dict, run_dir: Path, *, store=None, store_path:
             return summary
         return Job("predict", predict_fn, state_dir=run_dir)
     raise ValueError(f"unknown job kind {kind!r}")
-
-
-def parse_prediction_header(header: list[str]) -> tuple[list[str], list[str]]:
-    """(classes, member names) from a ``core.predict`` CSV header."""
-    classes = [c[len("prob_"):] for c in header if c.startswith("prob_")]
-    names: list[str] = []
-    for col in header:
-        if col.startswith("prob_"):
-            continue
-        for c in classes:
-            suffix = f"_prob_{c}"
-            if col.endswith(suffix):
-                name = col[:-len(suffix)]
-                if name not in names:
-                    names.append(name)
-                break
-    return classes, names
-
-
-def import_predictions_csv(store, run_id: int, csv_path: Path, folder: Path) -> int:
-    """Store the rows of a prediction CSV as the run's predictions (matched to images by relative path).
-
-    probs = {"ensemble": {class: p}, "members": {member: {class: p}}}; uncertainty = {"entropy": nats,
-    "disagreement": JS divergence in nats}; label = the predicted class."""
-    by_rel = {im.rel_path: im.id for im in store.images()}
-    by_abs = {str(Path(im.abs_path)): im.id for im in store.images()}
-    rows = []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        classes, names = parse_prediction_header(reader.fieldnames or [])
-        for r in reader:
-            if r.get("status", "ok") not in ("ok", ""):
-                continue
-            rel = r["path"].replace("\\", "/")
-            image_id = by_rel.get(rel) or by_abs.get(str(folder / rel))
-            if image_id is None:
-                continue
-            ens = {c: float(r[f"prob_{c}"]) for c in classes}
-            members = {n: {c: float(r[f"{n}_prob_{c}"]) for c in classes} for n in names}
-            rows.append({"image_id": image_id, "label": r.get("predicted") or max(ens, key=ens.get),
-                         "probs": {"ensemble": ens, "members": members},
-                         "uncertainty": {"entropy": float(r.get("entropy") or 0.0),
-                                         "disagreement": float(r.get("disagreement_js") or 0.0)}})
-    return store.add_predictions(run_id, rows)
 
 
 def read_history(kind: str, run_dir: str | Path | None) -> list[dict]:
@@ -460,8 +394,6 @@ class JobsManager(QtCore.QObject):
             e.eta_s = (total - step) / rate
         if "images_per_s" in metrics:
             e.images_per_s = metrics["images_per_s"]
-        elif rate and e.kind == "finetune":
-            e.images_per_s = rate * float(e.config.get("batch_size", 1))
         if "loss" in metrics and math.isfinite(metrics["loss"]):
             e.losses.append((step, float(metrics["loss"])))
         if epoch_changed:

@@ -165,7 +165,7 @@ def test_confusion_and_roc(qtbot, window):
 
 def test_import_prediction_csv(qtbot, window, tmp_path):
     from core.predict import output_columns
-    from desktop.jobs_panel import import_predictions_csv, parse_prediction_header
+    from core.predict import parse_prediction_header, store_predictions
 
     cols = output_columns(CLASSES, ["m0", "m1"])
     assert parse_prediction_header(cols) == (CLASSES, ["m0", "m1"])
@@ -182,7 +182,7 @@ def test_import_prediction_csv(qtbot, window, tmp_path):
             w.writerow(row)
     store = window.project.store
     rid = store.add_run("predict", "csv", {}, state="finished")
-    assert import_predictions_csv(store, rid, path, window.project.paths.folder) == len(items)
+    assert store_predictions(store, rid, path, window.project.paths.folder) == len(items)
     p = store.predictions(rid)[0]
     assert p.label == "normal" and set(p.probs["members"]) == {"m0", "m1"}
     assert p.uncertainty == {"entropy": 0.5, "disagreement": 0.1}

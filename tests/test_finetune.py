@@ -265,3 +265,58 @@ def test_labeled_data_from_project_store(demo_dir, tmp_path):
     data = load_labeled_data(project=tmp_path / "p.db")
     assert data.classes == CLASSES and len(data.samples) == 96
     assert data.root == demo_dir and (data.root / data.samples[0].rel_path).is_file()
+
+
+def test_project_runs_share_the_split_saved_in_the_store(demo_dir, tmp_path):
+    """With --project the split is made once, saved in the store and reused by later runs (ensemble members
+    must be tested on the same images), even when their seed differs; k-fold splits too."""
+    from core.finetune import finetune_job
+    from core.library import scan_folder
+    from core.store import ProjectStore
+
+    db = tmp_path / "p.db"
+    store = ProjectStore(db)
+    try:
+        store.import_scan(scan_folder(demo_dir))
+    finally:
+        store.close()
+    logs: list[str] = []
+    events: list = []
+
+    def run(out: str, **kw):
+        job = finetune_job(tiny_cfg(epochs=1, image_size=32, **kw.pop("cfg", {})), tmp_path / out, project=db, **kw)
+        job.subscribe(lambda e: (logs.append(e.message), events.append(e)))
+        job.run()
+        return json.loads((tmp_path / out / "split.json").read_text()) if not kw.get("kfold") else None
+
+    first = run("a")
+    # progress events carry the pace and phase the jobs panel shows
+    train = [e for e in events if e.kind.value == "progress" and e.message.endswith("training")]
+    assert train and all(e.metrics["images_per_s"] > 0 and e.metrics["eta_s"] >= 0 for e in train)
+    assert train[-1].metrics["eta_s"] == 0 and train[-1].step == train[-1].total
+    assert any(e.message.endswith("validating") for e in events)
+    store = ProjectStore(db)
+    try:
+        assert store.list_splits() == ["default"]
+        saved = store.load_split("default")
+        assert set(saved.values()) == {"train", "val", "test"} and len(saved) == 96
+        dropped = next(i for i, p in saved.items() if p == "test")
+        del saved[dropped]
+        store.save_split("default", saved, store.split_params("default"))   # as if labelled after the split
+    finally:
+        store.close()
+    second = run("b", cfg={"seed": 7})
+    assert {r for r, _ in second["test"]} < {r for r, _ in first["test"]}   # same images, less the dropped one
+    assert len(second["test"]) == len(first["test"]) - 1
+    assert second["store_split"] == "default"
+    assert any("1 labelled images are not in it" in m for m in logs)
+
+    run("cv", kfold=3)
+    store = ProjectStore(db)
+    try:
+        folds = store.load_split("default-3fold")
+    finally:
+        store.close()
+    assert sorted(set(folds.values())) == [0, 1, 2] and len(folds) == 96
+    tested = [r for f in range(3) for r, _ in json.loads((tmp_path / "cv" / f"fold{f}" / "split.json").read_text())["test"]]
+    assert len(tested) == len(set(tested)) == 96

@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 
 from core.pretrain import StepContext, get_method
+from core.rng import capture_rng_state, restore_rng_state
 
 __all__ = ["TrainConfig", "train", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
            "read_checkpoint_config", "resolve_checkpoint", "load_checkpoint_model", "lr_at",
@@ -204,27 +205,6 @@ def read_checkpoint_config(path: str | Path) -> dict:
     return json.loads((resolve_checkpoint(path) / "config.json").read_text())
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-             "python": [int(v) for v in random.getstate()[1]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[str, str]:
     return {"format": CHECKPOINT_FORMAT, "method": config.method, "backbone": config.backbone,
             "backbone_kwargs": json.dumps(config.backbone_kwargs), "image_size": str(config.image_size),
@@ -254,7 +234,7 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config:
     save_file(sd, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
     torch.save({"optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": _rng_state(), "progress": progress}, tmp / "optimizer.pt")
+                "rng": capture_rng_state(), "progress": progress}, tmp / "optimizer.pt")
     meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data, "progress": progress,
             "versions": {"torch": torch.__version__, "timm": _timm_version(), "medssl": _medssl_version()},
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
@@ -539,7 +519,7 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         progress.update(state["progress"])
         log(f"resuming from {ckpt} at epoch {progress['epoch']}, step {progress['global_step']}/{total_steps}")
     if dd.enabled:
