@@ -457,8 +457,9 @@ class EnsembleDialog(JobDialog):
         v = self.remembered()
         self.name.setText(v.get("name", "ensemble"))
         self.set_device(v.get("device", ""))
-        self.note.setText("Members must share classes, image size and the data split (same seed and fractions). "
-                          "The report compares members and ensemble on the test split.")
+        self.note.setText("Members must share classes and image size. Runs fine-tuned in this project share "
+                          "its saved split (\"default\"), so the report compares members and ensemble on the "
+                          "same test images.")
 
     def checked(self) -> list[tuple[str, str]]:
         out = []

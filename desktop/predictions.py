@@ -221,27 +221,21 @@ def export_csv(path: str | Path, model: PredictionsModel, proxy: QtCore.QSortFil
     return n
 
 
-# -- confusion / ROC (numpy; labelled images) --------------------------------------------------------------
+# -- confusion / ROC (scikit-learn; labelled images) -------------------------------------------------------
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    m = np.zeros((n, n), dtype=int)
-    for a, b in zip(y, pred):
-        m[a, b] += 1
-    return m
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y, pred, labels=list(range(n)))
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(fpr, tpr, auc) of one-vs-rest scores; auc is NaN when a class is missing."""
-    pos, neg = int(positive.sum()), int((~positive).sum())
-    if pos == 0 or neg == 0:
+    from sklearn import metrics
+
+    if positive.all() or not positive.any():
         return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], positive[order]
-    distinct = np.r_[np.where(np.diff(s))[0], len(s) - 1]
-    tp = np.cumsum(p)[distinct]
-    fp = np.cumsum(~p)[distinct]
-    tpr = np.r_[0.0, tp / pos]
-    fpr = np.r_[0.0, fp / neg]
-    return fpr, tpr, float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
+    fpr, tpr, _ = metrics.roc_curve(positive, scores)
+    return fpr, tpr, float(metrics.roc_auc_score(positive, scores))
 
 
 class ConfusionRocView(QtWidgets.QWidget):
@@ -258,7 +252,7 @@ class ConfusionRocView(QtWidgets.QWidget):
         style_plot(self.cm_plot, "Confusion matrix", "true class", "predicted class")
         self.cm_plot.setAspectLocked(True)
         self.cm_plot.getPlotItem().invertY(True)
-        self.cm_image = pg.ImageItem()
+        self.cm_image = pg.ImageItem(axisOrder="row-major")   # explicit: the app-wide option depends on imports
         self.cm_plot.addItem(self.cm_image)
         self.cm_texts: list[pg.TextItem] = []
         self.roc_plot = pg.PlotWidget()
@@ -322,7 +316,7 @@ class ConfusionRocView(QtWidgets.QWidget):
         self.caption.setText(f"{len(y)} labelled images, accuracy {acc:.1%}. Images the members were trained on "
                              "are included: use the ensemble report (test split) for an unbiased estimate.")
         norm = m / np.maximum(1, m.sum(1, keepdims=True))
-        self.cm_image.setImage(norm.T, levels=(0, 1))   # ImageItem: first axis is x (predicted)
+        self.cm_image.setImage(norm, levels=(0, 1))   # row-major: rows = true class (y), columns = predicted (x)
         self.cm_image.setLookupTable(pg.colormap.get("viridis").getLookupTable(nPts=256))
         self.cm_image.setRect(QtCore.QRectF(0, 0, n, n))
         for i in range(n):

@@ -134,10 +134,38 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     frun = store.get_run(fid)
     assert "test_accuracy" in frun.metrics and (Path(frun.run_dir) / "checkpoint-best").is_dir()
 
+    # ensemble of the fine-tuned run, then prediction of the project folder, both from their dialogs
+    from desktop.job_dialogs import EnsembleDialog, PredictDialog
+
+    ed = EnsembleDialog(window.project, window.settings, window)
+    qtbot.addWidget(ed)
+    assert ed.members.count() == 1 and ed.validate() is None
+    ed.set_device("cpu")
+    eid = window.launch_job("ensemble", ed)
+    ens = wait_state(qtbot, window, eid, ("finished", "failed"))
+    assert ens.state == "finished", ens.error
+    ens_file = Path(store.get_run(eid).run_dir) / "ensemble.json"
+    assert ens_file.is_file() and (ens_file.parent / "report.json").is_file()
+    pd = PredictDialog(window.project, window.settings, window)
+    qtbot.addWidget(pd)
+    assert pd.ensemble_path() == str(ens_file) and pd.validate() is None
+    pd.set_device("cpu")
+    assert pd.request()[2]["store"] is True and pd.request()[2]["batch_size"] is None   # auto batch size
+    pid = window.launch_job("predict", pd)
+    pr = wait_state(qtbot, window, pid, ("finished", "failed"))
+    assert pr.state == "finished", pr.error
+    n_images = len(window.project.items)
+    preds = store.predictions(pid)
+    assert len(preds) == n_images
+    assert set(preds[0].probs["members"]) == set(store.get_run(eid).config["names"])   # per-member columns
+    qtbot.waitUntil(lambda: window.predictions.model.rowCount() == n_images, timeout=10000)
+    assert window.predictions.run_combo.currentData() == pid
+
     # runs browser: the two runs side by side, differing config values flagged
     browser = window.show_runs()
     qtbot.addWidget(browser)
-    assert browser.left.combo.currentData() == fid and browser.right.combo.currentData() == rid
+    browser.left.combo.setCurrentIndex(browser.left.combo.findData(fid))
+    browser.right.combo.setCurrentIndex(browser.right.combo.findData(rid))
     assert browser.left.fields["state"] == "finished" and "metric test_accuracy" in browser.left.fields
     assert "config method" in browser.right.fields
     assert browser.left.curves.val_curves and browser.right.curves.loss_curve.xData is not None

@@ -154,6 +154,17 @@ def test_confusion_and_roc(qtbot, window):
     assert [view.source.itemText(i) for i in range(view.source.count())] == ["Ensemble", "Member A-imagenet",
                                                                                "Member B-mae"]
     ens = view.matrix.copy()
+    # the colour drawn in the cell of (true i, predicted j) is row i's share of prediction j
+    from PySide6 import QtCore
+
+    norm = ens / np.maximum(1, ens.sum(1, keepdims=True))
+    img = view.cm_image.image
+    for i in range(len(CLASSES)):
+        for j in range(len(CLASSES)):
+            px = view.cm_image.mapFromParent(QtCore.QPointF(j + 0.5, i + 0.5))
+            x, y = int(px.x()), int(px.y())
+            shown = img[y, x] if view.cm_image.axisOrder == "row-major" else img[x, y]
+            assert shown == pytest.approx(norm[i, j])
     view.source.setCurrentIndex(2)
     assert view.matrix.sum() == ens.sum()
     assert set(view.aucs) == set(CLASSES)
