@@ -345,8 +345,9 @@ class FinetuneDialog(JobDialog):
         self.pretrain_run.currentIndexChanged.connect(self._run_changed)
         self._restore()
         self._init_changed()
-        self.note.setText("Uses the labelled images of this project; splits are stratified by class and grouped "
-                          "by case. Keep the seed and fractions equal across runs you want to ensemble.")
+        self.note.setText("Uses the labelled images of this project. The first run saves its split (stratified by "
+                          "class, grouped by case) in the project as \"default\"; later runs reuse it, so ensemble "
+                          "members are tested on the same images (the fractions apply only when no split is saved).")
 
     def _restore(self) -> None:
         v = self.remembered()

@@ -498,6 +498,11 @@ def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str) -> None:
     pi.showGrid(x=True, y=True, alpha=0.15)
 
 
+#: short legend names, so that the per-epoch legend fits on one row above the curves
+CURVE_NAMES = {"val_accuracy": "accuracy", "val_balanced_accuracy": "bal. accuracy", "val_macro_f1": "macro F1",
+               "train_acc": "train acc.", "loss": "loss", "visible_loss": "visible loss", "feat_std": "feature std"}
+
+
 def val_metric_keys(kind: str, history: list[dict]) -> list[str]:
     if not history:
         return []
@@ -520,7 +525,7 @@ class CurvesWidget(QtWidgets.QWidget):
         self.loss_smooth = self.loss_plot.plot(pen=pg.mkPen("#f0a04b", width=2))
         self.val_plot = pg.PlotWidget()
         style_plot(self.val_plot, "Per epoch", "value", "epoch")
-        self.legend = self.val_plot.addLegend(offset=(-10, 10), labelTextColor=theme.TEXT)
+        self.legend = self.val_plot.addLegend(offset=(40, 2), labelTextColor=theme.TEXT, verSpacing=-6)
         self.val_curves: dict[str, pg.PlotDataItem] = {}
         lay = QtWidgets.QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -565,9 +570,15 @@ class CurvesWidget(QtWidgets.QWidget):
             if k not in self.val_curves:
                 self.val_curves[k] = self.val_plot.plot(
                     pen=pg.mkPen(CURVE_COLORS[i % len(CURVE_COLORS)], width=2), symbol="o", symbolSize=5,
-                    symbolBrush=CURVE_COLORS[i % len(CURVE_COLORS)], name=k.replace("_", " "))
+                    symbolBrush=CURVE_COLORS[i % len(CURVE_COLORS)], name=CURVE_NAMES.get(k, k.replace("_", " ")))
+            self.legend.setColumnCount(max(1, len(keys)))
             xs = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
             self.val_curves[k].setData(xs, [float(h.get(k, float("nan"))) for h in hist])
+        vals = [float(h[k]) for k in keys for h in hist if isinstance(h.get(k), (int, float)) and math.isfinite(h[k])]
+        if vals:   # head room above the curves for the one-row legend
+            lo, hi = min(vals), max(vals)
+            span = (hi - lo) or max(abs(hi), 1e-3)
+            self.val_plot.setYRange(lo - 0.05 * span, hi + 0.35 * span, padding=0)
 
 
 class JobsPanel(QtWidgets.QWidget):

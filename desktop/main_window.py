@@ -583,7 +583,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _job_finished(self, rid: int, kind: str) -> None:
         if kind == "predict":
             self.predictions.refresh()
-            self.project.rescan()          # library filters and sort by prediction / uncertainty
+            self.project.reload_predictions()   # library badges, filters and sort by prediction / uncertainty
         self.statusBar().showMessage(f"Job #{rid} ({kind}) finished.", 6000)
 
     def open_prediction(self, image_id: int, ensemble: str = "") -> None:

@@ -284,6 +284,18 @@ class ProjectModel(QtCore.QObject):
             it.n_masks = len(self.store.masks(image_id))
         self.itemChanged.emit(image_id)
 
+    def reload_predictions(self) -> None:
+        """Take the newest stored predictions into the rows (library badges, filters, sort) without a rescan
+        of the folder: one query per run, fine on the UI thread."""
+        from desktop.rows import latest_predictions
+
+        if self.store is None:
+            return
+        preds = latest_predictions(self.store)
+        for it in self.items:
+            it.prediction, it.uncertainty = preds.get(it.image_id, (None, None))
+        self.itemsReset.emit()
+
     def reload_classes(self) -> None:
         if self.store is None:
             return

@@ -75,7 +75,8 @@ def _scalar_uncertainty(value) -> float | None:
     return None
 
 
-def _latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
+def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
+    """{image_id: (predicted class, uncertainty)} of the newest run that stored predictions."""
     try:
         runs = store.list_runs()
     except Exception:  # an older store without runs: no predictions
@@ -106,7 +107,7 @@ def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
         masks = _mask_counts(store, [r.id for r in rows])
     else:
         masks = {}
-    preds = _latest_predictions(store)
+    preds = latest_predictions(store)
     items = []
     for n, r in enumerate(rows):
         pred = preds.get(r.id, (None, None))

@@ -89,6 +89,12 @@ QGroupBox::title {{ subcontrol-origin: margin; left: 10px; padding: 0 4px; color
     font-weight: bold; }}
 QGroupBox::indicator {{ width: 14px; height: 14px; }}
 QCheckBox {{ spacing: 6px; }}
+QRadioButton {{ spacing: 6px; }}
+QRadioButton::indicator {{ width: 12px; height: 12px; border-radius: 7px; border: 2px solid {TEXT_DIM};
+    background: {BG}; }}
+QRadioButton::indicator:checked {{ border: 2px solid {ACCENT}; background: qradialgradient(cx: 0.5, cy: 0.5,
+    radius: 0.5, fx: 0.5, fy: 0.5, stop: 0 {ACCENT}, stop: 0.55 {ACCENT}, stop: 0.65 {BG}, stop: 1 {BG}); }}
+QRadioButton::indicator:disabled {{ border-color: {BORDER}; }}
 QSlider::groove:horizontal {{ height: 4px; background: {BORDER}; border-radius: 2px; }}
 QSlider::sub-page:horizontal {{ background: {ACCENT}; border-radius: 2px; }}
 QSlider::handle:horizontal {{ background: {TEXT}; width: 12px; height: 12px; margin: -5px 0;

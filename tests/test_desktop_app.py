@@ -16,23 +16,6 @@ pytestmark = pytest.mark.gui
 
 from PySide6 import QtCore, QtGui  # noqa: E402
 
-from desktop.app import create_app  # noqa: E402
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "userdata"
-    monkeypatch.setenv("MEDSSL_DATA_DIR", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory) -> Path:
-    """12 phantoms (4 per class, with masks): enough for the window, quick to scan."""
-    from core.demo import generate_demo
-
-    return generate_demo(tmp_path_factory.mktemp("small") / "demo", n_cases=2, images_per_case=1, seed=1)
-
 
 @pytest.fixture
 def project_dir(small_demo, tmp_path) -> Path:
@@ -43,19 +26,8 @@ def project_dir(small_demo, tmp_path) -> Path:
 
 
 @pytest.fixture
-def window(qtbot, data_dir):
-    create_app()
-    from desktop.main_window import MainWindow
-    from desktop.settings import Settings
-
-    win = MainWindow(Settings(data_dir / "desktop.ini"))
-    win.resize(1280, 800)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    win.activateWindow()
-    yield win
-    win.close()
+def window(main_window):
+    return main_window
 
 
 def open_and_scan(qtbot, win, folder: Path) -> None:

@@ -5,7 +5,6 @@ across closing and reopening the project. Tiny models (core.models.TINY_CONVNEXT
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,40 +12,10 @@ import pytest
 pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.gui
 
-from desktop.app import create_app  # noqa: E402
-
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "userdata"
-    monkeypatch.setenv("MEDSSL_DATA_DIR", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory) -> Path:
-    from core.demo import generate_demo
-
-    return generate_demo(tmp_path_factory.mktemp("jobs") / "demo", n_cases=2, images_per_case=1, seed=1)
-
-
-@pytest.fixture
-def window(qtbot, data_dir, small_demo, tmp_path):
-    create_app()
-    from desktop.main_window import MainWindow
-    from desktop.settings import Settings
-
-    folder = tmp_path / "demo"
-    shutil.copytree(small_demo, folder)
-    win = MainWindow(Settings(data_dir / "desktop.ini"))
-    win.resize(1280, 800)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    win.open_path(folder)
-    qtbot.waitUntil(lambda: win.project.ready and win.project.scan_complete, timeout=30000)
-    yield win
-    win.close()
+def window(demo_window):
+    return demo_window
 
 
 def tiny_pretrain(win, epochs=1, batch=4, method_label=None):
@@ -160,6 +129,8 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     assert set(preds[0].probs["members"]) == set(store.get_run(eid).config["names"])   # per-member columns
     qtbot.waitUntil(lambda: window.predictions.model.rowCount() == n_images, timeout=10000)
     assert window.predictions.run_combo.currentData() == pid
+    # the library rows carry the new predictions (badges, filters) without a rescan of the folder
+    assert all(it.prediction is not None for it in window.project.items) and window.project.scan_complete
 
     # runs browser: the two runs side by side, differing config values flagged
     browser = window.show_runs()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,40 +12,10 @@ import pytest
 pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.gui
 
-from desktop.app import create_app  # noqa: E402
-
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "userdata"
-    monkeypatch.setenv("MEDSSL_DATA_DIR", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory) -> Path:
-    from core.demo import generate_demo
-
-    return generate_demo(tmp_path_factory.mktemp("preds") / "demo", n_cases=2, images_per_case=1, seed=1)
-
-
-@pytest.fixture
-def window(qtbot, data_dir, small_demo, tmp_path):
-    create_app()
-    from desktop.main_window import MainWindow
-    from desktop.settings import Settings
-
-    folder = tmp_path / "demo"
-    shutil.copytree(small_demo, folder)
-    win = MainWindow(Settings(data_dir / "desktop.ini"))
-    win.resize(1280, 800)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    win.open_path(folder)
-    qtbot.waitUntil(lambda: win.project.ready and win.project.scan_complete, timeout=30000)
-    yield win
-    win.close()
+def window(demo_window):
+    return demo_window
 
 
 CLASSES = ["benign", "malignant", "normal"]

@@ -24,14 +24,7 @@ def tiny_cfg(**kw) -> FinetuneConfig:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU every parallel region of a small op
-    waits for a busy core: one thread keeps these tests at seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def demo_data(demo_dir):

@@ -22,14 +22,7 @@ TINY = {k: list(v) for k, v in TINY_CONVNEXT.items()}
 BACKBONES = ["convnext_atto", "convnext_tiny", "convnextv2_atto", "convnextv2_tiny"]  # LN2d/LN, V1/V2 (GRN)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP threads spinning against other
-    processes make these tests 10-30x slower (measured: 1.2 s vs 33 s for one 12-step run)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_mae(name="convnext_atto", width=32) -> ConvNeXtMAE:
