@@ -169,23 +169,58 @@ class JobDialog(QtWidgets.QDialog):
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
-class PretrainDialog(JobDialog):
+class TrainingDialog(JobDialog):
+    """Pretraining and fine-tuning share the model and schedule rows (and their remembered values)."""
+    default_epochs, default_batch = 30, 32
+    tiny_text = "test-size model (smoke tests only)"
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(project, settings, parent)
+        self.backbone = QtWidgets.QComboBox()
+        self.backbone.setEditable(True)
+        self.backbone.addItems(BACKBONES)
+        self.tiny = QtWidgets.QCheckBox(self.tiny_text)
+        self.image_size = self.spin(32, 1024, 224, 32)
+        self.epochs = self.spin(1, 10000, self.default_epochs)
+        self.batch = self.spin(1, 4096, self.default_batch)
+        self.lr = self.spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
+
+    def add_model_rows(self) -> None:
+        f = self.form
+        f.addRow("Backbone", self.backbone)
+        f.addRow("", self.tiny)
+        f.addRow("Image size (px)", self.image_size)
+        f.addRow("Epochs", self.epochs)
+        f.addRow("Batch size", self.batch)
+        f.addRow("Learning rate", self.lr)
+
+    def restore_model(self, v: dict) -> None:
+        self.backbone.setCurrentText(v.get("backbone", "convnext_atto"))
+        self.tiny.setChecked(bool(v.get("tiny", False)))
+        self.image_size.setValue(int(v.get("image_size", 224)))
+        self.epochs.setValue(int(v.get("epochs", self.default_epochs)))
+        self.batch.setValue(int(v.get("batch_size", self.default_batch)))
+        self.lr.setValue(float(v.get("lr", 5e-4)))
+        self.set_device(v.get("device", ""))
+
+    def model_values(self) -> dict:
+        return {"backbone": self.backbone.currentText(), "tiny": self.tiny.isChecked(),
+                "image_size": self.image_size.value(), "epochs": self.epochs.value(),
+                "batch_size": self.batch.value(), "lr": self.lr.value(), "device": self.device.currentData(),
+                "name": self.name.text()}
+
+
+class PretrainDialog(TrainingDialog):
     kind = "pretrain"
     title = "Pretrain an encoder (self-supervised)"
+    default_epochs, default_batch = 100, 64
+    tiny_text = "test-size model (a few thousand weights; smoke tests only)"
 
     def __init__(self, project, settings=None, parent=None):
         super().__init__(project, settings, parent)
         self.method = QtWidgets.QComboBox()
         for label, name, extra in method_entries():
             self.method.addItem(label, (name, extra))
-        self.backbone = QtWidgets.QComboBox()
-        self.backbone.setEditable(True)
-        self.backbone.addItems(BACKBONES)
-        self.tiny = QtWidgets.QCheckBox("test-size model (a few thousand weights; smoke tests only)")
-        self.image_size = self.spin(32, 1024, 224, 32)
-        self.epochs = self.spin(1, 10000, 100)
-        self.batch = self.spin(1, 4096, 64)
-        self.lr = self.spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
         self.mask_ratio = self.spin(0.05, 0.95, 0.6, 0.05, decimals=2)
         self.entropy_mode = QtWidgets.QComboBox()
         for label, v in (("high entropy first", "high"), ("low entropy first", "low"), ("random (plain MAE)", "random")):
@@ -200,12 +235,7 @@ class PretrainDialog(JobDialog):
         mf.addRow("Uniform mix ε", self.eps)
         f = self.form
         f.addRow("Method", self.method)
-        f.addRow("Backbone", self.backbone)
-        f.addRow("", self.tiny)
-        f.addRow("Image size (px)", self.image_size)
-        f.addRow("Epochs", self.epochs)
-        f.addRow("Batch size", self.batch)
-        f.addRow("Learning rate", self.lr)
+        self.add_model_rows()
         f.addRow(self.mae_box)
         f.addRow("Device", self.device)
         self.method.currentIndexChanged.connect(self._method_changed)
@@ -220,17 +250,11 @@ class PretrainDialog(JobDialog):
         i = self.method.findText(v.get("method_label", METHOD_LABELS["mae"]))
         if i >= 0:
             self.method.setCurrentIndex(i)
-        self.backbone.setCurrentText(v.get("backbone", "convnext_atto"))
-        self.tiny.setChecked(bool(v.get("tiny", False)))
-        self.image_size.setValue(int(v.get("image_size", 224)))
-        self.epochs.setValue(int(v.get("epochs", 100)))
-        self.batch.setValue(int(v.get("batch_size", 64)))
-        self.lr.setValue(float(v.get("lr", 5e-4)))
+        self.restore_model(v)
         self.mask_ratio.setValue(float(v.get("mask_ratio", 0.6)))
         self.entropy_mode.setCurrentIndex(max(0, self.entropy_mode.findData(v.get("entropy_mode", "high"))))
         self.tau.setValue(float(v.get("tau", 1.0)))
         self.eps.setValue(float(v.get("eps", 0.1)))
-        self.set_device(v.get("device", ""))
         if v.get("name"):
             self.name.setText(v["name"])
             self.name.setModified(True)
@@ -250,11 +274,9 @@ class PretrainDialog(JobDialog):
         self.adjustSize()
 
     def values(self) -> dict:
-        return {"method_label": self.method.currentText(), "backbone": self.backbone.currentText(),
-                "tiny": self.tiny.isChecked(), "image_size": self.image_size.value(), "epochs": self.epochs.value(),
-                "batch_size": self.batch.value(), "lr": self.lr.value(), "mask_ratio": self.mask_ratio.value(),
-                "entropy_mode": self.entropy_mode.currentData(), "tau": self.tau.value(), "eps": self.eps.value(),
-                "device": self.device.currentData(), "name": self.name.text()}
+        return {**self.model_values(), "method_label": self.method.currentText(),
+                "mask_ratio": self.mask_ratio.value(), "entropy_mode": self.entropy_mode.currentData(),
+                "tau": self.tau.value(), "eps": self.eps.value()}
 
     def validate(self) -> str | None:
         if self.image_size.value() % 32:
@@ -293,7 +315,7 @@ def runs_of(project, kind: str, finished_only: bool = True) -> list:
     return [r for r in reversed(store.list_runs(kind)) if r.run_dir and (r.state == "finished" or not finished_only)]
 
 
-class FinetuneDialog(JobDialog):
+class FinetuneDialog(TrainingDialog):
     kind = "finetune"
     title = "Fine-tune a classifier"
 
@@ -309,14 +331,6 @@ class FinetuneDialog(JobDialog):
                                       r.run_dir)
         if self.pretrain_run.count() == 0:
             self.pretrain_run.addItem("(no finished pretraining run yet)", "")
-        self.backbone = QtWidgets.QComboBox()
-        self.backbone.setEditable(True)
-        self.backbone.addItems(BACKBONES)
-        self.tiny = QtWidgets.QCheckBox("test-size model (smoke tests only)")
-        self.image_size = self.spin(32, 1024, 224, 32)
-        self.epochs = self.spin(1, 1000, 30)
-        self.batch = self.spin(1, 1024, 32)
-        self.lr = self.spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
         self.val_fraction = self.spin(0.05, 0.5, 0.15, 0.05, decimals=2)
         self.test_fraction = self.spin(0.0, 0.5, 0.15, 0.05, decimals=2)
         self.patience = self.spin(1, 1000, 8)
@@ -330,12 +344,7 @@ class FinetuneDialog(JobDialog):
         bl.setColumnStretch(1, 1)
         f = self.form
         f.addRow(box)
-        f.addRow("Backbone", self.backbone)
-        f.addRow("", self.tiny)
-        f.addRow("Image size (px)", self.image_size)
-        f.addRow("Epochs", self.epochs)
-        f.addRow("Batch size", self.batch)
-        f.addRow("Learning rate", self.lr)
+        self.add_model_rows()
         f.addRow("Validation fraction", self.val_fraction)
         f.addRow("Test fraction", self.test_fraction)
         f.addRow("Early-stopping patience", self.patience)
@@ -354,16 +363,10 @@ class FinetuneDialog(JobDialog):
         init = v.get("init", "pretrained" if self.pretrain_run.currentData() else "random")
         {"imagenet": self.init_imagenet, "pretrained": self.init_pretrained}.get(init, self.init_random).setChecked(True)
         self.weights_file.setText(v.get("weights_file", ""))
-        self.backbone.setCurrentText(v.get("backbone", "convnext_atto"))
-        self.tiny.setChecked(bool(v.get("tiny", False)))
-        self.image_size.setValue(int(v.get("image_size", 224)))
-        self.epochs.setValue(int(v.get("epochs", 30)))
-        self.batch.setValue(int(v.get("batch_size", 32)))
-        self.lr.setValue(float(v.get("lr", 5e-4)))
+        self.restore_model(v)
         self.val_fraction.setValue(float(v.get("val_fraction", 0.15)))
         self.test_fraction.setValue(float(v.get("test_fraction", 0.15)))
         self.patience.setValue(int(v.get("patience", 8)))
-        self.set_device(v.get("device", ""))
         self.name.setText(v.get("name", "classifier"))
 
     def init_mode(self) -> str:
@@ -392,12 +395,9 @@ class FinetuneDialog(JobDialog):
         self.tiny.setEnabled(False)
 
     def values(self) -> dict:
-        return {"init": self.init_mode(), "weights_file": self.weights_file.text(),
-                "backbone": self.backbone.currentText(), "tiny": self.tiny.isChecked(),
-                "image_size": self.image_size.value(), "epochs": self.epochs.value(), "batch_size": self.batch.value(),
-                "lr": self.lr.value(), "val_fraction": self.val_fraction.value(),
-                "test_fraction": self.test_fraction.value(), "patience": self.patience.value(),
-                "device": self.device.currentData(), "name": self.name.text()}
+        return {**self.model_values(), "init": self.init_mode(), "weights_file": self.weights_file.text(),
+                "val_fraction": self.val_fraction.value(), "test_fraction": self.test_fraction.value(),
+                "patience": self.patience.value()}
 
     def validate(self) -> str | None:
         mode = self.init_mode()
