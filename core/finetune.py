@@ -173,6 +173,9 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
         if ctx is not None:
             for err in res.errors[:20]:
                 ctx.log(f"skipped {err.path}: {err.reason}")
+            for group in res.label_conflicts():
+                ctx.log("identical files with different labels (both kept, in one split part): "
+                        + " = ".join(f"{r.rel_path} ({r.label})" for r in group))
         samples = [Sample(Path(r.path), r.rel_path, r.label, r.case_id or f"sha:{r.content_hash}")
                    for r in res.images]
         classes = list(res.classes)

@@ -91,6 +91,17 @@ class ScanResult:
         """Sorted labels that at least one image carries."""
         return sorted({r.label for r in self.images if r.label is not None})
 
+    def duplicates(self) -> list[list[ImageRecord]]:
+        """Groups of files with identical bytes (the project store keeps one image per content, the first
+        path); a group whose files carry different labels is a labelling conflict to resolve by hand."""
+        groups: dict[str, list[ImageRecord]] = {}
+        for r in self.images:
+            groups.setdefault(r.content_hash, []).append(r)
+        return [g for g in groups.values() if len(g) > 1]
+
+    def label_conflicts(self) -> list[list[ImageRecord]]:
+        return [g for g in self.duplicates() if len({r.label for r in g}) > 1]
+
     def summary(self) -> dict[str, Any]:
         class_counts = Counter(r.label for r in self.images if r.label is not None)
         modality_counts = Counter(r.modality for r in self.images if r.modality is not None)
@@ -102,6 +113,8 @@ class ScanResult:
             "n_cases": len({r.case_id for r in self.images if r.case_id is not None}),
             "modalities": {name: modality_counts[name] for name in sorted(modality_counts)},
             "n_errors": len(self.errors),
+            "n_duplicate_files": sum(len(g) - 1 for g in self.duplicates()),
+            "label_conflicts": [[f"{r.rel_path} ({r.label})" for r in g] for g in self.label_conflicts()],
         }
 
 

@@ -57,8 +57,11 @@ def format_summary(summary: dict) -> str:
     rows += [("  unlabeled", summary["n_unlabeled"]), ("with masks", summary["n_with_masks"]),
              ("cases", summary["n_cases"])]
     rows += [(f"  modality {name}", count) for name, count in summary["modalities"].items()]
-    rows += [("errors", summary["n_errors"])]
+    rows += [("errors", summary["n_errors"]), ("duplicate files", summary["n_duplicate_files"])]
     if "store" in summary:
         rows += [("store", summary["store"]["path"])]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    for group in summary["label_conflicts"]:
+        lines.append(f"  label conflict (identical files, the project keeps the first): {' = '.join(group)}")
+    return "\n".join(lines)

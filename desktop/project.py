@@ -206,7 +206,13 @@ class ProjectModel(QtCore.QObject):
             text += f" ({new} new)"
         if n_err:
             text += f" · {n_err} unreadable file{'s' if n_err != 1 else ''} skipped"
-        self.message.emit(text, 8000)
+        conflicts = result.counts.get("label_conflicts") or []
+        for group in conflicts:
+            log.warning("identical files with different labels (the project keeps the first): %s", " = ".join(group))
+        if conflicts:
+            text += (f" · {len(conflicts)} set{'s' if len(conflicts) != 1 else ''} of identical files with different "
+                     f"labels, e.g. {' = '.join(conflicts[0])}: the project keeps the first")
+        self.message.emit(text, 20000 if conflicts else 8000)
         self.scanFinished.emit(result)
 
     def _on_scan_failed(self, generation: int, msg: str) -> None:

@@ -82,6 +82,7 @@ def scan_worker(store_path: str, root: str, folder_writable: bool, send_rows: bo
             ctx.check_cancelled()
             ctx.progress(0, None, "saving to project")
             counts = store.import_scan(scan)
+            counts["label_conflicts"] = scan.summary()["label_conflicts"]
             send(("done", read_items(store, ctx), counts, list(scan.errors)))
     except JobCancelled:
         send(("cancelled",))

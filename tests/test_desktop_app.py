@@ -478,3 +478,15 @@ def test_prediction_and_uncertainty_filters(qtbot, window, project_dir):
     side.unc_spin.setValue(0.0)
     window.library.sort.setCurrentIndex(window.library.sort.findData("uncertainty"))
     assert [round(it.uncertainty, 1) for it in model.rows[:3]] == [0.5, 0.4, 0.3]
+
+
+def test_identical_files_with_different_labels_are_reported(qtbot, window, project_dir):
+    """The store keeps one image per content: a copy filed under another class must not vanish silently."""
+    src = next(p for p in sorted((project_dir / "benign").glob("*.png")) if "_mask" not in p.stem)
+    shutil.copy(src, project_dir / "malignant" / f"copy-of-{src.name}")
+    messages: list[str] = []
+    window.project.message.connect(lambda text, _ms: messages.append(text))
+    open_and_scan(qtbot, window, project_dir)
+    qtbot.waitUntil(lambda: any("identical files with different labels" in m for m in messages), timeout=10000)
+    text = next(m for m in messages if "identical files" in m)
+    assert f"benign/{src.name} (benign)" in text and f"malignant/copy-of-{src.name} (malignant)" in text

@@ -101,7 +101,8 @@ def test_class_folders_become_labels(class_folder):
     assert not records["benign/b1.png"].is_color
     assert b2.path == class_folder.resolve() / "benign" / "b2.png" and b2.path.is_absolute()
     assert result.summary() == {"n_images": 5, "classes": {"benign": 2, "malignant": 2}, "n_unlabeled": 1,
-                                "n_with_masks": 2, "n_cases": 0, "modalities": {}, "n_errors": 0}
+                                "n_with_masks": 2, "n_cases": 0, "modalities": {}, "n_errors": 0,
+                                "n_duplicate_files": 0, "label_conflicts": []}
 
 
 def test_masks_are_attached_in_order_and_never_listed(class_folder):
@@ -284,3 +285,27 @@ def test_busi_scan():
     assert len(by_rel_path(result)["benign/benign (195).png"].mask_paths) == 3
     assert sum(r.is_color for r in result.images) == 16  # the images with colour annotation marks
     assert seconds < 60, f"BUSI scan took {seconds:.1f} s"
+    # BUSI holds one image twice, once in each of two classes: reported, not silently merged
+    assert summary["n_duplicate_files"] == 1
+    assert summary["label_conflicts"] == [["benign/benign (433).png (benign)",
+                                           "malignant/malignant (145).png (malignant)"]]
+
+
+def test_identical_files_are_reported_and_conflicting_labels_flagged(tmp_path, capsys):
+    from core.cli import main
+
+    one = np.random.default_rng(0).integers(0, 255, (20, 24), dtype=np.uint8)
+    other = 255 - one
+    files = {"benign/a.png": one, "benign/a-copy.png": one, "malignant/b.png": one,
+             "benign/c.png": other, "normal/c-again.png": other}
+    for rel, img in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / rel)
+    result = scan_folder(tmp_path)
+    groups = {tuple(r.rel_path for r in g) for g in result.duplicates()}
+    assert groups == {("benign/a-copy.png", "benign/a.png", "malignant/b.png"), ("benign/c.png", "normal/c-again.png")}
+    conflicts = [[r.rel_path for r in g] for g in result.label_conflicts()]
+    assert len(conflicts) == 2 and result.summary()["n_duplicate_files"] == 3
+    assert main(["scan", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "label conflict" in out and "benign/c.png (benign) = normal/c-again.png (normal)" in out
