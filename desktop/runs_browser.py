@@ -1,14 +1,17 @@
 """Runs browser: every run of the project (from the store) with its config, metrics, per-epoch curves and
-checkpoints; two runs side by side to compare (differing config values are highlighted)."""
+checkpoints; two runs side by side to compare (differing config values are highlighted), and one per-epoch
+metric of both runs overlaid in one plot."""
 
 from __future__ import annotations
 
 import json
+import math
 
+import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
-from desktop.jobs_panel import CurvesWidget, JobEntry, KIND_LABELS, read_history
+from desktop.jobs_panel import CURVE_COLORS, CurvesWidget, JobEntry, KIND_LABELS, read_history, style_plot
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -41,6 +44,8 @@ class RunPane(QtWidgets.QWidget):
         lay.addWidget(self.combo)
         lay.addWidget(split, 1)
         self.fields: dict[str, str] = {}
+        self.history: list[dict] = []
+        self.label = ""
 
     def fill_runs(self, runs) -> None:
         cur = self.combo.currentData()
@@ -59,6 +64,7 @@ class RunPane(QtWidgets.QWidget):
         rid = self.combo.currentData()
         if store is None or rid is None:
             self.curves.show_entry(None)
+            self.history, self.label = [], ""
             return
         run = store.get_run(int(rid))
         fields = {"state": run.state, "run folder": run.run_dir or ""}
@@ -67,6 +73,8 @@ class RunPane(QtWidgets.QWidget):
         for c in store.checkpoints(run.id):
             fields[f"checkpoint {c.path.rsplit('/', 1)[-1]}"] = f"{c.path}" + (f" (epoch {c.epoch})" if c.epoch else "")
         self.fields = fields
+        self.history = read_history(run.kind, run.run_dir)
+        self.label = f"#{run.id} {run.name}"
         for k, v in fields.items():
             it = QtWidgets.QTreeWidgetItem([k, v])
             it.setToolTip(1, v)
@@ -74,7 +82,7 @@ class RunPane(QtWidgets.QWidget):
                 it.setForeground(1, QtGui.QBrush(QtGui.QColor(theme.WARN)))
             self.table.addTopLevelItem(it)
         e = JobEntry(run.id, run.kind, run.name, run.config, run.run_dir or "", run.state)
-        e.history = read_history(run.kind, run.run_dir)
+        e.history = self.history
         self.curves.show_entry(e)
 
 
@@ -91,10 +99,28 @@ class RunsBrowser(QtWidgets.QDialog):
         split = QtWidgets.QSplitter()
         split.addWidget(self.left)
         split.addWidget(self.right)
+        self.metric = QtWidgets.QComboBox()
+        self.overlay = pg.PlotWidget()
+        style_plot(self.overlay, "Both runs", "value", "epoch")
+        self.overlay_legend = self.overlay.addLegend(offset=(-10, 10), labelTextColor=theme.TEXT)
+        bottom = QtWidgets.QWidget()
+        bl = QtWidgets.QVBoxLayout(bottom)
+        bl.setContentsMargins(0, 0, 0, 0)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(QtWidgets.QLabel("Compare per epoch"))
+        row.addWidget(self.metric, 1)
+        bl.addLayout(row)
+        bl.addWidget(self.overlay, 1)
+        outer = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        outer.addWidget(split)
+        outer.addWidget(bottom)
+        outer.setSizes([600, 260])
         lay = QtWidgets.QVBoxLayout(self)
-        lay.addWidget(split)
+        lay.addWidget(outer)
         self.left.combo.currentIndexChanged.connect(lambda _i: self.refresh_panes())
         self.right.combo.currentIndexChanged.connect(lambda _i: self.refresh_panes())
+        self.metric.currentIndexChanged.connect(lambda _i: self.draw_overlay())
+        self.overlay_series: dict[str, tuple[list, list]] = {}    # run label -> (epochs, values) drawn
         self.reload()
 
     def reload(self) -> None:
@@ -110,3 +136,35 @@ class RunsBrowser(QtWidgets.QDialog):
         self.left.show_run()
         self.right.show_run(self.left.fields)
         self.left.show_run(self.right.fields)
+        keys: list[str] = []
+        for pane in (self.left, self.right):
+            for h in pane.history:
+                keys += [k for k, v in h.items() if k not in keys and k != "epoch" and isinstance(v, (int, float))]
+        both = [k for k in keys if all(any(k in h for h in p.history) for p in (self.left, self.right))]
+        keys = both + [k for k in keys if k not in both]      # metrics both runs have first
+        cur = self.metric.currentText()
+        self.metric.blockSignals(True)
+        self.metric.clear()
+        self.metric.addItems(keys)
+        prefer = [cur, "val_balanced_accuracy", "loss", "train_loss"]
+        self.metric.setCurrentIndex(next((self.metric.findText(k) for k in prefer if k in keys), 0))
+        self.metric.blockSignals(False)
+        self.draw_overlay()
+
+    def draw_overlay(self) -> None:
+        """The chosen per-epoch metric of the left and the right run in one plot."""
+        self.overlay.clear()
+        self.overlay_legend.clear()
+        key = self.metric.currentText()
+        self.overlay_series = {}
+        for i, pane in enumerate((self.left, self.right)):
+            pts = [(h.get("epoch", j + 1), float(h[key])) for j, h in enumerate(pane.history)
+                   if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
+            if not key or not pts or (i == 1 and pane.label == self.left.label):
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            color = CURVE_COLORS[i]
+            self.overlay.plot(xs, ys, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5, symbolBrush=color,
+                              name=f"{'left' if i == 0 else 'right'}: {pane.label}")
+            self.overlay_series[pane.label] = (xs, ys)
+        self.overlay.getPlotItem().getAxis("left").setLabel(key or "value", color=theme.TEXT_DIM)

@@ -192,6 +192,14 @@ def jobs_tour(win, folder: Path, out: Path, prefix: str, epochs: int = 3, tiny: 
     win.predictions.tabs.setCurrentIndex(1)
     shoot(win, out / f"{prefix}_jobs_8_confusion_roc.png")
     win.predictions.tabs.setCurrentIndex(0)
+    browser = win.show_runs()           # the two fine-tuned members side by side, validation overlaid
+    ft = [r.id for r in win.project.store.list_runs("finetune")]
+    browser.left.combo.setCurrentIndex(browser.left.combo.findData(ft[-1]))
+    browser.right.combo.setCurrentIndex(browser.right.combo.findData(ft[0]))
+    browser.resize(1440, 900)
+    spin(500)
+    shoot(browser, out / f"{prefix}_jobs_9_runs_browser.png")
+    browser.close()
 
 
 def main() -> int:
