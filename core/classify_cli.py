@@ -87,6 +87,9 @@ def _register_finetune(subparsers) -> None:
     s.add_argument("--split-name", default="default",
                    help="with --project: the split saved in the store under this name (made and saved on "
                         "first use; k-fold splits are saved as NAME-Kfold), so all runs share it")
+    s.add_argument("--new-split", action="store_true",
+                   help="with --project: make the split again (seed, fractions) and replace the saved one; runs "
+                        "already made keep their own split.json")
     r = p.add_argument_group("run")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (finished folds are kept)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
@@ -124,7 +127,8 @@ def _finetune(args) -> int:
         device=args.device, amp=not args.no_amp,
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
     job = finetune_job(cfg, args.out, folder=args.data, project=args.project, kfold=args.kfold,
-                       resume=args.resume, folds=args.folds, split_name=args.split_name)
+                       resume=args.resume, folds=args.folds, split_name=args.split_name,
+                       new_split=args.new_split)
     import os
 
     result = _run(job, args.quiet or int(os.environ.get("RANK", "0")) != 0)

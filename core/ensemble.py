@@ -417,7 +417,8 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
     for m, s in zip(spec.members, splits):
         if sorted(map(tuple, s.get(part) or [])) != sorted(map(tuple, eval_items)):
             raise ValueError(f"member {m.name} has a different {part} split from {spec.members[0].name}: "
-                             f"fine-tune the members with the same data, seed and fractions (or folds)")
+                             f"fine-tune the members on the same split (with --project they share the split saved in "
+                             f"the store; with a folder, the same labels, seed and fractions or folds)")
     rel = [r for r, _ in eval_items]
     y = np.asarray([classes.index(lbl) for _, lbl in eval_items])
     member_rows, logits_eval, temps = [], [], []

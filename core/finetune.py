@@ -174,7 +174,8 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
             for err in res.errors[:20]:
                 ctx.log(f"skipped {err.path}: {err.reason}")
             for group in res.label_conflicts():
-                ctx.log("identical files with different labels (both kept, in one split part): "
+                ctx.log("identical files with different labels (both kept; they share a split part unless their "
+                        "case ids differ): "
                         + " = ".join(f"{r.rel_path} ({r.label})" for r in group))
         samples = [Sample(Path(r.path), r.rel_path, r.label, r.case_id or f"sha:{r.content_hash}")
                    for r in res.images]
@@ -639,6 +640,13 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         parts = {k: data.subset(v) for k, v in idx.items()}
     if not parts.get("train"):
         raise ValueError("the training split is empty")
+    if resume and (run_dir / "split.json").is_file():   # a resumed run keeps the images it started with
+        before = json.loads((run_dir / "split.json").read_text())
+        changed = [k for k in ("train", "val", "test")
+                   if sorted(map(tuple, before.get(k) or [])) != sorted((s.rel_path, s.label) for s in parts.get(k, []))]
+        if changed:
+            raise ValueError(f"{run_dir}: the {'/'.join(changed)} split differs from the one this run started with "
+                             f"(labels changed, or another stored split): start a new run instead of resuming")
     if is_main:
         write_split(run_dir, data, parts, split_extra)
     _barrier()
@@ -786,7 +794,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         improved = True
         if len(val_loader.dataset):
             if ctx is not None and is_main:
-                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: validating")
+                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: validating",
+                             eta_s=(time.perf_counter() - session_start) / max(1, session_steps) * (total_iters - it - 1))
             logits, yv = predict_logits(model, val_loader, device, amp)
             m = classification_metrics(yv, softmax_np(logits), classes)
             row.update({f"val_{k}": m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "nll")})
@@ -863,8 +872,8 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
     run_dir = Path(run_dir)
     rank, _ = _dist_info()
     marker = run_dir / "kfold.json"
-    spec = {"k": k, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "n": len(data.samples),
-            "classes": data.classes}
+    n_in_folds = len(data.samples) if fold_of is None else sum(f is not None for f in fold_of)
+    spec = {"k": k, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "n": n_in_folds, "classes": data.classes}
     if marker.is_file():
         prev = json.loads(marker.read_text())
         if {kk: prev.get(kk) for kk in spec} != spec:
@@ -942,11 +951,12 @@ def _scalars(m: dict | None) -> dict:
 
 # ------------------------------------------------------------------------------------------ stored splits
 def stored_split(project: str | Path, data: LabeledData, name: str, make: Callable[[], list[str | int]],
-                 params: dict, ctx=None) -> list[str | int | None]:
+                 params: dict, ctx=None, new: bool = False) -> list[str | int | None]:
     """The part (``train``/``val``/``test`` or a fold number) of every sample, from the project store's split
     ``name``; made with ``make`` and saved when the store has none, so that every later run, and every
     member of an ensemble, trains and tests on the same images. Labelled images the saved split does not
-    know (labelled after it was made) get None: left out, and said so."""
+    know (labelled after it was made) get None: left out, and said so. ``new``: make it again and replace
+    the saved one (runs already made keep their own ``split.json``)."""
     from core.store import ProjectStore
 
     def say(msg: str) -> None:
@@ -954,23 +964,30 @@ def stored_split(project: str | Path, data: LabeledData, name: str, make: Callab
 
     store = ProjectStore(project)
     try:
-        if name in store.list_splits():
-            saved = store.load_split(name)
-            parts = [saved.get(s.image_id) for s in data.samples]
-            missing = sum(p is None for p in parts)
-            say(f"split {name!r} from the project store ({len(saved)} images, made with "
-                f"{store.split_params(name)})" + (f"; {missing} labelled images are not in it (labelled after "
-                                                  f"it was made) and are left out" if missing else ""))
-            return parts
-        parts = make()
-        store.save_split(name, {s.image_id: p for s, p in zip(data.samples, parts)}, params)
-        say(f"split {name!r} made and saved in the project store ({len(parts)} images, {params})")
-        return list(parts)
+        if new or name not in store.list_splits():
+            made = make()
+            assignment = {s.image_id: p for s, p in zip(data.samples, made)}
+            if new:
+                store.save_split(name, assignment, params)
+                saved_now = True
+            else:   # two first runs at once: the first to save wins, the other takes its split
+                saved_now = store.save_split_if_absent(name, assignment, params)
+            if saved_now:
+                say(f"split {name!r} made and saved in the project store ({len(made)} images, {params})")
+                return list(made)
+        saved = store.load_split(name)
+        parts = [saved.get(s.image_id) for s in data.samples]
+        missing = sum(p is None for p in parts)
+        say(f"split {name!r} from the project store ({len(saved)} images, made with "
+            f"{store.split_params(name)})" + (f"; {missing} labelled images are not in it (labelled after "
+                                              f"it was made) and are left out" if missing else ""))
+        return parts
     finally:
         store.close()
 
 
-def _project_parts(cfg: FinetuneConfig, data: LabeledData, project, name: str, ctx) -> dict[str, list[Sample]]:
+def _project_parts(cfg: FinetuneConfig, data: LabeledData, project, name: str, ctx,
+                   new: bool = False) -> dict[str, list[Sample]]:
     from core.splits import split_indices
 
     def make() -> list[str]:
@@ -984,11 +1001,12 @@ def _project_parts(cfg: FinetuneConfig, data: LabeledData, project, name: str, c
 
     params = {"kind": "holdout", "seed": cfg.seed, "val_fraction": cfg.val_fraction,
               "test_fraction": cfg.test_fraction}
-    part = stored_split(project, data, name, make, params, ctx)
+    part = stored_split(project, data, name, make, params, ctx, new)
     return {k: [s for s, p in zip(data.samples, part) if p == k] for k in ("train", "val", "test")}
 
 
-def _project_folds(cfg: FinetuneConfig, data: LabeledData, k: int, project, name: str, ctx) -> list[int | None]:
+def _project_folds(cfg: FinetuneConfig, data: LabeledData, k: int, project, name: str, ctx,
+                   new: bool = False) -> list[int | None]:
     from core.splits import kfold_indices
 
     def make() -> list[int]:
@@ -998,7 +1016,8 @@ def _project_folds(cfg: FinetuneConfig, data: LabeledData, k: int, project, name
                 fold[i] = f
         return fold
 
-    fold = stored_split(project, data, f"{name}-{k}fold", make, {"kind": "kfold", "k": k, "seed": cfg.seed}, ctx)
+    fold = stored_split(project, data, f"{name}-{k}fold", make, {"kind": "kfold", "k": k, "seed": cfg.seed}, ctx,
+                        new)
     bad = {f for f in fold if f is not None and not (isinstance(f, int) and 0 <= f < k)}
     if bad:
         raise ValueError(f"split {name}-{k}fold in {project} holds parts {sorted(map(str, bad))}, not folds 0..{k - 1}")
@@ -1008,9 +1027,9 @@ def _project_folds(cfg: FinetuneConfig, data: LabeledData, k: int, project, name
 # ---------------------------------------------------------------------------------------------------- job
 def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path | None = None,
                  project: str | Path | None = None, kfold: int | None = None, resume: bool = False,
-                 folds: Sequence[int] | None = None, split_name: str = "default"):
+                 folds: Sequence[int] | None = None, split_name: str = "default", new_split: bool = False):
     """A ``core.jobs.Job`` for one run or a k-fold run; state dir = the run folder. With a project store the
-    split comes from (or is saved to) the store under ``split_name``."""
+    split comes from (or is saved to) the store under ``split_name`` (``new_split``: made again)."""
     from core.jobs import Job
 
     run_dir = Path(run_dir)
@@ -1018,10 +1037,14 @@ def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path
     def fn(ctx):
         data = load_labeled_data(folder, project=project, ctx=ctx)
         ctx.log(f"{len(data.samples)} labelled images, classes {data.classes}")
+        if project and not resume and any((run_dir / f).exists() for f in ("split.json", "kfold.json")):
+            # checked before a split is saved in the store for a run that cannot start
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
+                                  f"another --out")
         if kfold:
-            fold_of = _project_folds(cfg, data, kfold, project, split_name, ctx) if project else None
+            fold_of = _project_folds(cfg, data, kfold, project, split_name, ctx, new_split) if project else None
             return run_kfold(cfg, data, run_dir, kfold, resume=resume, ctx=ctx, folds=folds, fold_of=fold_of)
-        parts = _project_parts(cfg, data, project, split_name, ctx) if project else None
+        parts = _project_parts(cfg, data, project, split_name, ctx, new_split) if project else None
         return finetune(cfg, data, run_dir, parts=parts, resume=resume, ctx=ctx,
                         split_extra={"store_split": split_name} if project else None)
 

@@ -831,12 +831,22 @@ class ProjectStore:
     def save_split(self, name: str, assignment: Mapping[int, str | int], params: Mapping | None = None) -> None:
         """Store (or atomically replace) a named split ``{image_id: part}``; part is 'train'/'val'/'test' or
         a fold number. ``params`` (seed, fractions...) is kept as JSON so the split can be explained."""
-        with self.transaction() as conn:
+        with self.transaction() as conn:   # one transaction: the nested call joins it
             conn.execute("DELETE FROM split_sets WHERE name = ?", (name,))  # cascades to splits rows
+            self.save_split_if_absent(name, assignment, params)
+
+    def save_split_if_absent(self, name: str, assignment: Mapping[int, str | int],
+                             params: Mapping | None = None) -> bool:
+        """Save the split only when no split ``name`` exists (one transaction, so of two runs that make a
+        first split at the same time exactly one saves it). True when this call saved it."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM split_sets WHERE name = ?", (name,)).fetchone():
+                return False
             conn.execute("INSERT INTO split_sets(name, created, params) VALUES (?, ?, ?)",
                          (name, time.time(), _json(dict(params or {}))))
             conn.executemany("INSERT INTO splits(name, image_id, part) VALUES (?, ?, ?)",
                              [(name, int(i), _part(p)) for i, p in assignment.items()])
+            return True
 
     def load_split(self, name: str) -> dict[int, str | int]:
         with self._snapshot() as conn:  # one snapshot for both reads

@@ -34,9 +34,11 @@ def create_app(argv: Sequence[str] | None = None):
         QtCore.QCoreApplication.setApplicationName("MedSSL Studio")
         QtCore.QCoreApplication.setOrganizationName("MedSSL")
         app = QtWidgets.QApplication(list(argv) if argv is not None else sys.argv[:1])
-    app.setApplicationDisplayName("MedSSL Studio")
-    app.setWindowIcon(theme.app_icon())
-    theme.apply_theme(app)
+    if not app.property("medssl_themed"):   # once: re-styling re-polishes every live widget (and crashed
+        app.setApplicationDisplayName("MedSSL Studio")   # Qt when half-deleted test windows were around)
+        app.setWindowIcon(theme.app_icon())
+        theme.apply_theme(app)
+        app.setProperty("medssl_themed", True)
     return app
 
 

@@ -579,6 +579,8 @@ class CurvesWidget(QtWidgets.QWidget):
             lo, hi = min(vals), max(vals)
             span = (hi - lo) or max(abs(hi), 1e-3)
             self.val_plot.setYRange(lo - 0.05 * span, hi + 0.35 * span, padding=0)
+        else:
+            self.val_plot.enableAutoRange(axis="y")
 
 
 class JobsPanel(QtWidgets.QWidget):

@@ -292,15 +292,32 @@ class ProjectModel(QtCore.QObject):
 
     def reload_predictions(self) -> None:
         """Take the newest stored predictions into the rows (library badges, filters, sort) without a rescan
-        of the folder: one query per run, fine on the UI thread."""
+        of the folder; read in a worker thread (a large run is tens of thousands of JSON rows)."""
+        from core.jobs import Job
+        from desktop.jobs_bridge import JobRunner
         from desktop.rows import latest_predictions
 
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
-        preds = latest_predictions(self.store)
-        for it in self.items:
-            it.prediction, it.uncertainty = preds.get(it.image_id, (None, None))
-        self.itemsReset.emit()
+
+        def fn(ctx):
+            try:
+                return latest_predictions(store)
+            finally:
+                store.release_thread()
+
+        def apply(preds) -> None:
+            if store is not self.store:       # the project was closed or reopened meanwhile
+                return
+            for it in self.items:
+                it.prediction, it.uncertainty = preds.get(it.image_id, (None, None))
+            self.itemsReset.emit()
+
+        runner = JobRunner(Job("reading predictions", fn), self)
+        runner.finished.connect(apply)
+        runner.done.connect(runner.deleteLater)
+        runner.start()
 
     def reload_classes(self) -> None:
         if self.store is None:

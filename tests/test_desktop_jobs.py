@@ -130,7 +130,8 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     qtbot.waitUntil(lambda: window.predictions.model.rowCount() == n_images, timeout=10000)
     assert window.predictions.run_combo.currentData() == pid
     # the library rows carry the new predictions (badges, filters) without a rescan of the folder
-    assert all(it.prediction is not None for it in window.project.items) and window.project.scan_complete
+    qtbot.waitUntil(lambda: all(it.prediction is not None for it in window.project.items), timeout=10000)
+    assert window.project.scan_complete
 
     # runs browser: the two runs side by side, differing config values flagged
     browser = window.show_runs()

@@ -304,12 +304,44 @@ def test_project_runs_share_the_split_saved_in_the_store(demo_dir, tmp_path):
     assert second["store_split"] == "default"
     assert any("1 labelled images are not in it" in m for m in logs)
 
+    # an --out that holds a run fails before anything is saved in the store
+    with pytest.raises(FileExistsError):
+        run("a", cfg={"seed": 3}, split_name="other")
+    store = ProjectStore(db)
+    try:
+        assert "other" not in store.list_splits()
+    finally:
+        store.close()
+    # --new-split remakes the saved split; resuming a run whose split changed is refused
+    third = run("c", cfg={"seed": 5}, new_split=True)
+    assert {r for r, _ in third["test"]} != {r for r, _ in second["test"]}
+    (tmp_path / "c" / "metrics.json").unlink()                     # as if stopped before the end
+    store = ProjectStore(db)
+    try:
+        saved = store.load_split("default")
+        store.save_split("default", {i: ("test" if p == "train" else "train") for i, p in saved.items()})
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="differs from the one this run started with"):
+        run("c", cfg={"seed": 5}, resume=True)
+
+    store = ProjectStore(db)
+    try:
+        late = store.images()[0]
+        late_label = store.current_label(late.id)
+        store.set_label(late.id, None)
+    finally:
+        store.close()
     run("cv", kfold=3)
     store = ProjectStore(db)
     try:
         folds = store.load_split("default-3fold")
+        store.set_label(late.id, late_label)                       # labelled after the k-fold split was made
     finally:
         store.close()
-    assert sorted(set(folds.values())) == [0, 1, 2] and len(folds) == 96
+    assert sorted(set(folds.values())) == [0, 1, 2] and len(folds) == 95
+    logs.clear()
+    run("cv", kfold=3, resume=True)                                 # finished folds kept, not refused
+    assert any("1 labelled images are not in it" in m for m in logs)
     tested = [r for f in range(3) for r, _ in json.loads((tmp_path / "cv" / f"fold{f}" / "split.json").read_text())["test"]]
-    assert len(tested) == len(set(tested)) == 96
+    assert len(tested) == len(set(tested)) == 95 and late.rel_path not in tested

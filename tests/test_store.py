@@ -273,6 +273,10 @@ def test_splits_roundtrip(store):
     assert store.delete_split("cv")
     with pytest.raises(KeyError):
         store.load_split("cv")
+    # a first split made by two runs at once: the first to save wins, the second gets False
+    assert store.save_split_if_absent("first", {ids[0]: "train"}, {"seed": 1})
+    assert not store.save_split_if_absent("first", {ids[1]: "test"}, {"seed": 2})
+    assert store.load_split("first") == {ids[0]: "train"} and store.split_params("first") == {"seed": 1}
 
 
 def test_runs_checkpoints_predictions(store, tmp_path):
