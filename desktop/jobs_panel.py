@@ -498,7 +498,15 @@ def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str) -> None:
     pi.showGrid(x=True, y=True, alpha=0.15)
 
 
-#: short legend names, so that the per-epoch legend fits on one row above the curves
+def legend_title(title: str, entries: list[tuple[str, str]]) -> str:
+    """A plot title that is also its legend (coloured names after the title): an in-plot legend covers the
+    curves of the short plots in the jobs panel and the runs browser."""
+    names = "&nbsp;&nbsp;".join(f"<span style='color:{color}'>&#9679;&nbsp;{name}</span>" for name, color in entries)
+    return (f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>"
+            + (f"&nbsp;&nbsp;&nbsp;<span style='font-size:9pt'>{names}</span>" if names else ""))
+
+
+#: short legend names, so that the title-legend fits above the per-epoch plot
 CURVE_NAMES = {"val_accuracy": "accuracy", "val_balanced_accuracy": "bal. accuracy", "val_macro_f1": "macro F1",
                "train_acc": "train acc.", "loss": "loss", "visible_loss": "visible loss", "feat_std": "feature std"}
 
@@ -525,7 +533,6 @@ class CurvesWidget(QtWidgets.QWidget):
         self.loss_smooth = self.loss_plot.plot(pen=pg.mkPen("#f0a04b", width=2))
         self.val_plot = pg.PlotWidget()
         style_plot(self.val_plot, "Per epoch", "value", "epoch")
-        self.legend = self.val_plot.addLegend(offset=(40, 2), labelTextColor=theme.TEXT, verSpacing=-6)
         self.val_curves: dict[str, pg.PlotDataItem] = {}
         lay = QtWidgets.QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -559,28 +566,22 @@ class CurvesWidget(QtWidgets.QWidget):
         else:
             self.loss_plot.getPlotItem().getAxis("bottom").setLabel("step", color=theme.TEXT_DIM)
         keys = val_metric_keys(e.kind, hist) if e is not None else []
-        self.val_plot.getPlotItem().setTitle(
-            f"<span style='color:{theme.TEXT}; font-size:10pt'>"
-            f"{'Validation' if e is not None and e.kind == 'finetune' else 'Per epoch'}</span>")
         for k in list(self.val_curves):
             if k not in keys:
-                self.legend.removeItem(self.val_curves[k])
                 self.val_plot.removeItem(self.val_curves.pop(k))
+        entries = []
         for i, k in enumerate(keys):
+            color = CURVE_COLORS[i % len(CURVE_COLORS)]
             if k not in self.val_curves:
-                self.val_curves[k] = self.val_plot.plot(
-                    pen=pg.mkPen(CURVE_COLORS[i % len(CURVE_COLORS)], width=2), symbol="o", symbolSize=5,
-                    symbolBrush=CURVE_COLORS[i % len(CURVE_COLORS)], name=CURVE_NAMES.get(k, k.replace("_", " ")))
-            self.legend.setColumnCount(max(1, len(keys)))
+                self.val_curves[k] = self.val_plot.plot(pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5,
+                                                        symbolBrush=color)
+            self.val_curves[k].setPen(pg.mkPen(color, width=2))
+            self.val_curves[k].setSymbolBrush(color)
+            entries.append((CURVE_NAMES.get(k, k.replace("_", " ")), color))
             xs = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
             self.val_curves[k].setData(xs, [float(h.get(k, float("nan"))) for h in hist])
-        vals = [float(h[k]) for k in keys for h in hist if isinstance(h.get(k), (int, float)) and math.isfinite(h[k])]
-        if vals:   # head room above the curves for the one-row legend
-            lo, hi = min(vals), max(vals)
-            span = (hi - lo) or max(abs(hi), 1e-3)
-            self.val_plot.setYRange(lo - 0.05 * span, hi + 0.35 * span, padding=0)
-        else:
-            self.val_plot.enableAutoRange(axis="y")
+        title = "Validation" if e is not None and e.kind == "finetune" else "Per epoch"
+        self.val_plot.getPlotItem().setTitle(legend_title(title, entries))
 
 
 class JobsPanel(QtWidgets.QWidget):

@@ -11,7 +11,8 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
-from desktop.jobs_panel import CURVE_COLORS, CurvesWidget, JobEntry, KIND_LABELS, read_history, style_plot
+from desktop.jobs_panel import (CURVE_COLORS, CurvesWidget, JobEntry, KIND_LABELS, legend_title, read_history,
+                                 style_plot)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -20,6 +21,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out.update(flatten(v, key + "."))
+        elif isinstance(v, float):
+            out[key] = f"{v:.4g}"             # 0.3604, not 0.36036036036036034
         else:
             out[key] = json.dumps(v) if not isinstance(v, str) else v
     return out
@@ -99,16 +102,15 @@ class RunsBrowser(QtWidgets.QDialog):
         split = QtWidgets.QSplitter()
         split.addWidget(self.left)
         split.addWidget(self.right)
-        self.metric = QtWidgets.QComboBox()
+        self.compare_metric = QtWidgets.QComboBox()
         self.overlay = pg.PlotWidget()
         style_plot(self.overlay, "Both runs", "value", "epoch")
-        self.overlay_legend = self.overlay.addLegend(offset=(-10, 10), labelTextColor=theme.TEXT)
         bottom = QtWidgets.QWidget()
         bl = QtWidgets.QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Compare per epoch"))
-        row.addWidget(self.metric, 1)
+        row.addWidget(self.compare_metric, 1)
         bl.addLayout(row)
         bl.addWidget(self.overlay, 1)
         outer = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
@@ -119,7 +121,7 @@ class RunsBrowser(QtWidgets.QDialog):
         lay.addWidget(outer)
         self.left.combo.currentIndexChanged.connect(lambda _i: self.refresh_panes())
         self.right.combo.currentIndexChanged.connect(lambda _i: self.refresh_panes())
-        self.metric.currentIndexChanged.connect(lambda _i: self.draw_overlay())
+        self.compare_metric.currentIndexChanged.connect(lambda _i: self.draw_overlay())
         self.overlay_series: dict[str, tuple[list, list]] = {}    # run label -> (epochs, values) drawn
         self.reload()
 
@@ -142,21 +144,21 @@ class RunsBrowser(QtWidgets.QDialog):
                 keys += [k for k, v in h.items() if k not in keys and k != "epoch" and isinstance(v, (int, float))]
         both = [k for k in keys if all(any(k in h for h in p.history) for p in (self.left, self.right))]
         keys = both + [k for k in keys if k not in both]      # metrics both runs have first
-        cur = self.metric.currentText()
-        self.metric.blockSignals(True)
-        self.metric.clear()
-        self.metric.addItems(keys)
+        cur = self.compare_metric.currentText()
+        self.compare_metric.blockSignals(True)
+        self.compare_metric.clear()
+        self.compare_metric.addItems(keys)
         prefer = [cur, "val_balanced_accuracy", "loss", "train_loss"]
-        self.metric.setCurrentIndex(next((self.metric.findText(k) for k in prefer if k in keys), 0))
-        self.metric.blockSignals(False)
+        self.compare_metric.setCurrentIndex(next((self.compare_metric.findText(k) for k in prefer if k in keys), 0))
+        self.compare_metric.blockSignals(False)
         self.draw_overlay()
 
     def draw_overlay(self) -> None:
         """The chosen per-epoch metric of the left and the right run in one plot."""
         self.overlay.clear()
-        self.overlay_legend.clear()
-        key = self.metric.currentText()
+        key = self.compare_metric.currentText()
         self.overlay_series = {}
+        entries = []
         for i, pane in enumerate((self.left, self.right)):
             pts = [(h.get("epoch", j + 1), float(h[key])) for j, h in enumerate(pane.history)
                    if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
@@ -164,7 +166,8 @@ class RunsBrowser(QtWidgets.QDialog):
                 continue
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             color = CURVE_COLORS[i]
-            self.overlay.plot(xs, ys, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5, symbolBrush=color,
-                              name=f"{'left' if i == 0 else 'right'}: {pane.label}")
+            self.overlay.plot(xs, ys, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5, symbolBrush=color)
             self.overlay_series[pane.label] = (xs, ys)
+            entries.append((f"{'left' if i == 0 else 'right'}: {pane.label}", color))
+        self.overlay.getPlotItem().setTitle(legend_title("Both runs", entries))
         self.overlay.getPlotItem().getAxis("left").setLabel(key or "value", color=theme.TEXT_DIM)

@@ -142,12 +142,12 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     assert "config method" in browser.right.fields
     assert browser.left.curves.val_curves and browser.right.curves.loss_curve.xData is not None
     # one per-epoch metric of both runs overlaid: metrics both runs log come first
-    assert browser.metric.currentText() == "val_balanced_accuracy"          # only the fine-tuning run has it
+    assert browser.compare_metric.currentText() == "val_balanced_accuracy"          # only the fine-tuning run has it
     assert list(browser.overlay_series) == [browser.left.label]
-    browser.metric.setCurrentIndex(browser.metric.findText("lr"))
+    browser.compare_metric.setCurrentIndex(browser.compare_metric.findText("lr"))
     assert set(browser.overlay_series) == {browser.left.label, browser.right.label}
     assert all(len(xs) == 2 for xs, _ in browser.overlay_series.values())   # two epochs each
-    assert browser.metric.findText("lr") < browser.metric.findText("val_balanced_accuracy")
+    assert browser.compare_metric.findText("lr") < browser.compare_metric.findText("val_balanced_accuracy")
     browser.close()
 
 
