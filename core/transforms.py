@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from core.imageio import ImageReadError, read_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,16 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _PIL_8BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"}
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "load_rgb", "load_8bit", "eval_transform", "TrainTransform",
-           "to_float_tensor", "normalize", "ImageLoadError"]
-
-
-class ImageLoadError(Exception):
-    """An image that cannot be read; ``reason`` is one human sentence."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
+           "to_float_tensor", "normalize"]
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -71,20 +64,17 @@ def load_8bit(path: str | Path) -> Image.Image:
     except UnidentifiedImageError:
         pass  # maybe DICOM: let core.imageio try
     except FileNotFoundError:
-        raise ImageLoadError(path, "file not found") from None
+        raise ImageReadError(path, "file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if im is not None:
             im.close()
-        raise ImageLoadError(path, f"cannot decode image ({exc})") from None
-    try:
-        from core.imageio import read_image
-    except ImportError:  # pragma: no cover - core.imageio always ships with the app
-        raise ImageLoadError(path, "not an image PIL can read") from None
+        raise ImageReadError(path, f"cannot decode image ({exc})") from None
     try:
         data = read_image(path)
-    except Exception as exc:  # ImageReadError or anything a broken file throws
-        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        raise ImageLoadError(path, reason) from None
+    except ImageReadError:
+        raise
+    except Exception as exc:  # anything else a broken file throws
+        raise ImageReadError(path, getattr(exc, "reason", None) or str(exc) or type(exc).__name__) from None
     arr = np.clip(np.asarray(data.array, dtype=np.float32), 0.0, 1.0)
     arr = (arr * 255.0 + 0.5).astype(np.uint8)
     if arr.ndim == 2:
