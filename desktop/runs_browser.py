@@ -49,6 +49,7 @@ class RunPane(QtWidgets.QWidget):
         self.fields: dict[str, str] = {}
         self.history: list[dict] = []
         self.label = ""
+        self.entry: JobEntry | None = None
 
     def fill_runs(self, runs) -> None:
         cur = self.combo.currentData()
@@ -60,14 +61,12 @@ class RunPane(QtWidgets.QWidget):
         self.combo.setCurrentIndex(i if i >= 0 else 0)
         self.combo.blockSignals(False)
 
-    def show_run(self, other: dict[str, str] | None = None) -> None:
+    def load(self) -> None:
+        """Read the chosen run from the store and its per-epoch log (once per selection)."""
         store = self._store()
-        self.table.clear()
-        self.fields = {}
         rid = self.combo.currentData()
+        self.entry, self.fields, self.history, self.label = None, {}, [], ""
         if store is None or rid is None:
-            self.curves.show_entry(None)
-            self.history, self.label = [], ""
             return
         run = store.get_run(int(rid))
         fields = {"state": run.state, "run folder": run.run_dir or ""}
@@ -78,15 +77,19 @@ class RunPane(QtWidgets.QWidget):
         self.fields = fields
         self.history = read_history(run.kind, run.run_dir)
         self.label = f"#{run.id} {run.name}"
-        for k, v in fields.items():
+        self.entry = JobEntry(run.id, run.kind, run.name, run.config, run.run_dir or "", run.state)
+        self.entry.history = self.history
+
+    def render(self, other: dict[str, str] | None = None) -> None:
+        """Table and curves of the loaded run; values that differ from ``other`` in amber."""
+        self.table.clear()
+        for k, v in self.fields.items():
             it = QtWidgets.QTreeWidgetItem([k, v])
             it.setToolTip(1, v)
             if other is not None and k in other and other[k] != v:
                 it.setForeground(1, QtGui.QBrush(QtGui.QColor(theme.WARN)))
             self.table.addTopLevelItem(it)
-        e = JobEntry(run.id, run.kind, run.name, run.config, run.run_dir or "", run.state)
-        e.history = self.history
-        self.curves.show_entry(e)
+        self.curves.show_entry(self.entry)
 
 
 class RunsBrowser(QtWidgets.QDialog):
@@ -135,9 +138,10 @@ class RunsBrowser(QtWidgets.QDialog):
         self.refresh_panes()
 
     def refresh_panes(self) -> None:
-        self.left.show_run()
-        self.right.show_run(self.left.fields)
-        self.left.show_run(self.right.fields)
+        self.left.load()
+        self.right.load()
+        self.left.render(self.right.fields)
+        self.right.render(self.left.fields)
         keys: list[str] = []
         for pane in (self.left, self.right):
             for h in pane.history:
