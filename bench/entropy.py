@@ -1,4 +1,4 @@
-"""Benchmark: vectorised per-cell entropy (core.entropy.cell_entropy) against a per-cell numpy loop.
+"""Benchmark: vectorised per-cell entropy (core.analysis.entropy.cell_entropy) against a per-cell numpy loop.
 
 Reference = the straightforward implementation: for every image and every 32 x 32 cell,
 ``np.histogram(cell, bins=64, range=(0, 1))`` and Shannon entropy in float64. Same images, same bins
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.entropy import cell_entropy, local_entropy_map  # noqa: E402
+from core.analysis.entropy import cell_entropy, local_entropy_map  # noqa: E402
 
 CELL, BINS = 32, 64
 
@@ -152,7 +152,7 @@ def main() -> None:
     try:
         from skimage.filters.rank import entropy as rank_entropy
 
-        from core.entropy import DEFAULT_HEATMAP_BINS as HB, DEFAULT_RADIUS as R
+        from core.analysis.entropy import DEFAULT_HEATMAP_BINS as HB, DEFAULT_RADIUS as R
         idx = np.clip(np.floor(img * HB), 0, HB - 1).astype(np.uint8)
         footprint = np.ones((2 * R + 1, 2 * R + 1), dtype=bool)
         result["skimage_rank_map_ms_500x600"] = round(timed(lambda: rank_entropy(idx, footprint), 3) * 1e3, 1)

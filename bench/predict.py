@@ -8,7 +8,7 @@ phantom PNGs when BUSI is absent.
 
 * plain: for each file, PIL open + timm eval transform (``timm.data.create_transform``, squash resize,
   bicubic) + eager fp32 forward of each member at batch 1 (``torch.no_grad``) + softmax(logits / T) averaged.
-* fast: ``core.predict.predict_folder`` end to end (list folder, decode in DataLoader workers, batched
+* fast: ``core.inference.predict.predict_folder`` end to end (list folder, decode in DataLoader workers, batched
   inference, entropy/JS, CSV written and fsynced per batch), with the backend ``auto`` picks (ONNX
   Runtime on a CPU; its one-time export is timed separately as ``onnx_export_s``). The torch backend's
   end-to-end number is reported too.
@@ -38,9 +38,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.ensemble import create_spec, load_ensemble  # noqa: E402
-from core.finetune import FinetuneConfig, build_classifier, save_checkpoint  # noqa: E402
-from core.predict import (CPU_BATCH_SIZE, cached_onnx_path, export_onnx, has_onnxruntime, list_images,  # noqa: E402
+from core.inference.ensemble import create_spec, load_ensemble  # noqa: E402
+from core.train.finetune import build_classifier, save_checkpoint  # noqa: E402
+from core.train.config import FinetuneConfig
+from core.inference.predict import (CPU_BATCH_SIZE, cached_onnx_path, export_onnx, has_onnxruntime, list_images,  # noqa: E402
                           predict_folder)
 
 CLASSES = ["benign", "malignant", "normal"]
@@ -83,7 +84,7 @@ def make_folder(work: Path, n: int) -> tuple[Path, str]:
         for i, rel in enumerate(files[::step][:n]):
             shutil.copy(busi / rel, out / f"img{i:04d}.png")
         return out, "BUSI PNGs"
-    from core.demo import generate_demo
+    from core.data.demo import generate_demo
 
     demo = generate_demo(work / "demo", n_cases=max(2, n // 12 + 1), size=256)
     for i, rel in enumerate(list_images(demo)[:n]):
@@ -96,8 +97,8 @@ def plain_way(folder: Path, ens_file: Path, files: list[str]) -> tuple[float, np
     from PIL import Image
     from timm.data import create_transform
 
-    from core.finetune import load_classifier
-    from core.ensemble import load_spec
+    from core.train.finetune import load_classifier
+    from core.inference.ensemble import load_spec
 
     spec = load_spec(ens_file)
     members = []
@@ -128,7 +129,7 @@ def fast_way(folder: Path, ens_file: Path, out: Path, backend: str, batch_size: 
     ens = load_ensemble(ens_file, "cpu")
     kw: dict = {"ensemble": ens, "backend": backend}
     if backend == "onnx":
-        from core.predict import OnnxEnsemble
+        from core.inference.predict import OnnxEnsemble
 
         kw = {"onnx": OnnxEnsemble(cached_onnx_path(ens))}
     # warm-up on one batch of copies (kernel/primitive creation and buffers at this batch size), not timed

@@ -30,11 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.entropy import cell_entropy  # noqa: E402
-from core.models import create_backbone, pick_device  # noqa: E402
+from core.analysis.entropy import cell_entropy  # noqa: E402
+from core.models.backbones import create_backbone, pick_device  # noqa: E402
 from core.pretrain import StepContext, get_method  # noqa: E402
 from core.pretrain.data import load_grey_resized  # noqa: E402
-from core.pretrain.trainer import TrainConfig, _param_groups, _resolve_precision  # noqa: E402
+from core.pretrain.trainer import _param_groups, _resolve_precision  # noqa: E402
+from core.pretrain.config import TrainConfig
 
 
 def load_batch(folder: Path | None, n: int, size: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def load_batch(folder: Path | None, n: int, size: int) -> torch.Tensor:
         if busi.is_dir():
             folder = busi
         else:
-            from core.demo import generate_demo
+            from core.data.demo import generate_demo
             folder = generate_demo(Path(tempfile.mkdtemp()) / "demo", size=size)
     paths = sorted(p for p in folder.rglob("*.png") if "_mask" not in p.name)[:n]
     if len(paths) < n:

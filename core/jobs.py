@@ -34,6 +34,7 @@ class JobState(str, Enum):
 class EventKind(str, Enum):
     STARTED = "started"
     PROGRESS = "progress"
+    EPOCH_END = "epoch_end"       # an epoch finished: ``epoch`` and that epoch's metrics (its history row)
     LOG = "log"
     FINISHED = "finished"
     FAILED = "failed"
@@ -42,12 +43,16 @@ class EventKind(str, Enum):
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """``phase`` names what the job is doing now ("training", "validating", "decoding images", a fold);
+    ``epoch`` is the 1-based epoch a PROGRESS event belongs to, or the one an EPOCH_END event closes."""
     job_id: str
     kind: EventKind
     step: int = 0
     total: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    phase: str = ""
+    epoch: int | None = None
     time: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -85,12 +90,24 @@ class JobContext:
         if self._job._cancel.is_set():
             raise JobCancelled(f"job {self._job.name} cancelled")
 
-    def progress(self, step: int, total: int | None = None, message: str = "", **metrics: float) -> None:
-        self._job._emit(ProgressEvent(self._job.id, EventKind.PROGRESS, step, total,
-                                      {k: float(v) for k, v in metrics.items()}, message))
+    def progress(self, step: int, total: int | None = None, message: str = "", *, phase: str = "",
+                 epoch: int | None = None, **metrics: float) -> None:
+        self._job._emit(ProgressEvent(self._job.id, EventKind.PROGRESS, step, total, _floats(metrics), message,
+                                      phase, epoch))
+
+    def epoch_end(self, epoch: int, total_epochs: int | None, metrics: dict[str, float],
+                  message: str = "") -> None:
+        """Epoch ``epoch`` (1-based) is done and its row is in the run's history file."""
+        self._job._emit(ProgressEvent(self._job.id, EventKind.EPOCH_END, epoch, total_epochs, _floats(metrics),
+                                      message, epoch=epoch))
 
     def log(self, message: str) -> None:
         self._job._emit(ProgressEvent(self._job.id, EventKind.LOG, message=message))
+
+
+def _floats(metrics: dict | None) -> dict[str, float]:
+    """Numeric metrics only (a history row may carry strings such as a phase name)."""
+    return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Job:

@@ -51,7 +51,7 @@ def preload_engine() -> None:
     """
     import importlib
 
-    for name in ("core.entropy", "core.masking", "core.library", "core.store", "core.demo"):
+    for name in ("core.analysis.entropy", "core.analysis.masking", "core.data.library", "core.project.store", "core.data.demo"):
         importlib.import_module(name)
 
 

@@ -9,17 +9,17 @@ from pathlib import Path
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
-from desktop.jobs_bridge import AsyncCaller, JobRunner
-from desktop.jobs_panel import JobsManager, JobsPanel
-from desktop.predictions import PredictionsPage
-from desktop.library import LibraryPage, ProjectPanel
-from desktop.mae_panel import MaePanel
-from desktop.project import Item, ProjectModel
+from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
+from desktop.pages.jobs_panel import JobsManager, JobsPanel
+from desktop.pages.predictions import PredictionsPage
+from desktop.pages.library import LibraryPage, ProjectPanel
+from desktop.pages.mae_panel import MaePanel
+from desktop.bridge.project import Item, ProjectModel
 from desktop.settings import Settings, demo_folder, demo_ready
 from desktop.shortcuts import ShortcutsDialog, keys_for
-from desktop.start_page import StartPage
-from desktop.thumbs import ThumbnailService
-from desktop.viewer import ViewerPage
+from desktop.pages.start_page import StartPage
+from desktop.bridge.thumbs import ThumbnailService
+from desktop.pages.viewer import ViewerPage
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.mae = MaePanel(self.project, self.caller)
         self.side = ProjectPanel(self.project, self.library.model)
         self.predictions = PredictionsPage(self.project)
-        # training jobs (desktop/jobs_panel.py): a bottom dock, shown when a job starts
+        # training jobs (desktop/pages/jobs_panel.py): a bottom dock, shown when a job starts
         self.jobs = JobsManager(self.project, self)
         self.jobs_panel = JobsPanel(self.jobs)
         self.jobs_dock = QtWidgets.QDockWidget("Jobs", self)
@@ -384,7 +384,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         if self.demo_runner is not None and self.demo_runner.running:
             return
-        from core.demo import generate_demo
+        from core.data.demo import generate_demo
         from core.jobs import Job
 
         runner = JobRunner(Job("Making the demo data", lambda ctx: generate_demo(folder, ctx=ctx)), self)
@@ -547,9 +547,9 @@ class MainWindow(QtWidgets.QMainWindow):
         else:
             self.open_item(it, switch=False)
 
-    # -- jobs and predictions (desktop/jobs_panel.py, desktop/predictions.py) --------------------------
+    # -- jobs and predictions (desktop/pages/jobs_panel.py, desktop/pages/predictions.py) --------------------------
     def job_dialog(self, kind: str):
-        from desktop.job_dialogs import DIALOGS
+        from desktop.widgets.job_dialogs import DIALOGS
 
         return DIALOGS[kind](self.project, self.settings, self)
 
@@ -572,7 +572,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return rid
 
     def show_runs(self):
-        from desktop.runs_browser import RunsBrowser
+        from desktop.pages.runs_browser import RunsBrowser
 
         if not self.project.ready:
             return None

@@ -32,7 +32,7 @@ def busi_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """One small phantom data set per test session (read-only for tests: copy before changing it)."""
-    from core.demo import generate_demo
+    from core.data.demo import generate_demo
 
     return generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=0)
 
@@ -62,7 +62,7 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory) -> Path:
     """12 phantoms (4 per class, with masks): enough for the window, quick to scan. Read-only: copy it."""
-    from core.demo import generate_demo
+    from core.data.demo import generate_demo
 
     return generate_demo(tmp_path_factory.mktemp("small") / "demo", n_cases=2, images_per_case=1, seed=1)
 

@@ -16,10 +16,10 @@ The method interface (keep it this small)::
         def build(self, config) -> nn.Module: ...     # the trainable module; encoder at `.encoder`
         def loss(self, model, batch, step) -> (loss, metrics): ...
 
-* ``config`` is the trainer's ``TrainConfig``: ``config.backbone``, ``config.backbone_kwargs``,
+* ``config`` is the trainer's ``TrainConfig``: ``config.backbone``, ``config.timm_kwargs``,
   ``config.image_size``, ``config.options`` (the method's own options), ...
 * ``model.encoder`` must be a timm ConvNeXt whose ``state_dict()`` loads into
-  ``timm.create_model(config.backbone, **config.backbone_kwargs)`` with strict keys except ``head.*`` (and
+  ``timm.create_model(config.backbone, **config.timm_kwargs)`` with strict keys except ``head.*`` (and
   ``norm_pre.*``): that is what ``encoder.safetensors`` holds and what fine-tuning loads.
 * ``batch`` is what the dataset's collate gives (for ``"images"``: ``image`` float [B, 3, S, S] in [0, 1],
   ``entropy`` [B, h, w], ``index`` [B]), still on the CPU; ``step`` is a :class:`StepContext`.

@@ -1,10 +1,10 @@
 """Unlabeled images for pretraining: folder scan -> resized grey images (+ per-cell entropy) -> batches.
 
-* Images come from ``core.library.scan_folder`` (labels, masks and cases are ignored here), are read as
-  grey float in [0, 1] (``core.imageio.read_grey``; colour is converted to luminance) and resized to
+* Images come from ``core.data.library.scan_folder`` (labels, masks and cases are ignored here), are read as
+  grey float in [0, 1] (``core.data.imageio.read_grey``; colour is converted to luminance) and resized to
   ``size x size`` (bilinear with antialiasing, whole image, aspect ratio not kept: the same convention as
   fine-tuning). The collate replicates grey to 3 channels: ``image`` float [B, 3, S, S] in [0, 1].
-* Per-cell entropy (``core.entropy.cell_entropy``, cell = encoder stride 32) does not change during
+* Per-cell entropy (``core.analysis.entropy.cell_entropy``, cell = encoder stride 32) does not change during
   training, so it is computed **once per image** in a start-up pass and kept ([N, h, w] floats, tiny).
   ``entropy="batch"`` computes it on every batch instead (bench/pretrain.py measures both).
 * The start-up pass also keeps the resized images in memory (float16) when they fit in ``cache_mb``, so
@@ -49,8 +49,8 @@ def fingerprint(content_hashes: Sequence[str]) -> str:
 
 
 def scan_images(folder: str | Path, ctx=None):
-    """``core.library.scan_folder`` of ``folder``; unreadable files are reported through ``ctx.log``."""
-    from core.library import scan_folder
+    """``core.data.library.scan_folder`` of ``folder``; unreadable files are reported through ``ctx.log``."""
+    from core.data.library import scan_folder
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -66,7 +66,7 @@ def scan_images(folder: str | Path, ctx=None):
 
 def load_grey_resized(path: str | Path, size: int) -> torch.Tensor:
     """One image as grey float32 [size, size] in [0, 1]."""
-    from core.imageio import read_grey
+    from core.data.imageio import read_grey
 
     grey = torch.from_numpy(np.ascontiguousarray(read_grey(path), dtype=np.float32))
     return resize_grey(grey, size)
@@ -104,7 +104,7 @@ class UnlabeledImages(Dataset):
 
     # -- start-up pass: read every image once ----------------------------------------------------------
     def _startup_pass(self, *, keep_images: bool, ctx) -> None:
-        from core.entropy import cell_entropy
+        from core.analysis.entropy import cell_entropy
 
         n, s = len(self.paths), self.size
         images = torch.empty(n, s, s, dtype=torch.float16) if keep_images else None
@@ -158,7 +158,7 @@ class UnlabeledImages(Dataset):
         if "entropy" in items[0]:
             batch["entropy"] = torch.stack([it["entropy"] for it in items])  # [B, h, w]
         elif self.entropy_mode == "batch":
-            from core.entropy import cell_entropy
+            from core.analysis.entropy import cell_entropy
             batch["entropy"] = cell_entropy(grey, cell=self.cell, bins=self.bins)
         return batch
 

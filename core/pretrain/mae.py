@@ -36,7 +36,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from timm.layers.grn import GlobalResponseNorm
 
-from core.masking import DEFAULT_EPS, DEFAULT_RATIO, DEFAULT_TAU, MODES, mask_weights, num_masked, sample_mask
+from core.analysis.masking import DEFAULT_EPS, DEFAULT_RATIO, DEFAULT_TAU, MODES, mask_weights, num_masked, sample_mask
 from core.pretrain import PretrainMethod, StepContext, register_method
 
 MASK_SALT = 2
@@ -295,16 +295,16 @@ class MAE(PretrainMethod):
                              f"{config.image_size} px; need at least one hidden and one visible cell")
         mask_weights(torch.zeros(1, 1, 1), options["tau"], options["eps"], options["entropy_mode"])  # validates
         if options.get("decoder_width") is None:   # resolved here so that the config records the number
-            from core.models import create_backbone
+            from core.models.backbones import create_backbone
             with torch.device("meta"):
-                enc = create_backbone(config.backbone, **config.backbone_kwargs)
+                enc = create_backbone(config.backbone, **config.timm_kwargs)
             options["decoder_width"] = min(512, int(enc.feature_info[-1]["num_chs"]))
 
     def build(self, config) -> ConvNeXtMAE:
-        from core.models import create_backbone
+        from core.models.backbones import create_backbone
 
         o = config.options
-        encoder = create_backbone(config.backbone, **config.backbone_kwargs)
+        encoder = create_backbone(config.backbone, **config.timm_kwargs)
         encoder.reset_classifier(0)
         encoder.head = nn.Identity()      # the MAE never uses the classifier head: no unused parameters
         encoder.norm_pre = nn.Identity()

@@ -22,7 +22,7 @@ sample (``StepContext.generator`` / ``sample_seed``), so pairs do not depend on 
 
 :class:`PairedViews` is the pretraining data set of the contrastive methods (data set kind ``"pairs"``,
 registered with ``core.pretrain.data.register_dataset``): item i = two augmented views, of image i and of
-its partner, plus the positive group. Images are read with ``core.imageio.read_image`` (colour stays colour,
+its partner, plus the positive group. Images are read with ``core.data.imageio.read_image`` (colour stays colour,
 so colour-only augmentations can tell; grey is replicated to 3 channels in the batch) and resized to
 ``image_size`` x ``image_size`` (whole image, aspect not kept: the fine-tuning convention), kept in memory
 (float16) when they fit in ``cache_mb``. Partner, views and jigsaw permutations are drawn from generators
@@ -198,7 +198,7 @@ class SameCaseOtherModality(PairSampler):
 # -- the paired-view data set ---------------------------------------------------------------------------
 def load_resized(path: str | Path, size: int) -> tuple[torch.Tensor, bool]:
     """An image as float32 [C, size, size] in [0, 1] (C = 1 grey, 3 colour) and whether it is colour."""
-    from core.imageio import read_image
+    from core.data.imageio import read_image
 
     data = read_image(path)
     arr = np.ascontiguousarray(data.array, dtype=np.float32)

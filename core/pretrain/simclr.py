@@ -35,9 +35,9 @@ __all__ = ["ContrastiveMethod", "SimCLR", "MICLe", "ContrastiveModel", "build_en
 # -- model pieces -----------------------------------------------------------------------------------------
 def build_encoder(config) -> nn.Module:
     """timm ConvNeXt of ``config`` without classifier head and norm_pre (keys = what fine-tuning loads)."""
-    from core.models import create_backbone
+    from core.models.backbones import create_backbone
 
-    encoder = create_backbone(config.backbone, **config.backbone_kwargs)
+    encoder = create_backbone(config.backbone, **config.timm_kwargs)
     encoder.reset_classifier(0)
     encoder.head = nn.Identity()       # never used here: no unused parameters (DDP), not in encoder.safetensors
     encoder.norm_pre = nn.Identity()

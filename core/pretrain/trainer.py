@@ -41,7 +41,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,68 +51,15 @@ import torch
 import torch.nn as nn
 
 from core.pretrain import StepContext, get_method
-from core.rng import capture_rng_state, restore_rng_state
+from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
+from core.train.rng import capture_rng_state, restore_rng_state
 
-__all__ = ["TrainConfig", "train", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
+__all__ = ["train", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
            "read_checkpoint_config", "resolve_checkpoint", "load_checkpoint_model", "lr_at",
-           "collapse_metrics", "IDENTITY_KEYS", "CHECKPOINT_FORMAT"]
+           "collapse_metrics", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "medssl-pretrain/1"
 CKPT_DIR = "checkpoint-last"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Config fields that must match for --resume (everything that changes the trajectory).
-IDENTITY_KEYS = ("method", "backbone", "backbone_kwargs", "image_size", "cell", "epochs", "batch_size",
-                 "accum_steps", "lr", "min_lr", "weight_decay", "betas", "warmup_epochs", "clip_grad",
-                 "seed", "hflip", "mean", "std", "options")
-
-
-@dataclass
-class TrainConfig:
-    method: str = "mae"
-    data: str = ""                      # image folder
-    out: str = ""                       # run folder
-    backbone: str = "convnext_tiny"
-    backbone_kwargs: dict = field(default_factory=dict)   # timm kwargs (e.g. tiny depths/dims)
-    image_size: int = 224
-    cell: int = 32                      # mask cell = encoder total stride
-    epochs: int = 100
-    batch_size: int = 64                # images per micro-step, all processes together
-    accum_steps: int = 1                # micro-steps per optimizer step
-    lr: float = 5e-4                    # peak learning rate (absolute, not scaled by batch size)
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.95)
-    warmup_epochs: float = 5.0
-    clip_grad: float = 3.0              # max gradient L2 norm; 0 = no clipping
-    seed: int = 0
-    hflip: bool = True
-    mean: tuple = IMAGENET_MEAN         # encoder input normalisation (recorded for fine-tuning)
-    std: tuple = IMAGENET_STD
-    options: dict = field(default_factory=dict)          # the method's own options
-    # run settings (may change between a run and its resume)
-    device: str | None = None
-    precision: str = "auto"             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    workers: int = 0
-    cache_mb: float = 2048
-    checkpoint_epochs: int = 1          # save every N epochs (and at the end, on cancel)
-    checkpoint_steps: int = 0           # also every N optimizer steps (0 = off)
-    probe_size: int = 64                # images for the per-epoch collapse metrics
-    max_nan_skips: int = 20             # consecutive non-finite steps before giving up
-    max_steps: int | None = None        # stop (with a checkpoint) after this many optimizer steps in total
-    init_weights: str | None = None     # encoder weights to start from (weights only)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"], d["mean"], d["std"] = list(self.betas), list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in known})
-        cfg.betas, cfg.mean, cfg.std = tuple(cfg.betas), tuple(cfg.mean), tuple(cfg.std)
-        return cfg
 
 
 # -- schedule and optimizer ---------------------------------------------------------------------------
@@ -207,7 +154,7 @@ def read_checkpoint_config(path: str | Path) -> dict:
 
 def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[str, str]:
     return {"format": CHECKPOINT_FORMAT, "method": config.method, "backbone": config.backbone,
-            "backbone_kwargs": json.dumps(config.backbone_kwargs), "image_size": str(config.image_size),
+            "timm_kwargs": json.dumps(config.timm_kwargs), "image_size": str(config.image_size),
             "mean": json.dumps(list(config.mean)), "std": json.dumps(list(config.std)),
             "data_fingerprint": data.get("fingerprint", ""), "epoch": str(progress.get("epoch", ""))}
 
@@ -262,8 +209,9 @@ def _medssl_version() -> str:
 def _config_differences(saved: dict, current: TrainConfig, fingerprint: str | None) -> list[str]:
     diffs = []
     cur = current.to_dict()
+    was = {RENAMED_KEYS.get(k, k): v for k, v in saved["config"].items()}
     for k in IDENTITY_KEYS:
-        a, b = saved["config"].get(k), json.loads(json.dumps(cur[k]))
+        a, b = was.get(k), json.loads(json.dumps(cur[k]))
         if a != b:
             diffs.append(f"{k}: checkpoint {a!r}, now {b!r}")
     if fingerprint is not None and saved["data"].get("fingerprint") != fingerprint:
@@ -375,7 +323,7 @@ def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
 
 # -- the loop -----------------------------------------------------------------------------------------
 def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    from core.models import autocast_dtype
+    from core.models.backbones import autocast_dtype
 
     if precision == "auto":
         return autocast_dtype(device) if device.type == "cuda" else None
@@ -494,7 +442,7 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
     if dd.enabled and torch.cuda.is_available() and (config.device is None or config.device.startswith("cuda")):
         device = torch.device("cuda", dd.local_rank)
     else:
-        from core.models import pick_device
+        from core.models.backbones import pick_device
         device = pick_device(config.device)
     amp_dtype = _resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
@@ -559,7 +507,7 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
         sampler = EpochBatchSampler(n, config.batch_size, rank=dd.rank, world_size=dd.world_size,
                                     seed=config.seed, epoch=epoch,
                                     start=progress["step_in_epoch"] * config.accum_steps)
-        loader = make_loader(dataset, sampler, workers=config.workers, pin_memory=device.type == "cuda")
+        loader = make_loader(dataset, sampler, workers=config.num_workers, pin_memory=device.type == "cuda")
         batches = iter(loader)
         epoch_start = time.perf_counter()
         while progress["step_in_epoch"] < steps_per_epoch:
@@ -586,7 +534,7 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
                     metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / config.accum_steps
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            max_norm = config.clip_grad if config.clip_grad and config.clip_grad > 0 else float("inf")
+            max_norm = config.grad_clip if config.grad_clip and config.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             cancel = bool(ctx is not None and ctx.cancel_requested)
             step_loss = float(loss_sum)

@@ -1,0 +1,1 @@
+"""Image and model analysis: entropy, masking, metrics, active learning, MAE reconstructions."""

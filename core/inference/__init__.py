@@ -1,0 +1,1 @@
+"""Running trained classifiers on images: ensembles, batch prediction, ONNX export."""

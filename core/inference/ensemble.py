@@ -1,0 +1,571 @@
+"""Ensembles of fine-tuned classifiers: temperature scaling, weighted probability averaging, uncertainty,
+Grad-CAM.
+
+Ensemble file (JSON; member paths relative to the file)::
+
+    {"format": "medssl-ensemble", "version": 1,
+     "members": [{"name": "A-imagenet", "checkpoint": "runs/a", "weight": 1.0, "temperature": 1.31},
+                 {"name": "B-mae",      "checkpoint": "runs/b", "weight": 1.0, "temperature": 0.92}]}
+
+``checkpoint`` is a checkpoint folder, a fine-tuning run folder (its ``checkpoint-best``) or, for
+cross-validated evaluation only, a k-fold run folder. ``temperature`` is written by calibration (absent or
+null = 1, uncalibrated).
+
+Calibration: each member's logits on *its own* validation split (``split.json`` of its run) are scaled by
+one temperature T fitted by minimising the negative log-likelihood (torch LBFGS on log T). Then the
+ensemble probability is the weighted mean of the members' softmax(logits / T). Uncertainty per image:
+predictive entropy H(p_ens) (nats) and member disagreement, the weighted Jensen–Shannon divergence
+H(sum_m w_m p_m) - sum_m w_m H(p_m) (nats; 0 when the members agree).
+
+Grad-CAM per member uses the last stage: the features of timm's ``forward_features`` (the last stage's
+output for ConvNeXt, the head conv for EfficientNet) and the gradient of the class logit through
+``forward_head``: no hooks, works for any timm CNN.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_FORMAT = "medssl-ensemble"
+
+__all__ = ["EnsembleMember", "EnsembleSpec", "EnsembleModel", "LoadedEnsemble", "load_spec", "create_spec",
+           "load_ensemble", "fit_temperature", "combine", "predictive_entropy", "js_divergence", "grad_cam",
+           "cam_overlay", "cam_for_file", "evaluate_ensemble", "evaluate_ensemble_cv", "format_table", "softmax"]
+
+
+# ---------------------------------------------------------------------------------------------- the file
+@dataclass
+class EnsembleMember:
+    checkpoint: str
+    name: str = ""
+    weight: float = 1.0
+    temperature: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class EnsembleSpec:
+    members: list[EnsembleMember]
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def resolve(self, member: EnsembleMember) -> Path:
+        p = Path(member.checkpoint).expanduser()
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        return p
+
+    def save(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.path
+        if path is None:
+            raise ValueError("no path to save the ensemble file to")
+        d = {"format": ENSEMBLE_FORMAT, "version": 1, **self.extra,
+             "members": [m.to_dict() for m in self.members]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        tmp.replace(path)
+        self.path = path
+        return path
+
+
+def load_spec(path: str | Path) -> EnsembleSpec:
+    path = Path(path)
+    d = json.loads(path.read_text())
+    if d.get("format") not in (None, ENSEMBLE_FORMAT):
+        raise ValueError(f"{path}: not an ensemble file (format {d.get('format')!r})")
+    members = d.get("members")
+    if not members:
+        raise ValueError(f"{path}: the ensemble lists no members")
+    out = []
+    for i, m in enumerate(members):
+        if isinstance(m, str):
+            m = {"checkpoint": m}
+        if "checkpoint" not in m:
+            raise ValueError(f"{path}: member {i} has no 'checkpoint'")
+        w = float(m.get("weight", 1.0))
+        if not w >= 0:
+            raise ValueError(f"{path}: member {i} has a negative weight")
+        t = m.get("temperature")
+        out.append(EnsembleMember(str(m["checkpoint"]), m.get("name") or f"m{i}", w,
+                                  float(t) if t is not None else None))
+    extra = {k: v for k, v in d.items() if k not in ("format", "version", "members")}
+    return EnsembleSpec(out, path.resolve(), extra)
+
+
+def create_spec(path: str | Path, checkpoints: Sequence[str | Path], *, names: Sequence[str] | None = None,
+                weights: Sequence[float] | None = None) -> EnsembleSpec:
+    """Write a new ensemble file (paths stored relative to it when possible)."""
+    path = Path(path).resolve()
+    members = []
+    for i, c in enumerate(checkpoints):
+        c = Path(c).resolve()
+        try:
+            rel = str(Path(*_relpath(c, path.parent)))
+        except ValueError:
+            rel = str(c)
+        members.append(EnsembleMember(rel, names[i] if names else c.name,
+                                      float(weights[i]) if weights else 1.0))
+    spec = EnsembleSpec(members, path)
+    spec.save()
+    return spec
+
+
+def _relpath(target: Path, start: Path) -> tuple[str, ...]:
+    import os
+
+    return tuple(Path(os.path.relpath(target, start)).parts)
+
+
+# ----------------------------------------------------------------------------------------------- maths
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 200) -> float:
+    """Temperature T > 0 minimising the NLL of softmax(logits / T) (LBFGS on log T, float64)."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(y) == 0:
+        return 1.0
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    if not math.isfinite(t):
+        return 1.0
+    return float(min(max(t, 0.05), 20.0))
+
+
+def combine(member_probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted mean over members: [M, N, C] -> [N, C]."""
+    p = np.asarray(member_probs, dtype=np.float64)
+    w = np.ones(p.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    return np.tensordot(w, p, axes=1)
+
+
+# ----------------------------------------------------------------------------------------------- model
+class EnsembleModel(nn.Module):
+    """Input: images [B, 3, S, S] in [0, 1] (not normalised). Output: (ensemble probabilities [B, C],
+    member probabilities [M, B, C]). Each member normalises with its own mean/std and divides its logits
+    by its temperature. Pure tensor ops: exportable to ONNX."""
+
+    def __init__(self, models: Sequence[nn.Module], means: Sequence[Sequence[float]],
+                 stds: Sequence[Sequence[float]], temperatures: Sequence[float], weights: Sequence[float]):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        m = torch.tensor([list(x) for x in means], dtype=torch.float32).view(len(models), 1, 3, 1, 1)
+        s = torch.tensor([list(x) for x in stds], dtype=torch.float32).view(len(models), 1, 3, 1, 1)
+        self.register_buffer("mean", m, persistent=False)
+        self.register_buffer("std", s, persistent=False)
+        self.shared_norm = bool((m == m[0]).all() and (s == s[0]).all())
+        w = torch.tensor(list(weights), dtype=torch.float32)
+        self.register_buffer("weights", w / w.sum(), persistent=False)
+        self.register_buffer("inv_temperature", 1.0 / torch.tensor(list(temperatures), dtype=torch.float32),
+                             persistent=False)
+
+    def member_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        xn = (x - self.mean[0]) / self.std[0] if self.shared_norm else None
+        for i, model in enumerate(self.members):
+            xi = xn if xn is not None else (x - self.mean[i]) / self.std[i]
+            outs.append(model(xi).float())
+        return outs
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.stack([torch.softmax(z * self.inv_temperature[i], dim=-1)
+                             for i, z in enumerate(self.member_logits(x))])       # [M, B, C]
+        ens = (probs * self.weights.view(-1, 1, 1)).sum(0)                         # [B, C]
+        return ens, probs
+
+
+@dataclass
+class LoadedEnsemble:
+    spec: EnsembleSpec
+    names: list[str]
+    configs: list[dict]
+    module: EnsembleModel
+    classes: list[str]
+    image_size: int
+    device: torch.device
+
+    @property
+    def weights(self) -> list[float]:
+        return [m.weight for m in self.spec.members]
+
+    def preprocess(self, img) -> torch.Tensor:
+        """PIL RGB image -> float [3, S, S] in [0, 1] (the eval transform's resize; normalising is the model's)."""
+        from core.data.transforms import resize_pil, to_float_tensor
+
+        return to_float_tensor(resize_pil(img, self.image_size, self.configs[0].get("interpolation", "bicubic")))
+
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        from core.data.transforms import load_rgb
+
+        return self.preprocess(load_rgb(path))
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        ens, members = self.module(x.to(self.device))
+        return ens.cpu().numpy(), members.cpu().numpy()
+
+    def cam(self, x: torch.Tensor, target: int | None = None) -> dict[str, Any]:
+        """Grad-CAM of every member for one image ``x`` [3, S, S] in [0, 1]; target = the ensemble's
+        predicted class unless given. Returns {'class', 'members': {name: [S, S]}, 'ensemble': [S, S]}."""
+        x = x.to(self.device)[None]
+        if target is None:
+            ens, _ = self.predict(x)
+            target = int(ens[0].argmax())
+        maps = {}
+        mod = self.module
+        for i, (name, model) in enumerate(zip(self.names, mod.members)):
+            xi = (x - mod.mean[i]) / mod.std[i]
+            maps[name] = grad_cam(model, xi, target)[0]
+        w = np.asarray(self.weights) / sum(self.weights)
+        ens_map = sum(wi * m for wi, m in zip(w, maps.values()))
+        peak = ens_map.max()
+        return {"class": self.classes[target], "class_index": target, "members": maps,
+                "ensemble": ens_map / peak if peak > 0 else ens_map}
+
+
+def cam_for_file(ens: "LoadedEnsemble", path: str | Path, target: int | None = None) -> dict[str, Any]:
+    """Grad-CAM heatmaps for one image file at the file's own resolution (for the viewer): like
+    :meth:`LoadedEnsemble.cam`, with every map resized to [H, W] of the original image (float32, 0..1)."""
+    from core.data.transforms import load_rgb
+
+    img = load_rgb(path)
+    out = ens.cam(ens.preprocess(img), target)
+    h, w = img.height, img.width
+
+    def up(m: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp_(0, 1).numpy()
+
+    out["members"] = {k: up(v) for k, v in out["members"].items()}
+    out["ensemble"] = up(out["ensemble"])
+    return out
+
+
+def load_ensemble(spec: EnsembleSpec | str | Path, device: str | torch.device | None = None,
+                  *, require_calibrated: bool = False) -> LoadedEnsemble:
+    """Load every member of an ensemble file (single checkpoints; k-fold runs are for evaluation only)."""
+    from core.train.finetune import is_kfold_run, load_classifier
+    from core.models.backbones import pick_device
+
+    if not isinstance(spec, EnsembleSpec):
+        spec = load_spec(spec)
+    device = pick_device(str(device) if device else None)
+    models, configs, temps = [], [], []
+    for m in spec.members:
+        p = spec.resolve(m)
+        if is_kfold_run(p):
+            raise ValueError(f"member {m.name}: {p} is a k-fold run; point the ensemble at one checkpoint "
+                             f"(e.g. {p}/fold0) for prediction, or use `medssl ensemble` to evaluate CV")
+        model, cfg = load_classifier(p, device)
+        models.append(model)
+        configs.append(cfg)
+        if m.temperature is None:
+            if require_calibrated:
+                raise ValueError(f"member {m.name} is not calibrated; run `medssl ensemble` first")
+            log.warning("member %s has no temperature (uncalibrated): using T = 1", m.name)
+        temps.append(m.temperature or 1.0)
+    classes = configs[0]["classes"]
+    size = int(configs[0]["image_size"])
+    for m, c in zip(spec.members, configs):
+        if c["classes"] != classes:
+            raise ValueError(f"member {m.name} has classes {c['classes']}, the first member {classes}")
+        if int(c["image_size"]) != size:
+            raise ValueError(f"member {m.name} uses {c['image_size']} px, the first member {size} px: "
+                             f"all members of an ensemble take the same input size")
+    module = EnsembleModel(models, [c["mean"] for c in configs], [c["std"] for c in configs], temps,
+                           [m.weight for m in spec.members]).to(device).eval()
+    return LoadedEnsemble(spec, [m.name for m in spec.members], configs, module, list(classes), size, device)
+
+
+# -------------------------------------------------------------------------------------------- Grad-CAM
+def grad_cam(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | None = None,
+             size: tuple[int, int] | None = None) -> np.ndarray:
+    """Grad-CAM on the last stage of a timm CNN. ``x`` normalised [B, 3, H, W]; target class per image
+    (default: the model's prediction). Returns [B, H, W] (or ``size``) float32 in [0, 1]."""
+    model.eval()
+    with torch.enable_grad():
+        feats = model.forward_features(x.detach())                  # [B, C, h, w]
+        if feats.ndim != 4:
+            raise ValueError("Grad-CAM needs a CNN whose forward_features gives [B, C, h, w]")
+        feats = feats.detach().requires_grad_(True)
+        logits = model.forward_head(feats)                          # [B, K]
+        if target is None:
+            tgt = logits.argmax(1)
+        elif isinstance(target, int):
+            tgt = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+        else:
+            tgt = torch.as_tensor(list(target), dtype=torch.long, device=x.device)
+        score = logits.gather(1, tgt[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, feats)
+    w = grad.mean(dim=(2, 3), keepdim=True)                         # [B, C, 1, 1]
+    cam = F.relu((w * feats.detach()).sum(1, keepdim=True))         # [B, 1, h, w]
+    cam = F.interpolate(cam, size=size or tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return (cam / peak).float().cpu().numpy()
+
+
+def _jet(v: np.ndarray) -> np.ndarray:
+    """Jet-like colormap without matplotlib: [H, W] in [0, 1] -> uint8 [H, W, 3]."""
+    v = np.clip(v, 0, 1)[..., None]
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return (np.concatenate([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """uint8 RGB [H, W, 3] (or float [3, H, W] in [0, 1]) + cam [H, W] -> uint8 overlay [H, W, 3]."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
+        img = np.transpose(img, (1, 2, 0))
+    if img.dtype != np.uint8:
+        img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    heat = _jet(cam).astype(np.float32)
+    return (img.astype(np.float32) * (1 - alpha) + heat * alpha).astype(np.uint8)
+
+
+def save_cam_png(path: Path, x01: torch.Tensor, cam: dict[str, Any]) -> None:
+    """One PNG: the input, then each member's Grad-CAM, then the ensemble's, side by side."""
+    from PIL import Image
+
+    img = (x01.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+    tiles = [img] + [cam_overlay(img, m) for m in cam["members"].values()] + [cam_overlay(img, cam["ensemble"])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+def _member_logits(ckpt: Path, rel_paths: Sequence[str], root: Path, part: str, device, ctx=None,
+                   batch_size: int = 32) -> np.ndarray:
+    """Logits of one checkpoint on images (cached ``logits_<part>.csv`` of its run when it matches)."""
+    from core.train.finetune import load_classifier
+    from core.inference.logits import read_logits
+
+    run_dir = ckpt.parent if ckpt.name.startswith("checkpoint-") else ckpt
+    cached = run_dir / f"logits_{part}.csv"
+    if ckpt.name == "checkpoint-best" and cached.is_file():
+        paths, _, lg = read_logits(cached)
+        if paths == list(rel_paths):
+            return lg
+    from core.data.transforms import eval_transform, load_rgb
+
+    model, cfg = load_classifier(ckpt, device)
+    tf = eval_transform(int(cfg["image_size"]), cfg["mean"], cfg["std"], cfg.get("interpolation", "bicubic"))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rel_paths), batch_size):
+            if ctx is not None:
+                ctx.check_cancelled()
+            x = torch.stack([tf(load_rgb(root / r)) for r in rel_paths[i:i + batch_size]]).to(device)
+            out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(cfg["classes"])), np.float32)
+
+
+def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: bool = True,
+                      data_root: str | Path | None = None, device=None, ctx=None, save: bool = True,
+                      per_image: str | Path | None = None, cam_dir: str | Path | None = None,
+                      cam_limit: int = 32) -> dict:
+    """Calibrate each member on its validation split, evaluate members and ensemble on ``split`` of the
+    members' runs, before and after calibration. Temperatures are written back to the file (``save``)."""
+    from core.train.finetune import read_split, resolve_checkpoint
+    from core.models.backbones import pick_device
+
+    device = pick_device(str(device) if device else None)
+    ckpts = [resolve_checkpoint(spec.resolve(m)) for m in spec.members]
+    splits = [read_split(c.parent if c.name.startswith("checkpoint-") else c) for c in ckpts]
+    classes = splits[0]["classes"]
+    for m, s in zip(spec.members, splits):
+        if s["classes"] != classes:
+            raise ValueError(f"member {m.name} was trained on classes {s['classes']}, not {classes}")
+    part = split if splits[0].get(split) else "val"
+    if part != split:
+        log.warning("the runs have no %s split: evaluating on val", split)
+    eval_items = splits[0][part]
+    for m, s in zip(spec.members, splits):
+        if sorted(map(tuple, s.get(part) or [])) != sorted(map(tuple, eval_items)):
+            raise ValueError(f"member {m.name} has a different {part} split from {spec.members[0].name}: "
+                             f"fine-tune the members on the same split (with --project they share the split saved in "
+                             f"the store; with a folder, the same labels, seed and fractions or folds)")
+    rel = [r for r, _ in eval_items]
+    y = np.asarray([classes.index(lbl) for _, lbl in eval_items])
+    member_rows, logits_eval, temps = [], [], []
+    for k, (m, ck, s) in enumerate(zip(spec.members, ckpts, splits)):
+        root = Path(data_root) if data_root else Path(s["root"])
+        if ctx is not None:
+            ctx.progress(k, len(spec.members), message=f"member {m.name}")
+        lg = _member_logits(ck, rel, root, part, device, ctx)
+        t = m.temperature or 1.0
+        if calibrate:
+            vrel = [r for r, _ in s.get("val") or []]
+            if vrel:
+                vy = np.asarray([classes.index(lbl) for _, lbl in s["val"]])
+                vl = _member_logits(ck, vrel, root, "val", device, ctx)
+                t = fit_temperature(vl, vy)
+                m.temperature = t
+            else:
+                log.warning("member %s has no validation split: not calibrated", m.name)
+        logits_eval.append(lg)
+        temps.append(t)
+        member_rows.append({"name": m.name, "checkpoint": str(ck), "weight": m.weight, "temperature": t,
+                            "before": classification_metrics(y, softmax(lg), classes),
+                            "after": classification_metrics(y, softmax(lg, t), classes)})
+    weights = [m.weight for m in spec.members]
+    before = np.stack([softmax(lg) for lg in logits_eval])
+    after = np.stack([softmax(lg, t) for lg, t in zip(logits_eval, temps)])
+    ens_after = combine(after, weights)
+    report = {"split": part, "n": int(len(y)), "classes": classes, "members": member_rows,
+              "ensemble": {"before": classification_metrics(y, combine(before, weights), classes),
+                           "after": classification_metrics(y, ens_after, classes)},
+              "uncertainty": {"mean_entropy": float(predictive_entropy(ens_after).mean()) if len(y) else None,
+                              "mean_js": float(js_divergence(after, weights).mean()) if len(y) else None}}
+    if calibrate and save and spec.path is not None:
+        spec.save()
+    if per_image:
+        write_per_image(Path(per_image), rel, y, classes, ens_after, after, [m.name for m in spec.members],
+                        weights)
+    if cam_dir:
+        ens = load_ensemble(spec, device)
+        root = Path(data_root) if data_root else Path(splits[0]["root"])
+        for i, r in enumerate(rel[:cam_limit]):
+            x = ens.load_image(root / r)
+            cam = ens.cam(x)
+            out = Path(cam_dir) / (Path(r).with_suffix("").as_posix().replace("/", "__") + "_cam.png")
+            save_cam_png(out, x, cam)
+    report["_probs"] = (y, ens_after, after)   # for CV pooling; dropped before writing
+    return report
+
+
+def write_per_image(path: Path, rel: Sequence[str], y: np.ndarray | None, classes: Sequence[str],
+                    ens: np.ndarray, members: np.ndarray, names: Sequence[str], weights) -> None:
+    ent = predictive_entropy(ens)
+    js = js_divergence(members, weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "predicted"] + [f"prob_{c}" for c in classes] + ["entropy", "disagreement_js"]
+                   + [f"{n}_prob_{c}" for n in names for c in classes])
+        for i, r in enumerate(rel):
+            w.writerow([r, classes[y[i]] if y is not None else "", classes[int(ens[i].argmax())]]
+                       + [f"{v:.6f}" for v in ens[i]] + [f"{ent[i]:.6f}", f"{js[i]:.6f}"]
+                       + [f"{v:.6f}" for m in members[:, i] for v in m])
+
+
+def evaluate_ensemble_cv(spec: EnsembleSpec, *, calibrate: bool = True, data_root=None, device=None,
+                         ctx=None) -> dict:
+    """Members are k-fold run folders with the same k and folds: evaluate fold by fold on the held-out
+    fold (calibrating on each fold's validation part), then mean ± std over folds and pooled metrics."""
+    from core.train.finetune import fold_dirs
+
+    dirs = [fold_dirs(spec.resolve(m)) for m in spec.members]
+    if not all(dirs) or len({len(d) for d in dirs}) != 1:
+        raise ValueError("cross-validated evaluation needs every member to be a k-fold run with the same k")
+    k = len(dirs[0])
+    folds, pooled_y, pooled_ens, pooled_mem = [], [], [], []
+    for f in range(k):
+        if ctx is not None:
+            ctx.progress(f, k, message=f"fold {f + 1}/{k}")
+        fold_spec = EnsembleSpec([EnsembleMember(str(d[f]), m.name, m.weight) for m, d in
+                                  zip(spec.members, dirs)], None)
+        rep = evaluate_ensemble(fold_spec, calibrate=calibrate, data_root=data_root, device=device, ctx=ctx,
+                                save=False)
+        y, ens, mem = rep.pop("_probs")
+        pooled_y.append(y)
+        pooled_ens.append(ens)
+        pooled_mem.append(mem)
+        folds.append(rep)
+    classes = folds[0]["classes"]
+    names = [m.name for m in spec.members]
+    rows: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        rows[name] = {stage: summarize_folds([fr["members"][i][stage] for fr in folds]) for stage in
+                      ("before", "after")}
+        rows[name]["temperatures"] = [fr["members"][i]["temperature"] for fr in folds]
+    rows["ensemble"] = {stage: summarize_folds([fr["ensemble"][stage] for fr in folds]) for stage in
+                        ("before", "after")}
+    y = np.concatenate(pooled_y)
+    mem = np.concatenate(pooled_mem, axis=1)
+    pooled = {name: classification_metrics(y, mem[i], classes) for i, name in enumerate(names)}
+    pooled["ensemble"] = classification_metrics(y, np.concatenate(pooled_ens), classes)
+    for fr in folds:
+        fr.pop("_probs", None)
+    return {"k": k, "classes": classes, "members": names, "mean_std": rows, "pooled_after": pooled,
+            "folds": folds}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, dict):
+        return f"{v['mean']:.3f} ± {v['std']:.3f}"
+    return f"{v:.3f}"
+
+
+def format_table(report: dict, keys: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1",
+                                                      "roc_auc_ovr", "ece")) -> str:
+    """Markdown table: one row per member and the ensemble, before / after calibration."""
+    head = "| model | calibration | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    if "mean_std" in report:
+        for name, row in report["mean_std"].items():
+            for stage in ("before", "after"):
+                lines.append(f"| {name} | {stage} | " + " | ".join(_fmt(row[stage].get(k)) for k in keys) + " |")
+    else:
+        for r in report["members"] + [{"name": "ensemble", **report["ensemble"]}]:
+            for stage in ("before", "after"):
+                lines.append(f"| {r['name']} | {stage} | " + " | ".join(_fmt(r[stage].get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def ensemble_job(members: Sequence[str | Path], run_dir: str | Path, *, names: Sequence[str] | None = None,
+                 split: str = "test", calibrate: bool = True, device=None):
+    """A ``core.jobs.Job`` that writes ``RUN/ensemble.json`` from fine-tuned members, calibrates and evaluates
+    it (``report.json``, ``per_image.csv``); the desktop's "Build ensemble" runs this."""
+    from core.jobs import Job
+
+    run_dir = Path(run_dir)
+
+    def fn(ctx):
+        path = run_dir / "ensemble.json"
+        spec = create_spec(path, members, names=names or None)
+        rep = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
+                                per_image=run_dir / "per_image.csv")
+        rep.pop("_probs", None)
+        (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=float))
+        ctx.log(f"ensemble of {len(spec.members)} written to {path}")
+        return {**rep, "ensemble_file": str(path)}
+
+    return Job("ensemble", fn, state_dir=run_dir)

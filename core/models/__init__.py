@@ -1,0 +1,1 @@
+"""Backbones, ImageNet weights and checkpoint formats."""

@@ -1,0 +1,63 @@
+"""Pretraining settings: one dataclass shared by every method, the single source of the CLI's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+# Runs written before the option names were aligned with fine-tuning's: old name -> new name.
+RENAMED_KEYS = {"backbone_kwargs": "timm_kwargs", "clip_grad": "grad_clip", "workers": "num_workers"}
+# Config fields that must match for --resume (everything that changes the trajectory).
+IDENTITY_KEYS = ("method", "backbone", "timm_kwargs", "image_size", "cell", "epochs", "batch_size",
+                 "accum_steps", "lr", "min_lr", "weight_decay", "betas", "warmup_epochs", "grad_clip",
+                 "seed", "hflip", "mean", "std", "options")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "mae"
+    data: str = ""                      # image folder
+    out: str = ""                       # run folder
+    backbone: str = "convnext_tiny"
+    timm_kwargs: dict = field(default_factory=dict)   # timm kwargs (e.g. tiny depths/dims)
+    image_size: int = 224
+    cell: int = 32                      # mask cell = encoder total stride
+    epochs: int = 100
+    batch_size: int = 64                # images per micro-step, all processes together
+    accum_steps: int = 1                # micro-steps per optimizer step
+    lr: float = 5e-4                    # peak learning rate (absolute, not scaled by batch size)
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    warmup_epochs: float = 5.0
+    grad_clip: float = 3.0              # max gradient L2 norm; 0 = no clipping
+    seed: int = 0
+    hflip: bool = True
+    mean: tuple = IMAGENET_MEAN         # encoder input normalisation (recorded for fine-tuning)
+    std: tuple = IMAGENET_STD
+    options: dict = field(default_factory=dict)          # the method's own options
+    # run settings (may change between a run and its resume)
+    device: str | None = None
+    precision: str = "auto"             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    num_workers: int = 0
+    cache_mb: float = 2048
+    checkpoint_epochs: int = 1          # save every N epochs (and at the end, on cancel)
+    checkpoint_steps: int = 0           # also every N optimizer steps (0 = off)
+    probe_size: int = 64                # images for the per-epoch collapse metrics
+    max_nan_skips: int = 20             # consecutive non-finite steps before giving up
+    max_steps: int | None = None        # stop (with a checkpoint) after this many optimizer steps in total
+    init_weights: str | None = None     # encoder weights to start from (weights only)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"], d["mean"], d["std"] = list(self.betas), list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {RENAMED_KEYS.get(k, k): v for k, v in d.items()}
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        cfg.betas, cfg.mean, cfg.std = tuple(cfg.betas), tuple(cfg.mean), tuple(cfg.std)
+        return cfg

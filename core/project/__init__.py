@@ -1,0 +1,1 @@
+"""A project: its SQLite store, typed records and the runs made in it."""

@@ -1,0 +1,1 @@
+"""Between Qt and core: the open project model, background jobs and workers, thumbnails, edits."""

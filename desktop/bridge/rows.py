@@ -1,0 +1,154 @@
+"""Library rows without Qt: one light :class:`Item` per image, read from the store or from a quick file
+listing. Kept free of Qt so the scan process (:mod:`desktop.bridge.scan_process`) can build and pickle them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """'img (2)' before 'img (10)': digit runs compare as numbers."""
+    return tuple(int(part) if k % 2 else part for k, part in enumerate(_DIGITS.split(text)))
+
+
+class Item:
+    """One image row of the library. ``image_id`` is None until the scan has imported the file."""
+
+    __slots__ = ("path", "rel_path", "name", "sort_name", "sort_key", "image_id", "label", "n_masks", "prediction", "uncertainty",
+                 "case_id", "modality", "width", "height", "is_color", "order")
+
+    def __init__(self, path: str, rel_path: str, image_id: int | None = None, label: str | None = None,
+                 n_masks: int = 0, prediction: str | None = None, uncertainty: float | None = None,
+                 case_id: str | None = None, modality: str | None = None, width: int | None = None,
+                 height: int | None = None, is_color: bool = False, order: int = 0):
+        self.path = path
+        self.rel_path = rel_path
+        self.name = rel_path.rsplit("/", 1)[-1]
+        self.sort_name = rel_path.lower()      # search key
+        self.sort_key = natural_key(self.sort_name)
+        self.image_id = image_id
+        self.label = label
+        self.n_masks = n_masks
+        self.prediction = prediction
+        self.uncertainty = uncertainty
+        self.case_id = case_id
+        self.modality = modality
+        self.width = width
+        self.height = height
+        self.is_color = is_color
+        self.order = order
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Item({self.rel_path!r}, id={self.image_id}, label={self.label!r})"
+
+
+@dataclass
+class OpenResult:
+    items: list[Item]
+    counts: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)    # core.data.library.ScanError
+    complete: bool = True
+
+
+# -- reading rows (worker thread) -------------------------------------------------------------------
+def _scalar_uncertainty(value) -> float | None:
+    """A prediction's uncertainty as one number (the store keeps whatever JSON the predictor wrote)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        for key in ("total", "entropy", "predictive_entropy", "uncertainty", "std"):
+            if isinstance(value.get(key), (int, float)):
+                return float(value[key])
+        for v in value.values():
+            if isinstance(v, (int, float)):
+                return float(v)
+    return None
+
+
+def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
+    """{image_id: (predicted class, uncertainty)} of the newest run that stored predictions."""
+    try:
+        runs = store.list_runs()
+    except Exception:  # an older store without runs: no predictions
+        return {}
+    for run in reversed(runs):
+        preds = store.predictions(run.id)
+        if preds:
+            return {p.image_id: (p.label, _scalar_uncertainty(p.uncertainty)) for p in preds}
+    return {}
+
+
+def _mask_counts(store, ids: Iterable[int]) -> dict[int, int]:
+    bulk = getattr(store, "mask_counts", None)
+    if callable(bulk):
+        return dict(bulk())
+    return {i: len(store.masks(i)) for i in ids}
+
+
+def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
+    """Every image of the store as library rows (runs off the UI thread; the store is thread-safe).
+
+    ``masks=False`` skips the per-image mask count (one query per image until the store has a bulk
+    query): for a first, fast look at a project whose full rows follow a moment later.
+    """
+    rows = store.images()
+    labels = store.labels()
+    if masks or callable(getattr(store, "mask_counts", None)):
+        masks = _mask_counts(store, [r.id for r in rows])
+    else:
+        masks = {}
+    preds = latest_predictions(store)
+    items = []
+    for n, r in enumerate(rows):
+        pred = preds.get(r.id, (None, None))
+        items.append(Item(r.abs_path, r.rel_path, r.id, labels.get(r.id), masks.get(r.id, 0), pred[0], pred[1],
+                          r.case_id, r.modality, r.width, r.height, r.is_color, n))
+        if ctx is not None and n % 2000 == 0:
+            ctx.check_cancelled()
+    return items
+
+
+def quick_listing(root: Path) -> list[Item]:
+    """Image files under ``root`` before the scan has read them, so thumbnails can start at once.
+
+    Only names are looked at (suffix, mask naming, hidden entries, like ``core.data.library``'s walk); the
+    scan that follows decides what really is an image. Sleeps a moment between folders so the UI
+    thread gets Python's GIL when it asks for it.
+    """
+    import time
+
+    from core.data.imageio import IMAGE_EXTENSIONS, is_mask_file
+
+    exts = {e.lower() for e in IMAGE_EXTENSIONS}
+    root_s = str(root)
+    found: list[str] = []
+    stack = [root_s]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            name = e.name
+            if name.startswith("."):
+                continue
+            if e.is_dir():
+                stack.append(e.path)
+            elif os.path.splitext(name)[1].lower() in exts and not is_mask_file(name):
+                found.append(e.path)
+        time.sleep(0.0005)
+    found.sort()
+    cut = len(root_s) + 1
+    return [Item(p, p[cut:].replace(os.sep, "/"), order=n) for n, p in enumerate(found)]

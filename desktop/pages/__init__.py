@@ -1,0 +1,1 @@
+"""The window's pages: each a view over the open project."""

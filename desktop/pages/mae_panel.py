@@ -1,0 +1,242 @@
+"""Side-by-side MAE panel: original | hidden cells | reconstruction, from a chosen pretraining checkpoint.
+
+The arrays come from ``core.analysis.reconstruct`` (model loading and the forward pass run in a worker thread);
+this panel only shows them on three linked canvases.
+"""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+
+import numpy as np
+from PySide6 import QtCore, QtWidgets
+
+from desktop import theme
+from desktop.widgets.canvas import ImageCanvas
+from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
+from desktop.bridge.project import Item, ProjectModel
+
+META_KEY = "desktop.mae_checkpoint"
+
+
+def find_checkpoints(store) -> list[tuple[str, str]]:
+    """(label, path) of MAE runs the store knows, newest first."""
+    out = []
+    try:
+        runs = store.list_runs()
+    except Exception:
+        return out
+    for run in reversed(runs):
+        method = str((run.config or {}).get("method", run.kind or "")).lower()
+        if "mae" not in method and "mae" not in (run.kind or "").lower() and "mae" not in run.name.lower():
+            continue
+        paths = [c.path for c in store.checkpoints(run.id)]
+        if run.run_dir:
+            paths.insert(0, run.run_dir)
+        for p in paths[:1]:
+            out.append((f"{run.name} ({run.state})", p))
+    return out
+
+
+class MaePanel(QtWidgets.QWidget):
+    message = QtCore.Signal(str, int)
+
+    def __init__(self, project: ProjectModel, caller: AsyncCaller, parent=None):
+        super().__init__(parent)
+        self.project = project
+        self.caller = caller
+        self.item: Item | None = None
+        self._models: dict[str, tuple] = {}
+        self.last = None
+        self.seed = 0
+
+        self.ckpt = QtWidgets.QComboBox()
+        self.ckpt.setMinimumWidth(320)
+        self.ckpt.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.ckpt.currentIndexChanged.connect(lambda _i: self._checkpoint_changed())
+        browse = QtWidgets.QPushButton("Choose…")
+        browse.setToolTip("Choose an MAE run folder or checkpoint folder")
+        browse.clicked.connect(self.browse)
+        self.ratio = QtWidgets.QDoubleSpinBox()
+        self.ratio.setRange(0.05, 0.95)
+        self.ratio.setSingleStep(0.05)
+        self.ratio.setValue(0.6)
+        self.ratio.setToolTip("Mask ratio (fraction of cells hidden)")
+        self.ratio.valueChanged.connect(lambda _v: self.refresh())
+        self.resample = QtWidgets.QPushButton("Resample")
+        self.resample.setIcon(theme.icon("resample"))
+        self.resample.setToolTip("Draw a new entropy-guided mask")
+        self.resample.clicked.connect(self.resample_mask)
+        self.third = QtWidgets.QComboBox()
+        self.third.addItem("reconstruction", "reconstruction")
+        self.third.addItem("visible + reconstruction", "pasted")
+        self.third.currentIndexChanged.connect(lambda _i: self._show(self.last))
+
+        bar = QtWidgets.QHBoxLayout()
+        bar.setContentsMargins(12, 10, 12, 6)
+        bar.setSpacing(8)
+        for text, w in (("Checkpoint", self.ckpt), (None, browse), ("Mask ratio", self.ratio), (None, self.resample),
+                        ("Right panel", self.third)):
+            if text:
+                l = QtWidgets.QLabel(text)
+                l.setObjectName("dim")
+                bar.addSpacing(6)
+                bar.addWidget(l)
+            bar.addWidget(w)
+        bar.addStretch(1)
+
+        self.canvases = [ImageCanvas(), ImageCanvas(), ImageCanvas()]
+        self.titles = [QtWidgets.QLabel(t) for t in ("Original", "Hidden cells", "MAE reconstruction")]
+        grid = QtWidgets.QGridLayout()
+        grid.setContentsMargins(12, 0, 12, 0)
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(4)
+        for i, (t, c) in enumerate(zip(self.titles, self.canvases)):
+            t.setObjectName("heading")
+            t.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+            grid.addWidget(t, 0, i)
+            grid.addWidget(c, 1, i)
+            grid.setColumnStretch(i, 1)
+            if i:
+                c.vb.setXLink(self.canvases[0].vb)
+                c.vb.setYLink(self.canvases[0].vb)
+        grid.setRowStretch(1, 1)
+        self.grid_widget = QtWidgets.QWidget()
+        self.grid_widget.setLayout(grid)
+
+        self.empty = QtWidgets.QLabel()
+        self.empty.setObjectName("subtitle")
+        self.empty.setWordWrap(True)
+        self.empty.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.stack = QtWidgets.QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.grid_widget)
+
+        self.status = QtWidgets.QLabel()
+        self.status.setObjectName("dim")
+        self.status.setWordWrap(True)
+        self.status.setContentsMargins(14, 6, 14, 10)
+
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(4)
+        lay.addLayout(bar)
+        lay.addWidget(self.stack, 1)
+        lay.addWidget(self.status)
+        project.storeReady.connect(self.reload_checkpoints)
+        self._set_empty()
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def reload_checkpoints(self) -> None:
+        self.ckpt.blockSignals(True)
+        self.ckpt.clear()
+        if self.project.ready:
+            for label, path in find_checkpoints(self.project.store):
+                self.ckpt.addItem(label, path)
+                self.ckpt.setItemData(self.ckpt.count() - 1, path, QtCore.Qt.ItemDataRole.ToolTipRole)
+            saved = self.project.store.get_meta(META_KEY)
+            if saved and self.ckpt.findData(saved) < 0 and Path(saved).exists():
+                self.ckpt.addItem(Path(saved).name, saved)
+            if saved:
+                self.ckpt.setCurrentIndex(max(0, self.ckpt.findData(saved)))
+        self.ckpt.blockSignals(False)
+        self._checkpoint_changed()
+
+    def set_checkpoint(self, path: str | Path) -> None:
+        path = str(Path(path))
+        if self.ckpt.findData(path) < 0:
+            self.ckpt.addItem(Path(path).name, path)
+        self.ckpt.setCurrentIndex(self.ckpt.findData(path))
+        if self.project.ready:
+            self.project.store.set_meta(META_KEY, path)
+
+    def browse(self) -> None:
+        start = str(self.project.paths.folder) if self.project.paths else str(Path.home())
+        path = QtWidgets.QFileDialog.getExistingDirectory(self, "Choose an MAE run or checkpoint folder", start)
+        if path:
+            self.set_checkpoint(path)
+
+    def checkpoint(self) -> str | None:
+        return self.ckpt.currentData()
+
+    def _checkpoint_changed(self) -> None:
+        path = self.checkpoint()
+        if path and self.project.ready:
+            self.project.store.set_meta(META_KEY, path)
+        self.refresh()
+
+    # -- showing --------------------------------------------------------------------------------------
+    def _set_empty(self, text: str | None = None) -> None:
+        self.empty.setText(text or "No MAE checkpoint chosen.\n\nPretrain one with "
+                                   "“medssl pretrain mae …”, then choose its run folder above (Choose…).")
+        self.stack.setCurrentWidget(self.empty)
+        self.status.setText("")
+
+    def show_item(self, item: Item | None) -> None:
+        self.item = item
+        if self.isVisible():
+            self.refresh()
+
+    def showEvent(self, ev) -> None:
+        super().showEvent(ev)
+        self.refresh()
+
+    def resample_mask(self) -> None:
+        self.seed += 1
+        self.refresh()
+
+    def refresh(self) -> None:
+        ckpt, item = self.checkpoint(), self.item
+        if not ckpt:
+            self._set_empty()
+            return
+        if item is None:
+            self._set_empty("Open an image in the viewer to see what the MAE reconstructs.")
+            return
+        ratio, seed = float(self.ratio.value()), self.seed
+        self.status.setText(f"Reconstructing {item.name}…")
+        models = self._models
+
+        def compute():
+            engine = import_engine("core.analysis.reconstruct")
+            if ckpt not in models:
+                models.clear()
+                models[ckpt] = engine.load_mae(ckpt)
+            model, config = models[ckpt]
+            rec = engine.reconstruct(model, config, [item.path], names=[item.name], mask_ratio=ratio, seed=seed)[0]
+            return item, ckpt, config, rec
+
+        self.caller.submit(compute, self._done, self._failed, key="mae-panel")
+
+    def _failed(self, msg: str) -> None:
+        self._set_empty(f"Cannot reconstruct with this checkpoint:\n{msg}")
+
+    def _done(self, res) -> None:
+        item, ckpt, config, rec = res
+        if item is not self.item:
+            return
+        self.last = (item, ckpt, config, rec)
+        self._show(self.last)
+
+    def _show(self, res) -> None:
+        if res is None:
+            return
+        item, ckpt, config, rec = res
+        views = rec.views()       # uint8 RGB [S, S, 3] each: original, entropy, hidden, reconstruction, pasted
+        third = views[4] if self.third.currentData() == "pasted" else views[3]
+        first = self.canvases[0].image is None or self.canvases[0].image.shape != views[0].shape
+        for canvas, arr in zip(self.canvases, (views[0], views[2], third)):
+            canvas.set_image(arr.astype(np.float32) / 255.0, (0.0, 1.0), keep_view=not first)
+        if first:
+            self.canvases[0].fit()
+        hidden, total = int(rec.mask.sum()), rec.mask.size
+        self.titles[1].setText(f"Hidden cells ({hidden} of {total})")
+        self.titles[2].setText("MAE reconstruction" if self.third.currentData() != "pasted"
+                               else "Visible + reconstruction")
+        self.stack.setCurrentWidget(self.grid_widget)
+        size = rec.original.shape[0]
+        self.status.setText(
+            f"{item.name} at {size}×{size} px · {hidden}/{total} cells hidden · masked loss {rec.masked_loss:.3f} · "
+            f"checkpoint {Path(ckpt).name} · cell brightness/contrast of hidden cells come from the original "
+            "(the model predicts normalised pixels)")

@@ -1,0 +1,544 @@
+"""Predictions page: every image of a prediction run with label, ensemble prediction, probabilities per
+class, each member's probabilities, uncertainty (predictive entropy, member disagreement) and
+correct / incorrect; sortable, filterable, CSV export; double-click opens the image in the viewer with
+the Grad-CAM overlay. "Suggest next to label" ranks unlabeled images (``core.analysis.active``). A second tab shows
+confusion matrices and one-vs-rest ROC curves of the ensemble and of each member (labelled images).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from desktop import theme
+from desktop.pages.jobs_panel import CURVE_COLORS, style_plot
+
+SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
+
+
+@dataclass
+class PredRow:
+    image_id: int
+    name: str
+    rel_path: str
+    label: str | None
+    predicted: str | None
+    probs: dict[str, float]
+    members: dict[str, dict[str, float]] = field(default_factory=dict)
+    entropy: float | None = None
+    disagreement: float | None = None
+    rank: int | None = None          # "suggest next" position (1 = first)
+
+    @property
+    def correct(self) -> bool | None:
+        if self.label is None or self.predicted is None:
+            return None
+        return self.label == self.predicted
+
+
+def load_rows(store, run_id: int, items_by_id: dict) -> tuple[list[PredRow], list[str], list[str]]:
+    """Rows of a prediction run, its classes and member names; labels are the images' current labels."""
+    rows, classes, members = [], [], []
+    for p in store.predictions(run_id):
+        probs = p.probs or {}
+        ens = probs.get("ensemble") if isinstance(probs.get("ensemble"), dict) else probs
+        mem = probs.get("members") if isinstance(probs.get("members"), dict) else {}
+        for c in ens:
+            if c not in classes:
+                classes.append(c)
+        for n in mem:
+            if n not in members:
+                members.append(n)
+        unc = p.uncertainty if isinstance(p.uncertainty, dict) else {}
+        it = items_by_id.get(p.image_id)
+        rows.append(PredRow(p.image_id, it.name if it is not None else str(p.image_id),
+                            it.rel_path if it is not None else "", it.label if it is not None else None,
+                            p.label, {k: float(v) for k, v in ens.items() if isinstance(v, (int, float))},
+                            {n: {k: float(v) for k, v in d.items()} for n, d in mem.items()},
+                            _num(unc.get("entropy")), _num(unc.get("disagreement", unc.get("disagreement_js")))))
+    return rows, classes, members
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+class PredictionsModel(QtCore.QAbstractTableModel):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.rows: list[PredRow] = []
+        self.classes: list[str] = []
+        self.members: list[str] = []
+        self.columns: list[tuple[str, str, object]] = []   # (header, kind, key)
+
+    def set_data(self, rows: list[PredRow], classes: list[str], members: list[str]) -> None:
+        self.beginResetModel()
+        self.rows, self.classes, self.members = rows, classes, members
+        cols: list[tuple[str, str, object]] = [("#", "rank", None), ("Image", "name", None), ("Label", "label", None),
+                                               ("Prediction", "predicted", None)]
+        cols += [(f"p({c})", "prob", c) for c in classes]
+        cols += [("Entropy", "entropy", None), ("Disagreement", "disagreement", None), ("Correct", "correct", None)]
+        cols += [(f"{m}: p({c})", "member", (m, c)) for m in members for c in classes]
+        self.columns = cols
+        self.endResetModel()
+
+    def set_ranks(self, ranks: dict[int, int]) -> None:
+        for r in self.rows:
+            r.rank = ranks.get(r.image_id)
+        if self.rows:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, 0))
+
+    def rowCount(self, parent=QtCore.QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent=QtCore.QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.columns)
+
+    def headerData(self, section, orientation, role=QtCore.Qt.ItemDataRole.DisplayRole):
+        if orientation == QtCore.Qt.Orientation.Horizontal and role == QtCore.Qt.ItemDataRole.DisplayRole:
+            return self.columns[section][0]
+        if orientation == QtCore.Qt.Orientation.Horizontal and role == QtCore.Qt.ItemDataRole.ToolTipRole:
+            kind = self.columns[section][1]
+            return {"entropy": "predictive entropy of the ensemble (nats)",
+                    "disagreement": "member disagreement: Jensen–Shannon divergence (nats)",
+                    "rank": "position in the 'suggest next to label' list"}.get(kind)
+        return None
+
+    def value(self, row: PredRow, col: int):
+        _h, kind, key = self.columns[col]
+        if kind == "rank":
+            return row.rank
+        if kind in ("name", "label", "predicted", "entropy", "disagreement", "correct"):
+            return getattr(row, kind)
+        if kind == "prob":
+            return row.probs.get(key)
+        if kind == "member":
+            return row.members.get(key[0], {}).get(key[1])
+        return None
+
+    def data(self, index, role=QtCore.Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        row = self.rows[index.row()]
+        v = self.value(row, index.column())
+        kind = self.columns[index.column()][1]
+        if role == QtCore.Qt.ItemDataRole.DisplayRole:
+            if v is None:
+                return "" if kind != "label" else "—"
+            if kind == "correct":
+                return "✓" if v else "✗"
+            if isinstance(v, float):
+                return f"{v:.3f}"
+            return str(v)
+        if role == SORT_ROLE:
+            if v is None:
+                return float("inf") if kind == "rank" else -1.0 if kind not in ("name", "label", "predicted") else ""
+            return float(v) if isinstance(v, (bool, int, float)) else str(v)
+        if role == QtCore.Qt.ItemDataRole.ForegroundRole:
+            if kind == "correct" and v is not None:
+                return QtGui.QBrush(QtGui.QColor("#5fbf7f" if v else theme.ERROR))
+            if kind in ("label", "predicted") and v is not None and v in self.classes:
+                return QtGui.QBrush(theme.class_color(self.classes.index(v)))
+            if kind == "label" and v is None:
+                return QtGui.QBrush(QtGui.QColor(theme.TEXT_DIM))
+        if role == QtCore.Qt.ItemDataRole.BackgroundRole and kind in ("prob", "member") and isinstance(v, float):
+            c = QtGui.QColor(theme.ACCENT)
+            c.setAlphaF(0.08 + 0.55 * max(0.0, min(1.0, v)))
+            return QtGui.QBrush(c)
+        if role == QtCore.Qt.ItemDataRole.TextAlignmentRole and kind not in ("name", "label", "predicted"):
+            return int(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+        if role == QtCore.Qt.ItemDataRole.ToolTipRole and kind == "name":
+            return row.rel_path
+        return None
+
+
+class PredictionsFilter(QtCore.QSortFilterProxyModel):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.text = ""
+        self.show = "all"       # all | labelled | unlabeled | incorrect | correct | suggested
+        self.predicted = ""     # class name or ""
+        self.setSortRole(SORT_ROLE)
+
+    def set_filter(self, *, text=None, show=None, predicted=None) -> None:
+        if text is not None:
+            self.text = text.lower()
+        if show is not None:
+            self.show = show
+        if predicted is not None:
+            self.predicted = predicted
+        if hasattr(self, "beginFilterChange"):      # Qt >= 6.9 (invalidateFilter is deprecated there)
+            self.beginFilterChange()
+            self.endFilterChange(QtCore.QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, source_row: int, parent) -> bool:
+        row: PredRow = self.sourceModel().rows[source_row]
+        if self.text and self.text not in row.rel_path.lower() and self.text not in row.name.lower():
+            return False
+        if self.predicted and row.predicted != self.predicted:
+            return False
+        s = self.show
+        if s == "labelled" and row.label is None:
+            return False
+        if s == "unlabeled" and row.label is not None:
+            return False
+        if s == "incorrect" and row.correct is not False:
+            return False
+        if s == "correct" and row.correct is not True:
+            return False
+        if s == "suggested" and row.rank is None:
+            return False
+        return True
+
+
+def export_csv(path: str | Path, model: PredictionsModel, proxy: QtCore.QSortFilterProxyModel | None = None) -> int:
+    """Write the (filtered, sorted) table as CSV with full-precision numbers; returns rows written."""
+    cols = model.columns
+    header = ["image_id", "path"] + [h if k != "rank" else "suggest_rank" for h, k, _ in cols if k != "name"]
+    n = 0
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        count = proxy.rowCount() if proxy is not None else model.rowCount()
+        for i in range(count):
+            src = proxy.mapToSource(proxy.index(i, 0)).row() if proxy is not None else i
+            row = model.rows[src]
+            out = [row.image_id, row.rel_path]
+            for c, (_h, kind, _k) in enumerate(cols):
+                if kind == "name":
+                    continue
+                v = model.value(row, c)
+                out.append("" if v is None else (int(v) if isinstance(v, bool) else v))
+            w.writerow(out)
+            n += 1
+    return n
+
+
+# -- confusion / ROC (scikit-learn; labelled images) -------------------------------------------------------
+def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y, pred, labels=list(range(n)))
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(fpr, tpr, auc) of one-vs-rest scores; auc is NaN when a class is missing."""
+    from sklearn import metrics
+
+    if positive.all() or not positive.any():
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
+    fpr, tpr, _ = metrics.roc_curve(positive, scores)
+    return fpr, tpr, float(metrics.roc_auc_score(positive, scores))
+
+
+class ConfusionRocView(QtWidgets.QWidget):
+    """Confusion matrix (counts, row-normalised colour) and one-vs-rest ROC per class, for the ensemble or
+    one member, over the labelled images of the prediction run."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.source = QtWidgets.QComboBox()
+        self.caption = QtWidgets.QLabel()
+        self.caption.setObjectName("dim")
+        self.caption.setWordWrap(True)
+        self.cm_plot = pg.PlotWidget()
+        style_plot(self.cm_plot, "Confusion matrix", "true class", "predicted class")
+        self.cm_plot.setAspectLocked(True)
+        self.cm_plot.getPlotItem().invertY(True)
+        self.cm_image = pg.ImageItem(axisOrder="row-major")   # explicit: the app-wide option depends on imports
+        self.cm_plot.addItem(self.cm_image)
+        self.cm_texts: list[pg.TextItem] = []
+        self.roc_plot = pg.PlotWidget()
+        style_plot(self.roc_plot, "ROC (one class vs the rest)", "true positive rate", "false positive rate")
+        self.roc_plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.02)
+        self.roc_legend = self.roc_plot.addLegend(offset=(-10, -10), labelTextColor=theme.TEXT)
+        top = QtWidgets.QHBoxLayout()
+        top.addWidget(QtWidgets.QLabel("Model"))
+        top.addWidget(self.source)
+        top.addWidget(self.caption, 1)
+        plots = QtWidgets.QHBoxLayout()
+        plots.addWidget(self.cm_plot, 1)
+        plots.addWidget(self.roc_plot, 1)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addLayout(plots, 1)
+        self.rows: list[PredRow] = []
+        self.classes: list[str] = []
+        self.matrix: np.ndarray | None = None
+        self.aucs: dict[str, float] = {}
+        self.source.currentIndexChanged.connect(self.redraw)
+
+    def set_data(self, rows: list[PredRow], classes: list[str], members: list[str]) -> None:
+        self.rows, self.classes = rows, classes
+        cur = self.source.currentData()
+        self.source.blockSignals(True)
+        self.source.clear()
+        self.source.addItem("Ensemble", "")
+        for m in members:
+            self.source.addItem(f"Member {m}", m)
+        i = self.source.findData(cur) if cur is not None else 0
+        self.source.setCurrentIndex(max(0, i))
+        self.source.blockSignals(False)
+        self.redraw()
+
+    def probs_for(self, member: str) -> tuple[np.ndarray, np.ndarray]:
+        lab = [r for r in self.rows if r.label in self.classes]
+        y = np.array([self.classes.index(r.label) for r in lab], dtype=int)
+        src = [(r.members.get(member, {}) if member else r.probs) for r in lab]
+        p = np.array([[d.get(c, 0.0) for c in self.classes] for d in src], dtype=float).reshape(len(lab), len(self.classes))
+        return y, p
+
+    def redraw(self) -> None:
+        for t in self.cm_texts:
+            self.cm_plot.removeItem(t)
+        self.cm_texts = []
+        self.roc_plot.clear()
+        self.roc_legend.clear()
+        n = len(self.classes)
+        member = self.source.currentData() or ""
+        y, p = self.probs_for(member) if n else (np.zeros(0, int), np.zeros((0, 0)))
+        if n == 0 or len(y) == 0:
+            self.caption.setText("No labelled image has a prediction yet.")
+            self.cm_image.clear()
+            self.matrix = None
+            return
+        pred = p.argmax(1)
+        m = confusion(y, pred, n)
+        self.matrix = m
+        acc = float((pred == y).mean())
+        self.caption.setText(f"{len(y)} labelled images, accuracy {acc:.1%}. Images the members were trained on "
+                             "are included: use the ensemble report (test split) for an unbiased estimate.")
+        norm = m / np.maximum(1, m.sum(1, keepdims=True))
+        self.cm_image.setImage(norm, levels=(0, 1))   # row-major: rows = true class (y), columns = predicted (x)
+        self.cm_image.setLookupTable(pg.colormap.get("viridis").getLookupTable(nPts=256))
+        self.cm_image.setRect(QtCore.QRectF(0, 0, n, n))
+        for i in range(n):
+            for j in range(n):
+                t = pg.TextItem(str(m[i, j]), color="w" if norm[i, j] < 0.6 else "k", anchor=(0.5, 0.5))
+                font = QtGui.QFont()
+                font.setPointSize(12)
+                font.setBold(True)
+                t.setFont(font)
+                t.setPos(j + 0.5, i + 0.5)
+                self.cm_plot.addItem(t)
+                self.cm_texts.append(t)
+        ticks = [[(k + 0.5, c) for k, c in enumerate(self.classes)]]
+        pi = self.cm_plot.getPlotItem()
+        pi.getAxis("bottom").setTicks(ticks)
+        pi.getAxis("left").setTicks(ticks)
+        self.cm_plot.setRange(xRange=(0, n), yRange=(0, n), padding=0.02)
+        self.roc_plot.plot([0, 1], [0, 1], pen=pg.mkPen(theme.BORDER, style=QtCore.Qt.PenStyle.DashLine))
+        self.aucs = {}
+        for k, c in enumerate(self.classes):
+            fpr, tpr, auc = roc_curve(p[:, k], y == k)
+            self.aucs[c] = auc
+            color = theme.class_color(k)
+            name = f"{c}  AUC {auc:.3f}" if np.isfinite(auc) else f"{c}  (no positives)"
+            self.roc_plot.plot(fpr, tpr, pen=pg.mkPen(color, width=2), name=name)
+        self.roc_plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.02)
+
+
+# -- the page ---------------------------------------------------------------------------------------------
+class PredictionsPage(QtWidgets.QWidget):
+    openImage = QtCore.Signal(int, str)        # image id, ensemble file (for Grad-CAM; "" if unknown)
+    suggested = QtCore.Signal(list)            # image ids, best first
+    message = QtCore.Signal(str, int)
+
+    def __init__(self, project, parent=None):
+        super().__init__(parent)
+        self.project = project
+        self.run_combo = QtWidgets.QComboBox()
+        self.run_combo.setMinimumWidth(180)
+        self.search = QtWidgets.QLineEdit()
+        self.search.setPlaceholderText("Filter by file name…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setMinimumWidth(160)
+        self.show_combo = QtWidgets.QComboBox()
+        for label, v in (("All images", "all"), ("Labelled", "labelled"), ("Unlabeled", "unlabeled"),
+                         ("Incorrect", "incorrect"), ("Correct", "correct"), ("Suggested to label", "suggested")):
+            self.show_combo.addItem(label, v)
+        self.pred_combo = QtWidgets.QComboBox()
+        self.count_label = QtWidgets.QLabel()
+        self.count_label.setObjectName("dim")
+        self.suggest_btn = QtWidgets.QPushButton(theme.icon("next-unlabeled"), "Suggest next to label")
+        self.suggest_btn.setToolTip("Rank unlabeled images by member disagreement + predictive entropy "
+                                    "(core.analysis.active) and open the first one for labelling")
+        self.suggest_n = QtWidgets.QSpinBox()
+        self.suggest_n.setRange(1, 10000)
+        self.suggest_n.setValue(20)
+        self.suggest_n.setPrefix("top ")
+        self.export_btn = QtWidgets.QPushButton("Export CSV…")
+        self.refresh_btn = QtWidgets.QToolButton()
+        self.refresh_btn.setIcon(theme.icon("resample"))
+        self.refresh_btn.setToolTip("Reload")
+
+        bar = QtWidgets.QHBoxLayout()
+        bar.addWidget(QtWidgets.QLabel("Run"))
+        bar.addWidget(self.run_combo)
+        bar.addWidget(self.refresh_btn)
+        bar.addSpacing(10)
+        bar.addWidget(self.search, 1)
+        bar.addWidget(self.show_combo)
+        bar.addWidget(QtWidgets.QLabel("Predicted"))
+        bar.addWidget(self.pred_combo)
+        bar.addWidget(self.count_label)
+        actions = QtWidgets.QWidget()              # beside the tabs: the toolbar row stays narrow
+        al = QtWidgets.QHBoxLayout(actions)
+        al.setContentsMargins(0, 0, 0, 2)
+        al.addWidget(self.suggest_n)
+        al.addWidget(self.suggest_btn)
+        al.addWidget(self.export_btn)
+
+        self.model = PredictionsModel(self)
+        self.proxy = PredictionsFilter(self)
+        self.proxy.setSourceModel(self.model)
+        self.table = QtWidgets.QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setAlternatingRowColors(False)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        self.table.horizontalHeader().setHighlightSections(False)
+        self.table.setWordWrap(False)
+        self.charts = ConfusionRocView()
+        self.tabs = QtWidgets.QTabWidget()
+        self.tabs.addTab(self.table, "Table")
+        self.tabs.addTab(self.charts, "Confusion && ROC")
+        self.tabs.setCornerWidget(actions, QtCore.Qt.Corner.TopRightCorner)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(8, 8, 8, 8)
+        lay.addLayout(bar)
+        lay.addWidget(self.tabs, 1)
+
+        self.run_combo.currentIndexChanged.connect(lambda _i: self.load_run())
+        self.refresh_btn.clicked.connect(self.refresh)
+        self.search.textChanged.connect(lambda t: self._filter(text=t))
+        self.show_combo.currentIndexChanged.connect(lambda _i: self._filter(show=self.show_combo.currentData()))
+        self.pred_combo.currentIndexChanged.connect(lambda _i: self._filter(predicted=self.pred_combo.currentData() or ""))
+        self.table.doubleClicked.connect(self._open)
+        self.table.activated.connect(self._open)
+        self.export_btn.clicked.connect(self.choose_export)
+        self.suggest_btn.clicked.connect(self.suggest)
+        project.storeReady.connect(self.refresh)
+        project.closed.connect(self.refresh)
+        project.itemChanged.connect(self._label_changed)
+
+    # -- data -----------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        store = self.project.store
+        cur = self.run_combo.currentData()
+        self.run_combo.blockSignals(True)
+        self.run_combo.clear()
+        if store is not None:
+            for r in reversed(store.list_runs()):
+                if r.kind == "predict" and r.state == "finished":
+                    self.run_combo.addItem(f"#{r.id} {r.name}", r.id)
+        i = self.run_combo.findData(cur) if cur is not None else -1
+        self.run_combo.setCurrentIndex(i if i >= 0 else 0)
+        self.run_combo.blockSignals(False)
+        self.load_run()
+
+    def run(self):
+        rid = self.run_combo.currentData()
+        store = self.project.store
+        if rid is None or store is None:
+            return None
+        try:
+            return store.get_run(int(rid))
+        except KeyError:
+            return None
+
+    def load_run(self) -> None:
+        run = self.run()
+        if run is None:
+            self.model.set_data([], [], [])
+            self.charts.set_data([], [], [])
+            self.count_label.setText("no predictions yet: Train → Predict")
+        else:
+            rows, classes, members = load_rows(self.project.store, run.id, self.project.by_id)
+            self.model.set_data(rows, classes, members)
+            self.charts.set_data(rows, classes, members)
+            self.table.sortByColumn(1, QtCore.Qt.SortOrder.AscendingOrder)
+            self._size_columns()
+        cur = self.pred_combo.currentData()
+        self.pred_combo.blockSignals(True)
+        self.pred_combo.clear()
+        self.pred_combo.addItem("any", "")
+        for c in self.model.classes:
+            self.pred_combo.addItem(c, c)
+        self.pred_combo.setCurrentIndex(max(0, self.pred_combo.findData(cur or "")))
+        self.pred_combo.blockSignals(False)
+        self.proxy.set_filter(predicted=self.pred_combo.currentData() or "")
+        self._count()
+
+    def _size_columns(self) -> None:
+        h = self.table.horizontalHeader()
+        for c, (_t, kind, _k) in enumerate(self.model.columns):
+            if kind == "name":
+                h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.Interactive)
+                self.table.setColumnWidth(c, 220)
+            else:
+                h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+
+    def _filter(self, **kw) -> None:
+        self.proxy.set_filter(**kw)
+        self._count()
+
+    def _count(self) -> None:
+        if self.model.rows:
+            self.count_label.setText(f"{self.proxy.rowCount()} of {len(self.model.rows)}")
+
+    def _label_changed(self, image_id: int) -> None:
+        it = self.project.by_id.get(image_id)
+        for r in self.model.rows:
+            if r.image_id == image_id and it is not None:
+                r.label = it.label
+                row = self.model.rows.index(r)
+                self.model.dataChanged.emit(self.model.index(row, 0),
+                                            self.model.index(row, self.model.columnCount() - 1))
+                break
+
+    # -- actions --------------------------------------------------------------------------------------
+    def ensemble_file(self) -> str:
+        run = self.run()
+        return str((run.config or {}).get("ensemble", "")) if run is not None else ""
+
+    def _open(self, index: QtCore.QModelIndex) -> None:
+        row = self.model.rows[self.proxy.mapToSource(index).row()]
+        self.openImage.emit(row.image_id, self.ensemble_file())
+
+    def choose_export(self) -> None:
+        run = self.run()
+        default = str((self.project.paths.folder if self.project.paths else Path.home())
+                      / f"predictions-{run.id if run else 'none'}.csv")
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Export predictions", default, "CSV (*.csv)")
+        if path:
+            n = export_csv(path, self.model, self.proxy)
+            self.message.emit(f"{n} rows written to {path}", 6000)
+
+    def suggest(self) -> list[int]:
+        """Rank the unlabeled images, show them in order and emit the ids (best first)."""
+        from core.analysis.active import rank_for_labeling
+
+        rows = self.model.rows
+        ranked = rank_for_labeling(
+            ({"image_id": r.image_id, "entropy": r.entropy, "disagreement": r.disagreement} for r in rows),
+            n_classes=max(2, len(self.model.classes)), n_members=max(1, len(self.model.members)),
+            labelled=[r.image_id for r in rows if r.label is not None], limit=self.suggest_n.value())
+        ids = [s.image_id for s in ranked]
+        self.model.set_ranks({i: k + 1 for k, i in enumerate(ids)})
+        self.show_combo.setCurrentIndex(self.show_combo.findData("suggested"))
+        self.table.sortByColumn(0, QtCore.Qt.SortOrder.AscendingOrder)
+        if not ids:
+            self.message.emit("No unlabeled image with a prediction: nothing to suggest.", 5000)
+        self.suggested.emit(ids)
+        return ids

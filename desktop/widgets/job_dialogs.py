@@ -1,0 +1,548 @@
+"""Dialogs that launch jobs: pretraining, fine-tuning, building an ensemble, predicting a folder.
+
+Each dialog edits one plain dict (the run's stored config, see :func:`desktop.pages.jobs_panel.build_job`),
+remembers the last values per project-independent key in the desktop settings, shows the compute device
+(CPU / CUDA) and lets the user pick it. :meth:`JobDialog.request` returns ``(kind, name, config)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PySide6 import QtCore, QtWidgets
+
+from desktop import theme
+
+BACKBONES = ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny",
+             "convnext_small", "convnextv2_atto", "convnextv2_femto", "convnextv2_nano", "convnextv2_tiny"]
+
+#: pretraining entries shown in the method list: (label, registry name, option overrides)
+METHOD_LABELS = {
+    "mae": "MAE, entropy-guided masks",
+    "mae-random": "MAE, random masks",
+    "simclr": "SimCLR",
+    "micle": "MICLe (SimCLR, positives from the same case)",
+    "fgssl": "FG-SSL (hierarchical jigsaw, Barlow Twins)",
+    "multimodal": "Multimodal contrastive (other modalities of a case)",
+}
+
+
+def devices() -> list[tuple[str, str]]:
+    """(label, value) of the compute devices: auto, CPU, each CUDA GPU."""
+    out = [("Automatic", "")]
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        auto = "CUDA" if n else "CPU"
+        out[0] = (f"Automatic ({auto})", "")
+        out.append(("CPU", "cpu"))
+        for i in range(n):
+            out.append((f"CUDA:{i} {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+    except Exception:  # no torch: the engine would fail anyway, but the dialog still opens
+        out.append(("CPU", "cpu"))
+    return out
+
+
+def method_entries() -> list[tuple[str, str, dict]]:
+    from core.pretrain import list_methods
+
+    out = []
+    for name in list_methods():
+        out.append((METHOD_LABELS.get(name, name), name, {}))
+        if name == "mae":
+            out.append((METHOD_LABELS["mae-random"], "mae", {"entropy_mode": "random"}))
+    return out
+
+
+class PathPicker(QtWidgets.QWidget):
+    def __init__(self, caption: str, *, folder: bool = False, filt: str = "", parent=None):
+        super().__init__(parent)
+        self.edit = QtWidgets.QLineEdit()
+        self.button = QtWidgets.QToolButton()
+        self.button.setText("…")
+        lay = QtWidgets.QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.edit, 1)
+        lay.addWidget(self.button)
+        self.button.clicked.connect(lambda: self._pick(caption, folder, filt))
+
+    def _pick(self, caption, folder, filt) -> None:
+        start = self.edit.text() or str(Path.home())
+        if folder:
+            path = QtWidgets.QFileDialog.getExistingDirectory(self, caption, start)
+        else:
+            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, caption, start, filt)
+        if path:
+            self.edit.setText(path)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:
+        self.edit.setText(text)
+
+
+class JobDialog(QtWidgets.QDialog):
+    kind = ""
+    title = ""
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(parent)
+        self.project = project
+        self.settings = settings
+        self.setWindowTitle(self.title)
+        self.setMinimumWidth(520)
+        self.form = QtWidgets.QFormLayout()
+        self.form.setFieldGrowthPolicy(QtWidgets.QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.name = QtWidgets.QLineEdit()
+        self.form.addRow("Run name", self.name)
+        self.device = QtWidgets.QComboBox()
+        for label, value in devices():
+            self.device.addItem(label, value)
+        self.note = QtWidgets.QLabel()
+        self.note.setObjectName("dim")
+        self.note.setWordWrap(True)
+        self.buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Ok
+                                                  | QtWidgets.QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok).setText("Start")
+        self.buttons.accepted.connect(self._accept)
+        self.buttons.rejected.connect(self.reject)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addLayout(self.form)
+        lay.addWidget(self.note)
+        lay.addWidget(self.buttons)
+
+    def spin(self, lo, hi, value, step=1, decimals: int | None = None):
+        if decimals is None:
+            w = QtWidgets.QSpinBox()
+        else:
+            w = QtWidgets.QDoubleSpinBox()
+            w.setDecimals(decimals)
+        w.setRange(lo, hi)
+        w.setSingleStep(step)
+        w.setValue(value)
+        return w
+
+    # -- remembered values ------------------------------------------------------------------------------
+    def _key(self) -> str:
+        return f"jobs/{self.kind}"
+
+    def remembered(self) -> dict:
+        if self.settings is None:
+            return {}
+        raw = self.settings.value(self._key())
+        try:
+            return json.loads(raw) if raw else {}
+        except (TypeError, ValueError):
+            return {}
+
+    def remember(self, values: dict) -> None:
+        if self.settings is not None:
+            self.settings.set_value(self._key(), json.dumps(values))
+
+    def set_device(self, value: str) -> None:
+        i = self.device.findData(value or "")
+        self.device.setCurrentIndex(max(0, i))
+
+    # -- result -----------------------------------------------------------------------------------------
+    def values(self) -> dict:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def validate(self) -> str | None:
+        return None
+
+    def request(self) -> tuple[str, str, dict]:
+        return self.kind, self.name.text().strip() or self.kind, self.config()
+
+    def _accept(self) -> None:
+        problem = self.validate()
+        if problem:
+            QtWidgets.QMessageBox.warning(self, self.title, problem)
+            return
+        self.remember(self.values())
+        self.accept()
+
+
+# ---------------------------------------------------------------------------------------------- pretrain
+class TrainingDialog(JobDialog):
+    """Pretraining and fine-tuning share the model and schedule rows (and their remembered values)."""
+    default_epochs, default_batch = 30, 32
+    tiny_text = "test-size model (smoke tests only)"
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(project, settings, parent)
+        self.backbone = QtWidgets.QComboBox()
+        self.backbone.setEditable(True)
+        self.backbone.addItems(BACKBONES)
+        self.tiny = QtWidgets.QCheckBox(self.tiny_text)
+        self.image_size = self.spin(32, 1024, 224, 32)
+        self.epochs = self.spin(1, 10000, self.default_epochs)
+        self.batch = self.spin(1, 4096, self.default_batch)
+        self.lr = self.spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
+
+    def add_model_rows(self) -> None:
+        f = self.form
+        f.addRow("Backbone", self.backbone)
+        f.addRow("", self.tiny)
+        f.addRow("Image size (px)", self.image_size)
+        f.addRow("Epochs", self.epochs)
+        f.addRow("Batch size", self.batch)
+        f.addRow("Learning rate", self.lr)
+
+    def restore_model(self, v: dict) -> None:
+        self.backbone.setCurrentText(v.get("backbone", "convnext_atto"))
+        self.tiny.setChecked(bool(v.get("tiny", False)))
+        self.image_size.setValue(int(v.get("image_size", 224)))
+        self.epochs.setValue(int(v.get("epochs", self.default_epochs)))
+        self.batch.setValue(int(v.get("batch_size", self.default_batch)))
+        self.lr.setValue(float(v.get("lr", 5e-4)))
+        self.set_device(v.get("device", ""))
+
+    def model_values(self) -> dict:
+        return {"backbone": self.backbone.currentText(), "tiny": self.tiny.isChecked(),
+                "image_size": self.image_size.value(), "epochs": self.epochs.value(),
+                "batch_size": self.batch.value(), "lr": self.lr.value(), "device": self.device.currentData(),
+                "name": self.name.text()}
+
+
+class PretrainDialog(TrainingDialog):
+    kind = "pretrain"
+    title = "Pretrain an encoder (self-supervised)"
+    default_epochs, default_batch = 100, 64
+    tiny_text = "test-size model (a few thousand weights; smoke tests only)"
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(project, settings, parent)
+        self.method = QtWidgets.QComboBox()
+        for label, name, extra in method_entries():
+            self.method.addItem(label, (name, extra))
+        self.mask_ratio = self.spin(0.05, 0.95, 0.6, 0.05, decimals=2)
+        self.entropy_mode = QtWidgets.QComboBox()
+        for label, v in (("high entropy first", "high"), ("low entropy first", "low"), ("random (plain MAE)", "random")):
+            self.entropy_mode.addItem(label, v)
+        self.tau = self.spin(0.01, 100.0, 1.0, 0.1, decimals=2)
+        self.eps = self.spin(0.0, 1.0, 0.1, 0.05, decimals=2)
+        self.mae_box = QtWidgets.QGroupBox("Masking (MAE)")
+        mf = QtWidgets.QFormLayout(self.mae_box)
+        mf.addRow("Mask ratio", self.mask_ratio)
+        mf.addRow("Entropy mode", self.entropy_mode)
+        mf.addRow("Temperature τ", self.tau)
+        mf.addRow("Uniform mix ε", self.eps)
+        f = self.form
+        f.addRow("Method", self.method)
+        self.add_model_rows()
+        f.addRow(self.mae_box)
+        f.addRow("Device", self.device)
+        self.method.currentIndexChanged.connect(self._method_changed)
+        self._restore()
+        self._method_changed()
+        folder = project.paths.folder if project is not None and project.paths else None
+        self.note.setText(f"Trains on every image of {folder} (labels are not used). "
+                          "Cancel saves a checkpoint; Resume continues it." if folder else "")
+
+    def _restore(self) -> None:
+        v = self.remembered()
+        i = self.method.findText(v.get("method_label", METHOD_LABELS["mae"]))
+        if i >= 0:
+            self.method.setCurrentIndex(i)
+        self.restore_model(v)
+        self.mask_ratio.setValue(float(v.get("mask_ratio", 0.6)))
+        self.entropy_mode.setCurrentIndex(max(0, self.entropy_mode.findData(v.get("entropy_mode", "high"))))
+        self.tau.setValue(float(v.get("tau", 1.0)))
+        self.eps.setValue(float(v.get("eps", 0.1)))
+        if v.get("name"):
+            self.name.setText(v["name"])
+            self.name.setModified(True)
+
+    def _method_changed(self) -> None:
+        name, extra = self.method.currentData()
+        self.mae_box.setVisible(name == "mae")
+        if "entropy_mode" in extra:
+            self.entropy_mode.setCurrentIndex(self.entropy_mode.findData(extra["entropy_mode"]))
+            self.entropy_mode.setEnabled(False)
+        else:
+            if name == "mae" and self.entropy_mode.currentData() == "random":
+                self.entropy_mode.setCurrentIndex(0)
+            self.entropy_mode.setEnabled(True)
+        if not self.name.isModified():
+            self.name.setText("mae-random" if extra.get("entropy_mode") == "random" else name)
+        self.adjustSize()
+
+    def values(self) -> dict:
+        return {**self.model_values(), "method_label": self.method.currentText(),
+                "mask_ratio": self.mask_ratio.value(), "entropy_mode": self.entropy_mode.currentData(),
+                "tau": self.tau.value(), "eps": self.eps.value()}
+
+    def validate(self) -> str | None:
+        if self.image_size.value() % 32:
+            return "The image size must be a multiple of 32 (the encoder's stride)."
+        if self.method.currentData()[0] == "mae" and self.image_size.value() < 64:
+            return "MAE hides 32 px cells and needs hidden and visible ones: use 64 px or more."
+        if self.project is None or self.project.paths is None:
+            return "Open a project first."
+        return None
+
+    def config(self) -> dict:
+        from core.models.backbones import TINY_CONVNEXT
+        from core.pretrain import get_method
+        from core.pretrain.config import TrainConfig
+
+        name, extra = self.method.currentData()
+        options = dict(get_method(name).default_options())
+        if name == "mae":
+            options.update(mask_ratio=self.mask_ratio.value(), entropy_mode=self.entropy_mode.currentData(),
+                           tau=self.tau.value(), eps=self.eps.value())
+        options.update(extra)
+        cfg = TrainConfig(method=name, data=str(self.project.paths.folder), backbone=self.backbone.currentText(),
+                          timm_kwargs={k: list(v) for k, v in TINY_CONVNEXT.items()} if self.tiny.isChecked()
+                          else {}, image_size=self.image_size.value(), epochs=self.epochs.value(),
+                          batch_size=self.batch.value(), lr=self.lr.value(), options=options,
+                          device=self.device.currentData() or None,
+                          warmup_epochs=min(5.0, max(0.0, self.epochs.value() / 10)))
+        return cfg.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+def runs_of(project, kind: str, finished_only: bool = True) -> list:
+    store = getattr(project, "store", None)
+    if store is None:
+        return []
+    return [r for r in reversed(store.list_runs(kind)) if r.run_dir and (r.state == "finished" or not finished_only)]
+
+
+class FinetuneDialog(TrainingDialog):
+    kind = "finetune"
+    title = "Fine-tune a classifier"
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(project, settings, parent)
+        self.init_imagenet = QtWidgets.QRadioButton("ImageNet weights file")
+        self.init_pretrained = QtWidgets.QRadioButton("A pretraining run of this project")
+        self.init_random = QtWidgets.QRadioButton("Random (no pretraining)")
+        self.weights_file = PathPicker("ImageNet weights", filt="Weights (*.safetensors *.pth *.bin);;All files (*)")
+        self.pretrain_run = QtWidgets.QComboBox()
+        for r in runs_of(project, "pretrain"):
+            self.pretrain_run.addItem(f"#{r.id} {r.name} ({r.config.get('method', '')}, {r.config.get('backbone', '')})",
+                                      r.run_dir)
+        if self.pretrain_run.count() == 0:
+            self.pretrain_run.addItem("(no finished pretraining run yet)", "")
+        self.val_fraction = self.spin(0.05, 0.5, 0.15, 0.05, decimals=2)
+        self.test_fraction = self.spin(0.0, 0.5, 0.15, 0.05, decimals=2)
+        self.patience = self.spin(1, 1000, 8)
+        box = QtWidgets.QGroupBox("Initial weights")
+        bl = QtWidgets.QGridLayout(box)
+        bl.addWidget(self.init_imagenet, 0, 0)
+        bl.addWidget(self.weights_file, 0, 1)
+        bl.addWidget(self.init_pretrained, 1, 0)
+        bl.addWidget(self.pretrain_run, 1, 1)
+        bl.addWidget(self.init_random, 2, 0)
+        bl.setColumnStretch(1, 1)
+        f = self.form
+        f.addRow(box)
+        self.add_model_rows()
+        f.addRow("Validation fraction", self.val_fraction)
+        f.addRow("Test fraction", self.test_fraction)
+        f.addRow("Early-stopping patience", self.patience)
+        f.addRow("Device", self.device)
+        for b in (self.init_imagenet, self.init_pretrained, self.init_random):
+            b.toggled.connect(self._init_changed)
+        self.pretrain_run.currentIndexChanged.connect(self._run_changed)
+        self._restore()
+        self._init_changed()
+        self.note.setText("Uses the labelled images of this project. The first run saves its split (stratified by "
+                          "class, grouped by case) in the project as \"default\"; later runs reuse it, so ensemble "
+                          "members are tested on the same images (the fractions apply only when no split is saved).")
+
+    def _restore(self) -> None:
+        v = self.remembered()
+        init = v.get("init", "pretrained" if self.pretrain_run.currentData() else "random")
+        {"imagenet": self.init_imagenet, "pretrained": self.init_pretrained}.get(init, self.init_random).setChecked(True)
+        self.weights_file.setText(v.get("weights_file", ""))
+        self.restore_model(v)
+        self.val_fraction.setValue(float(v.get("val_fraction", 0.15)))
+        self.test_fraction.setValue(float(v.get("test_fraction", 0.15)))
+        self.patience.setValue(int(v.get("patience", 8)))
+        self.name.setText(v.get("name", "classifier"))
+
+    def init_mode(self) -> str:
+        return ("imagenet" if self.init_imagenet.isChecked() else
+                "pretrained" if self.init_pretrained.isChecked() else "random")
+
+    def _init_changed(self) -> None:
+        mode = self.init_mode()
+        self.weights_file.setEnabled(mode == "imagenet")
+        self.pretrain_run.setEnabled(mode == "pretrained")
+        self._run_changed()
+
+    def _run_changed(self) -> None:
+        """A pretraining run fixes the backbone (and image size default) to what it was trained with."""
+        if self.init_mode() != "pretrained" or not self.pretrain_run.currentData():
+            self.backbone.setEnabled(True)
+            self.tiny.setEnabled(True)
+            return
+        store = self.project.store
+        run = next((r for r in store.list_runs("pretrain") if r.run_dir == self.pretrain_run.currentData()), None)
+        if run is not None:
+            self.backbone.setCurrentText(run.config.get("backbone", self.backbone.currentText()))
+            self.tiny.setChecked(bool(run.config.get("timm_kwargs")))
+            self.image_size.setValue(int(run.config.get("image_size", self.image_size.value())))
+        self.backbone.setEnabled(False)
+        self.tiny.setEnabled(False)
+
+    def values(self) -> dict:
+        return {**self.model_values(), "init": self.init_mode(), "weights_file": self.weights_file.text(),
+                "val_fraction": self.val_fraction.value(), "test_fraction": self.test_fraction.value(),
+                "patience": self.patience.value()}
+
+    def validate(self) -> str | None:
+        mode = self.init_mode()
+        if mode == "pretrained" and not self.pretrain_run.currentData():
+            return "Choose a finished pretraining run, or another kind of initial weights."
+        if mode == "imagenet" and self.weights_file.text() and not Path(self.weights_file.text()).is_file():
+            return f"{self.weights_file.text()}: no such file."
+        if self.project is None or self.project.store is None:
+            return "Open a project first."
+        n = sum(1 for it in self.project.items if it.label)
+        if n < 6:
+            return f"Only {n} labelled images: label a few more per class first."
+        return None
+
+    def config(self) -> dict:
+        from core.train.config import FinetuneConfig
+        from dataclasses import asdict
+
+        mode = self.init_mode()
+        init_weights = (self.pretrain_run.currentData() if mode == "pretrained" else
+                        (self.weights_file.text() or None) if mode == "imagenet" else None)
+        backbone, timm_kwargs, tiny = self.backbone.currentText(), {}, self.tiny.isChecked()
+        if mode == "pretrained":
+            run = next((r for r in self.project.store.list_runs("pretrain") if r.run_dir == init_weights), None)
+            if run is not None and run.config.get("timm_kwargs"):
+                timm_kwargs, tiny = dict(run.config["timm_kwargs"]), False
+        cfg = FinetuneConfig(backbone=backbone, tiny=tiny, timm_kwargs=timm_kwargs, init=mode,
+                             init_weights=init_weights, image_size=self.image_size.value(), epochs=self.epochs.value(),
+                             batch_size=self.batch.value(), lr=self.lr.value(), val_fraction=self.val_fraction.value(),
+                             test_fraction=self.test_fraction.value(), patience=self.patience.value(),
+                             device=self.device.currentData() or None, num_workers=0)
+        return asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- ensemble
+class EnsembleDialog(JobDialog):
+    kind = "ensemble"
+    title = "Build an ensemble"
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(project, settings, parent)
+        self.members = QtWidgets.QListWidget()
+        for r in runs_of(project, "finetune"):
+            best = Path(r.run_dir) / "checkpoint-best"
+            it = QtWidgets.QListWidgetItem(f"#{r.id} {r.name}  (init {r.config.get('init', '?')}, "
+                                           f"{r.config.get('backbone', '')}, val bal. acc "
+                                           f"{r.metrics.get('val_balanced_accuracy', float('nan')):.3f})")
+            it.setData(QtCore.Qt.ItemDataRole.UserRole, (str(best if best.exists() else r.run_dir), slug_name(r)))
+            it.setFlags(it.flags() | QtCore.Qt.ItemFlag.ItemIsUserCheckable)
+            it.setCheckState(QtCore.Qt.CheckState.Checked)
+            self.members.addItem(it)
+        self.members.setMinimumHeight(140)
+        self.calibrate = QtWidgets.QCheckBox("calibrate each member (temperature scaling on its validation split)")
+        self.calibrate.setChecked(True)
+        self.form.addRow("Members", self.members)
+        self.form.addRow("", self.calibrate)
+        self.form.addRow("Device", self.device)
+        v = self.remembered()
+        self.name.setText(v.get("name", "ensemble"))
+        self.set_device(v.get("device", ""))
+        self.note.setText("Members must share classes and image size. Runs fine-tuned in this project share "
+                          "its saved split (\"default\"), so the report compares members and ensemble on the "
+                          "same test images.")
+
+    def checked(self) -> list[tuple[str, str]]:
+        out = []
+        for i in range(self.members.count()):
+            it = self.members.item(i)
+            if it.checkState() == QtCore.Qt.CheckState.Checked:
+                out.append(it.data(QtCore.Qt.ItemDataRole.UserRole))
+        return out
+
+    def values(self) -> dict:
+        return {"name": self.name.text(), "device": self.device.currentData()}
+
+    def validate(self) -> str | None:
+        if not self.checked():
+            return "Tick at least one finished fine-tuning run."
+        return None
+
+    def config(self) -> dict:
+        members = self.checked()
+        names = [n for _, n in members]
+        if len(set(names)) != len(names):
+            names = [f"{n}-{i}" for i, n in enumerate(names)]
+        return {"members": [p for p, _ in members], "names": names, "calibrate": self.calibrate.isChecked(),
+                "split": "test", "device": self.device.currentData() or None}
+
+
+def slug_name(run) -> str:
+    from desktop.pages.jobs_panel import slug
+
+    return slug(f"{run.name}-{run.id}")
+
+
+# ----------------------------------------------------------------------------------------------- predict
+class PredictDialog(JobDialog):
+    kind = "predict"
+    title = "Predict a folder"
+
+    def __init__(self, project, settings=None, parent=None):
+        super().__init__(project, settings, parent)
+        self.ensemble = QtWidgets.QComboBox()
+        for r in runs_of(project, "ensemble"):
+            path = r.config.get("ensemble") or str(Path(r.run_dir) / "ensemble.json")
+            self.ensemble.addItem(f"#{r.id} {r.name} ({len(r.config.get('members', []))} members)", path)
+        self.ensemble_file = PathPicker("Ensemble file", filt="Ensemble (*.json);;All files (*)")
+        self.folder = PathPicker("Image folder", folder=True)
+        self.batch = self.spin(0, 1024, 0)
+        self.batch.setSpecialValueText("auto (4 on a CPU, 32 on a GPU)")
+        self.form.addRow("Ensemble", self.ensemble)
+        self.form.addRow("…or a file", self.ensemble_file)
+        self.form.addRow("Folder", self.folder)
+        self.form.addRow("Batch size", self.batch)
+        self.form.addRow("Device", self.device)
+        v = self.remembered()
+        self.name.setText(v.get("name", "predict"))
+        self.batch.setValue(int(v.get("batch_size", 0)))
+        self.set_device(v.get("device", ""))
+        if project is not None and project.paths is not None:
+            self.folder.setText(str(project.paths.folder))
+        self.note.setText("Predictions of the project's own folder are stored in the project (Predictions page, "
+                          "library filters, Grad-CAM); any folder also gets RUN/predictions.csv. Re-running "
+                          "after a cancel skips images already done.")
+
+    def ensemble_path(self) -> str:
+        return self.ensemble_file.text() or (self.ensemble.currentData() or "")
+
+    def values(self) -> dict:
+        return {"name": self.name.text(), "batch_size": self.batch.value(), "device": self.device.currentData()}
+
+    def validate(self) -> str | None:
+        if not self.ensemble_path() or not Path(self.ensemble_path()).is_file():
+            return "Choose an ensemble (build one first, from Train → Build ensemble)."
+        if not Path(self.folder.text()).is_dir():
+            return f"{self.folder.text()}: not a folder."
+        return None
+
+    def config(self) -> dict:
+        folder = Path(self.folder.text())
+        in_project = (self.project is not None and self.project.paths is not None
+                      and folder.resolve() == self.project.paths.folder.resolve())
+        return {"ensemble": self.ensemble_path(), "folder": str(folder), "batch_size": self.batch.value() or None,
+                "device": self.device.currentData() or None, "store": in_project}
+
+
+DIALOGS = {"pretrain": PretrainDialog, "finetune": FinetuneDialog, "ensemble": EnsembleDialog, "predict": PredictDialog}
+__all__ = ["DIALOGS", "PretrainDialog", "FinetuneDialog", "EnsembleDialog", "PredictDialog", "devices", "theme"]

@@ -1,0 +1,492 @@
+"""The desktop window end to end (pytest-qt, offscreen): demo project, labelling keys with undo/redo,
+a brush stroke saved as a mask PNG, overlay toggles, filter counts, autosave on close."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+from PySide6 import QtCore, QtGui  # noqa: E402
+
+
+@pytest.fixture
+def project_dir(small_demo, tmp_path) -> Path:
+    """A private copy of the small demo set (tests write masks and labels into it)."""
+    dst = tmp_path / "demo"
+    shutil.copytree(small_demo, dst)
+    return dst
+
+
+@pytest.fixture
+def window(main_window):
+    return main_window
+
+
+def open_and_scan(qtbot, win, folder: Path) -> None:
+    assert win.open_path(folder)
+    qtbot.waitUntil(lambda: win.project.scan_complete, timeout=20000)
+
+
+def show_first(qtbot, win, row: int = 0):
+    item = win.library.model.rows[row]
+    win.open_item(item)
+    qtbot.waitUntil(lambda: win.viewer.loaded is not None and win.viewer.loaded.item is item, timeout=10000)
+    return item
+
+
+def key(qtbot, win, k, mod=QtCore.Qt.KeyboardModifier.NoModifier):
+    target = win.viewer.canvas if win.current_page() == "viewer" else win.library.grid
+    target.setFocus()
+    qtbot.keyClick(target, k, mod)
+
+
+# -- opening -------------------------------------------------------------------------------------------
+def test_open_demo_project_shows_grid_counts_and_thumbnails(qtbot, window, demo_dir, data_dir):
+    from desktop.settings import demo_folder
+
+    shutil.copytree(demo_dir, demo_folder())          # the demo already made: no generation in this test
+    with qtbot.waitSignal(window.thumbs.thumbnailReady, timeout=10000):
+        window.open_demo()
+    qtbot.waitUntil(lambda: window.project.scan_complete, timeout=20000)
+    assert window.central.currentWidget() is window.split
+    assert window.current_page() == "library"
+    assert all(window.actions_by_id[a].isEnabled() for a in ("show_library", "show_viewer", "show_mae"))
+    assert len(window.library.model.rows) == 96
+    assert window.side.count_for("all") == 96
+    for name in ("normal", "benign", "malignant"):
+        assert window.side.count_for(f"class:{name}") == 32
+    assert window.side.count_for("unlabeled") == 0
+    # the store and the thumbnail cache live in <folder>/.medssl
+    assert (demo_folder() / ".medssl" / "project.db").is_file()
+    qtbot.waitUntil(lambda: any((demo_folder() / ".medssl" / "thumbs").glob("*.png")), timeout=5000)
+    assert demo_folder() in window.settings.recent_projects()
+
+
+def test_start_page_lists_recent_projects(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    window.close_project()
+    assert window.central.currentWidget() is window.start
+    assert window.start.recent.count() == 1
+    assert window.start.recent.item(0).data(QtCore.Qt.ItemDataRole.UserRole) == str(project_dir)
+
+
+# -- labelling -------------------------------------------------------------------------------------------
+def test_label_keys_with_undo_redo(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    store = window.project.store
+    classes = window.project.classes
+    original = item.label
+
+    key(qtbot, window, QtCore.Qt.Key.Key_1)
+    assert store.current_label(item.image_id) == classes[0]
+    key(qtbot, window, QtCore.Qt.Key.Key_3)
+    assert store.current_label(item.image_id) == classes[2]
+    assert window.viewer.label_buttons.buttons[classes[2]].isChecked()
+    key(qtbot, window, QtCore.Qt.Key.Key_0)
+    assert store.current_label(item.image_id) is None
+
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert store.current_label(item.image_id) == classes[2]
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert store.current_label(item.image_id) == classes[0]
+    key(qtbot, window, QtCore.Qt.Key.Key_Z,
+        QtCore.Qt.KeyboardModifier.ControlModifier | QtCore.Qt.KeyboardModifier.ShiftModifier)
+    assert store.current_label(item.image_id) == classes[2]
+    key(qtbot, window, QtCore.Qt.Key.Key_Y, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert store.current_label(item.image_id) is None
+    assert item.label is None
+
+    # the audit trail shows the undo / redo, and the viewer lists it
+    actions = [e.action for e in store.label_history(item.image_id)]
+    assert actions[0] == "import" and actions.count("undo") == 2 and actions.count("redo") == 2
+    assert window.viewer.history.count() == len(actions)
+    assert original is not None
+
+
+def test_next_previous_and_next_unlabeled(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    rows = window.library.model.rows
+    show_first(qtbot, window)
+    key(qtbot, window, QtCore.Qt.Key.Key_Right)
+    assert window.viewer.item is rows[1]
+    key(qtbot, window, QtCore.Qt.Key.Key_J)
+    assert window.viewer.item is rows[2]
+    key(qtbot, window, QtCore.Qt.Key.Key_K)
+    assert window.viewer.item is rows[1]
+    # clear the label of row 5, then N jumps there
+    window.project.write_label(rows[5].image_id, None)
+    key(qtbot, window, QtCore.Qt.Key.Key_N)
+    assert window.viewer.item is rows[5]
+
+
+# -- masks -----------------------------------------------------------------------------------------------
+def test_brush_stroke_is_saved_as_mask_png_and_undone(qtbot, window, project_dir):
+    from core.data.imageio import read_mask
+
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    store = window.project.store
+    dataset = [m.path for m in store.masks(item.image_id)]
+    assert dataset and all(m.source == "dataset" for m in store.masks(item.image_id))
+    dataset_hash = hashlib.sha256(Path(dataset[0]).read_bytes()).hexdigest()
+
+    key(qtbot, window, QtCore.Qt.Key.Key_B)
+    assert window.viewer.canvas.tool == "brush"
+    c = window.viewer.canvas
+    c.strokeStarted.emit(10.0, 10.0)
+    for x in range(10, 60, 5):
+        c.strokeMoved.emit(float(x), 12.0)
+    c.strokeFinished.emit()
+
+    masks = store.masks(item.image_id)
+    assert [m.source for m in masks] == ["app"]
+    app_mask = Path(masks[0].path)
+    rel = Path(item.rel_path)
+    assert app_mask == project_dir / ".medssl" / "masks" / rel.parent / f"{rel.stem}_mask.png"
+    saved = read_mask(app_mask)
+    assert saved[12, 30] and saved[12, 55]
+    # the dataset's own mask file is never written
+    assert hashlib.sha256(Path(dataset[0]).read_bytes()).hexdigest() == dataset_hash
+    assert window.viewer.mask[12, 30]
+
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert [m.path for m in store.masks(item.image_id)] == dataset
+    assert not window.viewer.mask[12, 55]
+    key(qtbot, window, QtCore.Qt.Key.Key_Z,
+        QtCore.Qt.KeyboardModifier.ControlModifier | QtCore.Qt.KeyboardModifier.ShiftModifier)
+    assert [m.source for m in store.masks(item.image_id)] == ["app"]
+    assert window.viewer.mask[12, 55]
+
+
+def test_brush_with_real_mouse_drag_writes_sidecar(qtbot, window, tmp_path):
+    """A folder without masks: the app's mask goes beside the image as <name>_mask.png."""
+    from PIL import Image
+
+    from core.data.imageio import read_mask
+
+    folder = tmp_path / "plain" / "cls"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((96, 96)) * 255).astype(np.uint8)).save(folder / "a.png")
+    open_and_scan(qtbot, window, folder.parent)
+    show_first(qtbot, window)
+    window.viewer.set_tool("brush")
+    c = window.viewer.canvas
+    c.fit()
+    qtbot.wait(50)
+    vp = c.viewport()
+
+    def to_widget(x, y):
+        return c.mapFromScene(c.base.mapToScene(QtCore.QPointF(x, y)))
+
+    start, end = to_widget(20, 48), to_widget(70, 48)
+    qtbot.mousePress(vp, QtCore.Qt.MouseButton.LeftButton, pos=start)
+    for k in range(1, 11):
+        p = start + (end - start) * (k / 10)
+        ev = QtGui.QMouseEvent(QtCore.QEvent.Type.MouseMove, QtCore.QPointF(p), QtCore.QPointF(vp.mapToGlobal(p)),
+                               QtCore.Qt.MouseButton.NoButton, QtCore.Qt.MouseButton.LeftButton,
+                               QtCore.Qt.KeyboardModifier.NoModifier)
+        QtCore.QCoreApplication.sendEvent(vp, ev)
+    qtbot.mouseRelease(vp, QtCore.Qt.MouseButton.LeftButton, pos=end)
+    sidecar = folder / "a_mask.png"
+    assert sidecar.is_file()
+    m = read_mask(sidecar)
+    assert m[48, 30] and m[48, 60] and not m[10, 10]
+
+
+def test_fill_and_clear(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    store = window.project.store
+    v = window.viewer
+    # draw a closed square outline with the brush, fill inside it
+    window.viewer.set_tool("brush")
+    v.brush_slider.setValue(2)
+    c = v.canvas
+    pts = [(20, 20), (60, 20), (60, 60), (20, 60), (20, 20)]
+    c.strokeStarted.emit(*map(float, pts[0]))
+    for p in pts[1:]:
+        c.strokeMoved.emit(*map(float, p))
+    c.strokeFinished.emit()
+    v.set_tool("fill")
+    c.fillClicked.emit(40, 40)
+    assert v.mask[40, 40] and v.mask[25, 50]
+    key(qtbot, window, QtCore.Qt.Key.Key_Delete, QtCore.Qt.KeyboardModifier.ShiftModifier)
+    assert store.masks(item.image_id) == []
+    assert not v.mask.any()
+    assert window.project.by_id[item.image_id].n_masks == 0
+
+
+# -- overlays --------------------------------------------------------------------------------------------
+def _render(qtbot, win) -> np.ndarray:
+    qtbot.wait(30)
+    img = win.viewer.canvas.render_image().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    ptr = img.constBits()
+    return np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3].copy()
+
+
+def test_overlay_toggles_change_the_rendered_image(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    # a malignant image: its lesion mask is not empty
+    row = next(i for i, it in enumerate(window.library.model.rows) if it.label == "malignant")
+    show_first(qtbot, window, row)
+    v = window.viewer
+    assert v.ov_lesion.enabled_overlay            # lesion mask is on by default
+    with_lesion = _render(qtbot, window)
+    key(qtbot, window, QtCore.Qt.Key.Key_L)
+    assert not v.ov_lesion.enabled_overlay
+    plain = _render(qtbot, window)
+    assert np.abs(with_lesion.astype(int) - plain).sum() > 0
+
+    key(qtbot, window, QtCore.Qt.Key.Key_H)       # entropy heatmap (computed in a worker)
+    qtbot.waitUntil(lambda: v.canvas.layer_visible("entropy"), timeout=20000)
+    heat = _render(qtbot, window)
+    assert np.abs(heat.astype(int) - plain).mean() > 2
+    assert v.heat_bar.lut is not None
+    v.ov_heat.slider.setValue(0)                  # opacity 0 looks like no overlay
+    assert np.abs(_render(qtbot, window).astype(int) - plain).mean() < 0.5
+    key(qtbot, window, QtCore.Qt.Key.Key_H)
+    assert not v.canvas.layer_visible("entropy")
+
+    key(qtbot, window, QtCore.Qt.Key.Key_M)       # entropy-guided MAE mask
+    qtbot.waitUntil(lambda: v.canvas.layer_visible("mae"), timeout=20000)
+    first = v.last_mae.copy()
+    mae = _render(qtbot, window)
+    assert np.abs(mae.astype(int) - plain).mean() > 2
+    n_hidden = int(first.sum())
+    assert n_hidden == round(0.6 * first.size)
+    key(qtbot, window, QtCore.Qt.Key.Key_R)       # resample: same number of cells, new draw
+    qtbot.waitUntil(lambda: not np.array_equal(v.last_mae, first), timeout=20000)
+    assert int(v.last_mae.sum()) == n_hidden
+    key(qtbot, window, QtCore.Qt.Key.Key_M)
+    assert np.abs(_render(qtbot, window).astype(int) - plain).sum() == 0
+
+
+def test_window_level_and_pixel_readout(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    show_first(qtbot, window)
+    v = window.viewer
+    before = _render(qtbot, window)
+    v.wl_combo.setCurrentIndex(v.wl_combo.findData("narrow"))
+    v.apply_preset("narrow")
+    assert v.canvas.levels != (0.0, 1.0)
+    assert np.abs(_render(qtbot, window).astype(int) - before).mean() > 1
+    key(qtbot, window, QtCore.Qt.Key.Key_W)
+    assert v.canvas.levels == (0.0, 1.0)
+    texts = []
+    v.statusText.connect(texts.append)
+    v._hover((5, 7))
+    assert texts[-1].startswith("x 5  y 7  ·  value ")
+    key(qtbot, window, QtCore.Qt.Key.Key_F)
+    z = v.canvas.zoom()
+    window.viewer.canvas.one_to_one()
+    assert abs(v.canvas.zoom() - 1.0) < 0.05 and abs(z - 1.0) > 0.05
+
+
+# -- filters ---------------------------------------------------------------------------------------------
+def test_filter_counts_follow_edits(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    side, model, project = window.side, window.library.model, window.project
+    n = len(project.items)
+    assert n == 12
+    assert side.count_for("all") == n and side.count_for("unlabeled") == 0
+    assert all(side.count_for(f"class:{c}") == 4 for c in project.classes)
+    rows = list(model.rows)
+    cleared = rows[:3]
+    cleared_labels = [it.label for it in cleared]
+    for it in cleared:
+        project.write_label(it.image_id, None)
+    qtbot.waitUntil(lambda: side.count_for("unlabeled") == 3, timeout=3000)
+    assert sum(side.count_for(f"class:{c}") for c in project.classes) == n - 3
+
+    side.select_filter("unlabeled")
+    assert set(model.rows) == set(cleared)
+    side.select_filter("class:malignant")
+    assert len(model.rows) == 4 - cleared_labels.count("malignant")
+    assert all(it.label == "malignant" for it in model.rows)
+    side.select_filter("all")
+    assert len(model.rows) == n
+    side.mask_combo.setCurrentIndex(side.mask_combo.findData("without"))
+    assert len(model.rows) == 0
+    side.mask_combo.setCurrentIndex(side.mask_combo.findData("with"))
+    assert len(model.rows) == n
+    side.mask_combo.setCurrentIndex(side.mask_combo.findData("any"))
+    name = rows[4].name[:-6]                      # e.g. "case002_US-A"
+    expected = sum(1 for it in project.items if name.lower() in it.rel_path.lower())
+    window.library.search.setText(name)
+    qtbot.waitUntil(lambda: len(model.rows) == expected, timeout=2000)
+    assert f"{expected} of {n}" in window.library.count_label.text()
+    # predictions: none yet, so the prediction filters are disabled
+    assert not side.pred_combo.isEnabled()
+
+
+def test_add_and_rename_class(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    assert window.project.add_class("cyst")
+    assert window.project.classes[-1] == "cyst"
+    assert "cyst" in window.viewer.label_buttons.buttons
+    item = show_first(qtbot, window)
+    key(qtbot, window, QtCore.Qt.Key.Key_4)
+    assert window.project.store.current_label(item.image_id) == "cyst"
+    window.project.rename_class("cyst", "simple cyst")
+    assert item.label == "simple cyst"
+    assert window.side.count_for("class:simple cyst") == 1
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert window.project.store.current_label(item.image_id) != "cyst"
+
+
+# -- autosave --------------------------------------------------------------------------------------------
+def test_close_never_asks_and_loses_nothing(qtbot, window, project_dir):
+    from core.project.store import ProjectStore
+
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    key(qtbot, window, QtCore.Qt.Key.Key_2)
+    label = window.project.classes[1]
+    assert window.close()                          # closes at once: no "save?" dialog
+    with ProjectStore(project_dir / ".medssl" / "project.db") as store:
+        assert store.current_label(item.image_id) == label
+
+
+def test_shortcuts_dialog_lists_every_action(qtbot, window):
+    from desktop.shortcuts import SHORTCUTS, ShortcutsDialog
+
+    dlg = ShortcutsDialog(window)
+    qtbot.addWidget(dlg)
+    texts = dlg.descriptions()
+    for _aid, _keys, _sec, desc in SHORTCUTS:
+        assert desc in texts
+    # every action with keys in the table exists in the window
+    for aid, keys, _s, _d in SHORTCUTS:
+        if aid not in ("label_1_9", "label_0", "wl_drag", "open_current"):
+            assert aid in window.actions_by_id, aid
+
+
+CRASH_SCRIPT = r"""
+import os, sys
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+import numpy as np
+from PySide6 import QtCore, QtWidgets
+app = QtWidgets.QApplication([])
+from desktop.bridge.project import ProjectModel
+from desktop.bridge.annotation import MaskFiles, push_mask_edit, set_label
+p = ProjectModel()
+p.open(sys.argv[1])
+loop = QtCore.QEventLoop()
+t = QtCore.QTimer(); t.timeout.connect(lambda: p.scan_complete and loop.quit()); t.start(20)
+QtCore.QTimer.singleShot(30000, loop.quit)
+loop.exec()
+item = p.items[0]
+set_label(p, item, "normal" if item.label != "normal" else "benign")
+files = MaskFiles(p)
+m = np.zeros((item.height, item.width), dtype=bool); m[5:20, 5:20] = True
+push_mask_edit(p, files, item, np.zeros_like(m), m, "Brush stroke")
+print(item.image_id, item.label, flush=True)
+os._exit(3)          # a crash: no close, no cleanup
+"""
+
+
+def test_a_crash_loses_nothing_committed(project_dir, tmp_path, data_dir):
+    import subprocess
+
+    from core.data.imageio import read_mask
+    from core.project.store import ProjectStore
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(project_dir)], capture_output=True, text=True,
+                         timeout=120, cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.returncode == 3, out.stderr[-2000:]
+    image_id, label = out.stdout.split()[-2:]
+    with ProjectStore(project_dir / ".medssl" / "project.db") as store:
+        assert store.current_label(int(image_id)) == label
+        masks = store.masks(int(image_id))
+        assert [m.source for m in masks] == ["app"]
+        assert read_mask(masks[0].path)[10, 10]
+
+
+def test_gradcam_overlay_of_a_chosen_member(qtbot, window, project_dir, tmp_path, monkeypatch):
+    """The overlay shows core.inference.ensemble's Grad-CAM maps (a stand-in ensemble here: no training in tests)."""
+    import core.inference.ensemble
+
+    class FakeEnsemble:
+        def load_image(self, path):
+            return path
+
+        def cam(self, x):
+            yy, xx = np.mgrid[0:64, 0:64] / 63.0
+            return {"class": "malignant", "class_index": 1, "ensemble": (xx * yy).astype(np.float32),
+                    "members": {"A-imagenet": xx.astype(np.float32), "B-mae": yy.astype(np.float32)}}
+
+    monkeypatch.setattr(core.inference.ensemble, "load_ensemble", lambda path, *a, **k: FakeEnsemble())
+    open_and_scan(qtbot, window, project_dir)
+    show_first(qtbot, window)
+    v = window.viewer
+    assert not v.ov_cam.check.isEnabled()             # no ensemble yet: explained, not offered
+    plain = _render(qtbot, window)
+    spec = tmp_path / "ensemble.json"
+    spec.write_text('{"format": "medssl-ensemble", "members": []}')
+    v.ov_lesion.set_checked(False)
+    plain = _render(qtbot, window)
+    v.set_ensemble(str(spec))
+    assert v.ov_cam.check.isEnabled() and v.ov_cam.enabled_overlay
+    qtbot.waitUntil(lambda: v.canvas.layer_visible("gradcam"), timeout=10000)
+    ens = _render(qtbot, window)
+    assert np.abs(ens.astype(int) - plain).mean() > 2
+    assert [v.cam_member.itemData(i) for i in range(v.cam_member.count())] == ["", "A-imagenet", "B-mae"]
+    v.cam_member.setCurrentIndex(2)                   # member B
+    member = _render(qtbot, window)
+    assert np.abs(member.astype(int) - ens).mean() > 1
+    assert "B-mae" in v.ov_cam.status.text()
+    key(qtbot, window, QtCore.Qt.Key.Key_C)
+    assert not v.canvas.layer_visible("gradcam")
+
+
+def test_prediction_and_uncertainty_filters(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    project, side, model = window.project, window.side, window.library.model
+    items = list(project.items)
+    store = project.store
+    run = store.add_run("predict", "ensemble on demo", {"ensemble": "none.json"}, state="finished")
+    rows = []
+    for n, it in enumerate(items[:6]):
+        wrong = n % 3 == 0
+        pred = "normal" if (wrong and it.label != "normal") else it.label
+        rows.append({"image_id": it.image_id, "label": pred, "probs": {pred: 0.9},
+                     "uncertainty": {"entropy": 0.1 * n, "disagreement": 0.0}})
+    store.add_predictions(run, rows)
+    project.rescan()
+    qtbot.waitUntil(lambda: project.has_predictions(), timeout=20000)
+    qtbot.waitUntil(lambda: side.pred_combo.isEnabled(), timeout=3000)
+    side.pred_combo.setCurrentIndex(side.pred_combo.findData("with"))
+    assert len(model.rows) == 6
+    side.pred_combo.setCurrentIndex(side.pred_combo.findData("disagree"))
+    assert {it.image_id for it in model.rows} == {r["image_id"] for r in rows
+                                                  if r["label"] != project.by_id[r["image_id"]].label}
+    side.pred_combo.setCurrentIndex(side.pred_combo.findData("any"))
+    side.unc_spin.setValue(0.25)
+    assert sorted(round(it.uncertainty, 2) for it in model.rows) == [0.3, 0.4, 0.5]
+    side.unc_spin.setValue(0.0)
+    window.library.sort.setCurrentIndex(window.library.sort.findData("uncertainty"))
+    assert [round(it.uncertainty, 1) for it in model.rows[:3]] == [0.5, 0.4, 0.3]
+
+
+def test_identical_files_with_different_labels_are_reported(qtbot, window, project_dir):
+    """The store keeps one image per content: a copy filed under another class must not vanish silently."""
+    src = next(p for p in sorted((project_dir / "benign").glob("*.png")) if "_mask" not in p.stem)
+    shutil.copy(src, project_dir / "malignant" / f"copy-of-{src.name}")
+    messages: list[str] = []
+    window.project.message.connect(lambda text, _ms: messages.append(text))
+    open_and_scan(qtbot, window, project_dir)
+    qtbot.waitUntil(lambda: any("identical files with different labels" in m for m in messages), timeout=10000)
+    text = next(m for m in messages if "identical files" in m)
+    assert f"benign/{src.name} (benign)" in text and f"malignant/copy-of-{src.name} (malignant)" in text

@@ -1,0 +1,209 @@
+"""Jobs from the window (pytest-qt, offscreen): tiny pretraining and fine-tuning launched from the dialogs
+on a small demo project, progress reaching the jobs panel, cancel and resume, runs kept in the store
+across closing and reopening the project. Tiny models (core.models.backbones.TINY_CONVNEXT), 64 px, 1-3 epochs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(demo_window):
+    return demo_window
+
+
+def tiny_pretrain(win, epochs=1, batch=4, method_label=None):
+    from desktop.widgets.job_dialogs import PretrainDialog
+
+    dlg = PretrainDialog(win.project, win.settings, win)
+    if method_label:
+        dlg.method.setCurrentIndex(dlg.method.findText(method_label))
+    dlg.backbone.setCurrentText("convnext_atto")
+    dlg.tiny.setChecked(True)
+    dlg.image_size.setValue(64)
+    dlg.epochs.setValue(epochs)
+    dlg.batch.setValue(batch)
+    dlg.set_device("cpu")
+    dlg._accept()                      # validates and remembers the values, like pressing Start
+    return dlg
+
+
+def wait_state(qtbot, win, rid, states, timeout=120000):
+    qtbot.waitUntil(lambda: win.jobs.entries[rid].state in states, timeout=timeout)
+    return win.jobs.entries[rid]
+
+
+def test_dialog_lists_registry_methods_and_remembers_settings(qtbot, window):
+    from core.pretrain import list_methods
+    from desktop.widgets.job_dialogs import PretrainDialog
+
+    dlg = PretrainDialog(window.project, window.settings, window)
+    qtbot.addWidget(dlg)
+    names = {dlg.method.itemData(i)[0] for i in range(dlg.method.count())}
+    assert names == set(list_methods())
+    labels = [dlg.method.itemText(i) for i in range(dlg.method.count())]
+    assert "MAE, random masks" in labels and "MAE, entropy-guided masks" in labels
+    dlg.method.setCurrentIndex(labels.index("MAE, random masks"))
+    assert dlg.mae_box.isVisibleTo(dlg) and dlg.request()[2]["options"]["entropy_mode"] == "random"
+    dlg.method.setCurrentIndex(labels.index("SimCLR"))
+    assert not dlg.mae_box.isVisibleTo(dlg)
+    assert dlg.device.itemData(0) == "" and dlg.device.findData("cpu") >= 0   # device shown and selectable
+    tiny_pretrain(window, epochs=3, batch=2, method_label="MAE, entropy-guided masks")
+    again = PretrainDialog(window.project, window.settings, window)
+    qtbot.addWidget(again)
+    assert again.epochs.value() == 3 and again.image_size.value() == 64 and again.tiny.isChecked()
+    assert again.device.currentData() == "cpu"
+
+
+def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
+    from desktop.widgets.job_dialogs import FinetuneDialog
+
+    dlg = tiny_pretrain(window, epochs=2, batch=4)
+    rid = window.launch_job("pretrain", dlg)
+    assert window.jobs_dock.isVisible()
+    panel = window.jobs_panel
+    seen = []
+    window.jobs.progressed.connect(lambda r: seen.append(window.jobs.entries[r].step))
+    e = wait_state(qtbot, window, rid, ("finished", "failed"))
+    assert e.state == "finished", e.error
+    assert seen and e.step == e.total == 6                 # 12 images / 4 per step * 2 epochs
+    assert e.name == "mae" and e.config["method"] == "mae"
+    assert len(e.losses) >= 2 and len(e.history) == 2      # live loss per step, one line per epoch
+    qtbot.waitUntil(lambda: panel.curves.loss_curve.xData is not None and len(panel.curves.loss_curve.xData) >= 2,
+                    timeout=3000)
+    assert panel.bar.value() == panel.bar.maximum()
+    store = window.project.store
+    run = store.get_run(rid)
+    assert run.kind == "pretrain" and run.state == "finished" and run.config["method"] == "mae"
+    assert {Path(c.path).name for c in store.checkpoints(rid)} >= {"checkpoint-last", "encoder.safetensors"}
+    assert "final_loss" in run.metrics
+
+    fd = FinetuneDialog(window.project, window.settings, window)
+    qtbot.addWidget(fd)
+    assert fd.pretrain_run.currentData() == run.run_dir      # the finished run is offered
+    fd.init_pretrained.setChecked(True)
+    assert not fd.backbone.isEnabled() and fd.image_size.value() == 64
+    fd.epochs.setValue(2)
+    fd.batch.setValue(4)
+    fd.set_device("cpu")
+    assert fd.validate() is None
+    cfg = fd.request()[2]
+    assert cfg["init"] == "pretrained" and cfg["init_weights"] == run.run_dir and cfg["timm_kwargs"]
+    fid = window.launch_job("finetune", fd)
+    f = wait_state(qtbot, window, fid, ("finished", "failed"))
+    assert f.state == "finished", f.error
+    assert any("val_balanced_accuracy" in h for h in f.history)
+    qtbot.waitUntil(lambda: "val_balanced_accuracy" in panel.curves.val_curves, timeout=3000)
+    frun = store.get_run(fid)
+    assert "test_accuracy" in frun.metrics and (Path(frun.run_dir) / "checkpoint-best").is_dir()
+
+    # ensemble of the fine-tuned run, then prediction of the project folder, both from their dialogs
+    from desktop.widgets.job_dialogs import EnsembleDialog, PredictDialog
+
+    ed = EnsembleDialog(window.project, window.settings, window)
+    qtbot.addWidget(ed)
+    assert ed.members.count() == 1 and ed.validate() is None
+    ed.set_device("cpu")
+    eid = window.launch_job("ensemble", ed)
+    ens = wait_state(qtbot, window, eid, ("finished", "failed"))
+    assert ens.state == "finished", ens.error
+    ens_file = Path(store.get_run(eid).run_dir) / "ensemble.json"
+    assert ens_file.is_file() and (ens_file.parent / "report.json").is_file()
+    pd = PredictDialog(window.project, window.settings, window)
+    qtbot.addWidget(pd)
+    assert pd.ensemble_path() == str(ens_file) and pd.validate() is None
+    pd.set_device("cpu")
+    assert pd.request()[2]["store"] is True and pd.request()[2]["batch_size"] is None   # auto batch size
+    pid = window.launch_job("predict", pd)
+    pr = wait_state(qtbot, window, pid, ("finished", "failed"))
+    assert pr.state == "finished", pr.error
+    n_images = len(window.project.items)
+    preds = store.predictions(pid)
+    assert len(preds) == n_images
+    assert set(preds[0].probs["members"]) == set(store.get_run(eid).config["names"])   # per-member columns
+    qtbot.waitUntil(lambda: window.predictions.model.rowCount() == n_images, timeout=10000)
+    assert window.predictions.run_combo.currentData() == pid
+    # the library rows carry the new predictions (badges, filters) without a rescan of the folder
+    qtbot.waitUntil(lambda: all(it.prediction is not None for it in window.project.items), timeout=10000)
+    assert window.project.scan_complete
+
+    # runs browser: the two runs side by side, differing config values flagged
+    browser = window.show_runs()
+    qtbot.addWidget(browser)
+    browser.left.combo.setCurrentIndex(browser.left.combo.findData(fid))
+    browser.right.combo.setCurrentIndex(browser.right.combo.findData(rid))
+    assert browser.left.fields["state"] == "finished" and "metric test_accuracy" in browser.left.fields
+    assert "config method" in browser.right.fields
+    assert browser.left.curves.val_curves and browser.right.curves.loss_curve.xData is not None
+    # one per-epoch metric of both runs overlaid: metrics both runs log come first
+    assert browser.compare_metric.currentText() == "val_balanced_accuracy"          # only the fine-tuning run has it
+    assert list(browser.overlay_series) == [browser.left.label]
+    browser.compare_metric.setCurrentIndex(browser.compare_metric.findText("lr"))
+    assert set(browser.overlay_series) == {browser.left.label, browser.right.label}
+    assert all(len(xs) == 2 for xs, _ in browser.overlay_series.values())   # two epochs each
+    assert browser.compare_metric.findText("lr") < browser.compare_metric.findText("val_balanced_accuracy")
+    browser.close()
+
+
+def test_cancel_and_resume_and_reopen(qtbot, window):
+    dlg = tiny_pretrain(window, epochs=3, batch=2)          # 18 steps
+    rid = window.launch_job("pretrain", dlg)
+    qtbot.waitUntil(lambda: len(window.jobs.entries[rid].losses) >= 1, timeout=60000)   # training, not decoding
+    assert window.jobs_panel.cancel_btn.isEnabled()
+    window.jobs_panel.cancel_btn.click()
+    e = wait_state(qtbot, window, rid, ("cancelled", "finished", "failed"))
+    assert e.state == "cancelled"
+    assert window.project.store.get_run(rid).state == "cancelled"
+    stopped_at = e.step
+    assert stopped_at < e.total
+    assert window.jobs_panel.resume_btn.isEnabled()
+    window.jobs_panel.resume_btn.click()
+    e = wait_state(qtbot, window, rid, ("finished", "failed", "cancelled"))
+    assert e.state == "finished", e.error
+    assert min(s for s, _ in e.losses) > stopped_at         # continued, did not start over
+    cfg = json.loads((Path(e.run_dir) / "checkpoint-last" / "config.json").read_text())
+    assert "18" in json.dumps(cfg)                          # all 18 steps done
+    assert any("resumed" in line for line in e.log)
+
+    # a job interrupted by closing the project is offered for resume when it is opened again
+    folder = window.project.paths.folder
+    dlg = tiny_pretrain(window, epochs=3, batch=2)
+    rid2 = window.launch_job("pretrain", dlg)
+    qtbot.waitUntil(lambda: len(window.jobs.entries[rid2].losses) >= 1, timeout=60000)
+    window.close_project()
+    window.open_path(folder)
+    qtbot.waitUntil(lambda: window.project.ready and rid2 in window.jobs.entries, timeout=30000)
+    assert window.jobs.entries[rid2].state == "interrupted"
+    assert window.jobs.entries[rid].state == "finished" and window.jobs.entries[rid].history
+    assert window.jobs.can_resume(rid2)
+    window.jobs.resume(rid2)
+    e2 = wait_state(qtbot, window, rid2, ("finished", "failed", "cancelled"))
+    assert e2.state == "finished", e2.error
+
+
+def test_window_stays_responsive_while_a_job_runs(qtbot, window):
+    import time
+
+    from PySide6 import QtCore
+
+    dlg = tiny_pretrain(window, epochs=2, batch=2)
+    rid = window.launch_job("pretrain", dlg)
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QtCore.QTimer()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    wait_state(qtbot, window, rid, ("finished", "failed"))
+    timer.stop()
+    assert gaps and max(gaps) < 1.0, max(gaps)

@@ -1,0 +1,168 @@
+"""Predictions page (pytest-qt, offscreen): per-member columns, filters, CSV export, confusion/ROC,
+"suggest next to label" ordering by disagreement, click -> viewer; CSV import of `medssl predict` rows."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(demo_window):
+    return demo_window
+
+
+CLASSES = ["benign", "malignant", "normal"]
+
+
+def fake_run(win, n_unlabeled=4):
+    """A finished prediction run with two members; the first n images lose their labels."""
+    from core.analysis.active import uncertainty
+
+    project, store = win.project, win.project.store
+    items = sorted(project.items, key=lambda it: it.image_id)
+    for it in items[:n_unlabeled]:
+        store.set_label(it.image_id, None)
+    rng = np.random.default_rng(0)
+    rows, disagreement = [], {}
+    for k, it in enumerate(items):
+        a = rng.dirichlet(np.ones(3) * 2)
+        b = a if k % 2 else rng.dirichlet(np.ones(3) * 0.3)     # odd rows: members agree
+        ens = (a + b) / 2
+        u = uncertainty(ens[None], np.stack([a[None], b[None]]))
+        disagreement[it.image_id] = float(u["disagreement"][0])
+        rows.append({"image_id": it.image_id, "label": CLASSES[int(ens.argmax())],
+                     "probs": {"ensemble": dict(zip(CLASSES, ens.tolist())),
+                               "members": {"A-imagenet": dict(zip(CLASSES, a.tolist())),
+                                           "B-mae": dict(zip(CLASSES, b.tolist()))}},
+                     "uncertainty": {"entropy": float(u["entropy"][0]), "disagreement": disagreement[it.image_id]}})
+    rid = store.add_run("predict", "ensemble on demo", {"ensemble": ""}, state="finished")
+    store.add_predictions(rid, rows)
+    project.rescan()
+    return rid, items, disagreement
+
+
+def test_table_has_member_columns_filters_and_exports(qtbot, window, tmp_path):
+    rid, items, _ = fake_run(window)
+    qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
+    page = window.predictions
+    page.refresh()
+    window.show_page("predictions")
+    assert page.run_combo.currentData() == rid
+    m = page.model
+    headers = [m.headerData(c, __import__("PySide6").QtCore.Qt.Orientation.Horizontal) for c in range(m.columnCount())]
+    for c in CLASSES:
+        assert f"p({c})" in headers and f"A-imagenet: p({c})" in headers and f"B-mae: p({c})" in headers
+    assert {"Label", "Prediction", "Entropy", "Disagreement", "Correct"} <= set(headers)
+    assert m.rowCount() == len(items)
+    page.show_combo.setCurrentIndex(page.show_combo.findData("unlabeled"))
+    assert page.proxy.rowCount() == 4
+    page.show_combo.setCurrentIndex(page.show_combo.findData("incorrect"))
+    wrong = [r for r in m.rows if r.correct is False]
+    assert page.proxy.rowCount() == len(wrong)
+    page.show_combo.setCurrentIndex(page.show_combo.findData("all"))
+    col = headers.index("Disagreement")
+    page.table.sortByColumn(col, __import__("PySide6").QtCore.Qt.SortOrder.DescendingOrder)
+    vals = [float(page.proxy.index(i, col).data()) for i in range(page.proxy.rowCount())]
+    assert vals == sorted(vals, reverse=True)
+    page.search.setText(items[5].name)
+    assert page.proxy.rowCount() == 1
+    page.search.setText("")
+    from desktop.pages.predictions import export_csv
+
+    out = tmp_path / "preds.csv"
+    assert export_csv(out, m, page.proxy) == len(items)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(items) and "B-mae: p(benign)" in rows[0] and rows[0]["path"]
+
+
+def test_suggest_next_orders_unlabeled_by_disagreement_and_opens_viewer(qtbot, window):
+    rid, items, disagreement = fake_run(window, n_unlabeled=6)
+    qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
+    page = window.predictions
+    page.refresh()
+    ids = page.suggest()
+    unlabeled = [it.image_id for it in items[:6]]
+    assert set(ids) == set(unlabeled)
+    # members that disagree come first: every disagreeing image ranks above every agreeing one
+    dis = [disagreement[i] for i in ids]
+    n_dis = sum(d > 1e-9 for d in dis)
+    assert all(d > 1e-9 for d in dis[:n_dis]) and all(d <= 1e-9 for d in dis[n_dis:])
+    assert n_dis >= 2                                       # (entropy only breaks near-ties: core.analysis.active)
+    assert page.proxy.rowCount() == len(ids)
+    assert [page.model.rows[page.proxy.mapToSource(page.proxy.index(i, 0)).row()].image_id
+            for i in range(len(ids))] == ids
+    # fed to the annotation flow: the first suggestion is open in the viewer, Ctrl+Shift+N goes on
+    assert window.current_page() == "viewer" and window.viewer.item.image_id == ids[0]
+    window.viewer.assign_index(1)
+    window.next_suggested()
+    assert window.viewer.item.image_id == ids[1]
+    # double-click in the table opens that image
+    window.show_page("predictions")
+    page.show_combo.setCurrentIndex(page.show_combo.findData("all"))
+    page._open(page.proxy.index(3, 0))
+    assert window.current_page() == "viewer"
+
+
+def test_confusion_and_roc(qtbot, window):
+    from desktop.pages.predictions import roc_curve
+
+    fake_run(window, n_unlabeled=0)
+    qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
+    page = window.predictions
+    page.refresh()
+    view = page.charts
+    assert view.matrix is not None and view.matrix.sum() == len(window.project.items)
+    assert [view.source.itemText(i) for i in range(view.source.count())] == ["Ensemble", "Member A-imagenet",
+                                                                               "Member B-mae"]
+    ens = view.matrix.copy()
+    # the colour drawn in the cell of (true i, predicted j) is row i's share of prediction j
+    from PySide6 import QtCore
+
+    norm = ens / np.maximum(1, ens.sum(1, keepdims=True))
+    img = view.cm_image.image
+    for i in range(len(CLASSES)):
+        for j in range(len(CLASSES)):
+            px = view.cm_image.mapFromParent(QtCore.QPointF(j + 0.5, i + 0.5))
+            x, y = int(px.x()), int(px.y())
+            shown = img[y, x] if view.cm_image.axisOrder == "row-major" else img[x, y]
+            assert shown == pytest.approx(norm[i, j])
+    view.source.setCurrentIndex(2)
+    assert view.matrix.sum() == ens.sum()
+    assert set(view.aucs) == set(CLASSES)
+    fpr, tpr, auc = roc_curve(np.array([0.9, 0.8, 0.3, 0.1]), np.array([True, True, False, False]))
+    assert auc == pytest.approx(1.0) and fpr[0] == 0 and tpr[-1] == 1
+    _, _, auc = roc_curve(np.array([0.1, 0.2, 0.8, 0.9]), np.array([True, True, False, False]))
+    assert auc == pytest.approx(0.0)
+
+
+def test_import_prediction_csv(qtbot, window, tmp_path):
+    from core.inference.predict import output_columns
+    from core.inference.predict import parse_prediction_header, store_predictions
+
+    cols = output_columns(CLASSES, ["m0", "m1"])
+    assert parse_prediction_header(cols) == (CLASSES, ["m0", "m1"])
+    items = window.project.items
+    path = tmp_path / "p.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        for it in items:
+            row = {c: "" for c in cols}
+            row.update(path=it.rel_path, status="ok", predicted="normal", entropy="0.5", disagreement_js="0.1")
+            for c in CLASSES:
+                row[f"prob_{c}"] = row[f"m0_prob_{c}"] = row[f"m1_prob_{c}"] = "0.3333"
+            w.writerow(row)
+    store = window.project.store
+    rid = store.add_run("predict", "csv", {}, state="finished")
+    assert store_predictions(store, rid, path, window.project.paths.folder) == len(items)
+    p = store.predictions(rid)[0]
+    assert p.label == "normal" and set(p.probs["members"]) == {"m0", "m1"}
+    assert p.uncertainty == {"entropy": 0.5, "disagreement": 0.1}

@@ -1,0 +1,204 @@
+"""Desktop building blocks without the main window: job bridge, async calls, thumbnails, mask edits,
+project paths, the scan process, the command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+from desktop.bridge import mask_ops# noqa: E402
+
+
+# -- jobs bridge -------------------------------------------------------------------------------------------
+def test_job_runner_relays_progress_result_and_errors(qtbot):
+    from core.jobs import Job
+    from desktop.bridge.jobs_bridge import JobRunner
+
+    def work(ctx):
+        for i in range(1, 201):
+            ctx.progress(i, 200, f"file {i}")
+        return "ok"
+
+    runner = JobRunner(Job("work", work))
+    seen = []
+    runner.progress.connect(lambda step, total, msg, metrics: seen.append((step, total)))
+    with qtbot.waitSignal(runner.finished, timeout=5000) as blocker:
+        runner.start()
+    assert blocker.args == ["ok"]
+    assert seen[-1] == (200, 200)           # the last step always arrives
+    assert len(seen) < 200                  # ... but not every one (throttled)
+
+    def boom(ctx):
+        raise ValueError("bad file")
+
+    runner = JobRunner(Job("boom", boom))
+    with qtbot.waitSignal(runner.failed, timeout=5000) as blocker:
+        runner.start()
+    assert "bad file" in blocker.args[0]
+
+
+def test_job_runner_cancel(qtbot):
+    from core.jobs import Job
+    from desktop.bridge.jobs_bridge import JobRunner
+
+    def slow(ctx):
+        for i in range(1000):
+            ctx.check_cancelled()
+            time.sleep(0.01)
+
+    runner = JobRunner(Job("slow", slow))
+    runner.start()
+    qtbot.wait(50)
+    with qtbot.waitSignal(runner.cancelled, timeout=5000):
+        runner.cancel()
+    assert not runner.running
+
+
+def test_async_caller_keeps_only_the_newest_answer(qtbot):
+    from desktop.bridge.jobs_bridge import AsyncCaller
+
+    caller = AsyncCaller(workers=1)
+    got = []
+    for n in range(5):
+        caller.submit(lambda n=n: (time.sleep(0.02), n)[1], got.append, key="k")
+    qtbot.waitUntil(lambda: caller.pending == 0, timeout=5000)
+    assert got == [4]
+    errors = []
+    caller.submit(lambda: 1 / 0, got.append, errors.append)
+    qtbot.waitUntil(lambda: caller.pending == 0, timeout=5000)
+    assert errors and "division" in errors[0]
+    caller.shutdown()
+
+
+# -- thumbnails -------------------------------------------------------------------------------------------
+def test_thumbnails_decode_in_workers_and_cache_on_disk(qtbot, tmp_path):
+    from PIL import Image
+
+    from desktop.bridge.thumbs import ThumbnailService
+
+    img = tmp_path / "a.png"
+    Image.fromarray((np.arange(300 * 200) % 255).astype(np.uint8).reshape(200, 300)).save(img)
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"not a png")
+    cache = tmp_path / "thumbs"
+    svc = ThumbnailService(cache, size=64)
+    assert svc.get(str(img)) is None                     # a miss queues the file
+    with qtbot.waitSignal(svc.thumbnailReady, timeout=5000):
+        pass
+    pm = svc.get(str(img))
+    assert pm is not None and max(pm.width(), pm.height()) == 64
+    assert len(list(cache.glob("*.png"))) == 1
+    svc.get(str(bad))
+    qtbot.waitUntil(lambda: svc.error_for(str(bad)) is not None, timeout=5000)
+    svc.shutdown()
+    # a new service (next session) reads the disk cache
+    svc2 = ThumbnailService(cache, size=64)
+    svc2.get(str(img))
+    with qtbot.waitSignal(svc2.thumbnailReady, timeout=5000):
+        pass
+    assert svc2.get(str(img)) is not None
+    svc2.shutdown()
+
+
+# -- mask edits -------------------------------------------------------------------------------------------
+def test_brush_line_fill_outline_and_packing():
+    m = np.zeros((40, 40), dtype=bool)
+    box = mask_ops.stamp_line(m, (5.0, 5.0), (30.0, 5.0), 2.0, True)
+    assert box is not None and m[5, 5] and m[5, 30] and not m[10, 10]
+    assert mask_ops.stamp_line(m, (-50.0, -50.0), (-40.0, -40.0), 2.0, True) is None
+    mask_ops.stamp_line(m, (5.0, 5.0), (30.0, 5.0), 2.0, False)
+    assert not m.any()
+    # a closed square outline is filled from inside, an open region is refused
+    sq = np.zeros((40, 40), dtype=bool)
+    sq[10, 10:31] = sq[30, 10:31] = sq[10:31, 10] = sq[10:31, 30] = True
+    filled = mask_ops.flood_fill(sq, 20, 20)
+    assert filled is not None and filled[20, 20] and filled[11:30, 11:30].all() and not filled[5, 5]
+    assert mask_ops.flood_fill(sq, 2, 2) is None            # touches the border: not enclosed
+    edge = mask_ops.outline(filled)
+    assert edge[10, 20] and not edge[20, 20]
+    back = mask_ops.unpack(mask_ops.pack(filled))
+    assert np.array_equal(back, filled)
+
+
+# -- project paths / rows -------------------------------------------------------------------------------
+def test_project_lives_in_the_folder_or_in_user_data_when_read_only(tmp_path, monkeypatch):
+    from desktop import settings
+
+    monkeypatch.setenv("MEDSSL_DATA_DIR", str(tmp_path / "user"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    p = settings.locate_project(folder)
+    assert p.folder_writable and p.store_path == folder / ".medssl" / "project.db"
+    assert p.thumbs_dir == folder / ".medssl" / "thumbs"
+    monkeypatch.setattr(settings, "_writable", lambda _f: False)
+    p = settings.locate_project(folder)
+    assert not p.folder_writable
+    assert p.project_dir.parent == tmp_path / "user" / "projects"
+    assert p.project_dir.name.startswith("images-")
+
+
+def test_recent_projects(tmp_path, qapp):
+    from desktop.settings import Settings
+
+    s = Settings(tmp_path / "d.ini")
+    folders = []
+    for n in range(12):
+        f = tmp_path / f"p{n}"
+        f.mkdir()
+        folders.append(f)
+        s.add_recent(f)
+    s.add_recent(folders[3])
+    recent = s.recent_projects()
+    assert recent[0] == folders[3] and len(recent) == 10
+    assert Settings(tmp_path / "d.ini").recent_projects() == recent
+
+
+def test_quick_listing_skips_masks_and_hidden(tmp_path):
+    from desktop.bridge.rows import quick_listing
+
+    for rel in ("a/x.png", "a/x_mask.png", "a/x_mask_1.png", "b/y.JPG", ".medssl/thumbs/t.png", "notes.txt",
+                "c/d/z.dcm"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    assert [it.rel_path for it in quick_listing(tmp_path)] == ["a/x.png", "b/y.JPG", "c/d/z.dcm"]
+
+
+def test_scan_process_imports_and_reports(tmp_path):
+    from core.jobs import Job
+    from core.project.store import ProjectStore
+    from desktop.bridge.scan_process import run_scan
+
+    from PIL import Image
+
+    for n in range(3):
+        (tmp_path / "imgs" / "cls").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 40), n * 60, np.uint8)).save(tmp_path / "imgs" / "cls" / f"i{n}.png")
+    store_path = tmp_path / "imgs" / ".medssl" / "project.db"
+    early, stores = [], []
+
+    def fn(ctx):
+        return run_scan(ctx, store_path, tmp_path / "imgs", True, on_rows=early.append,
+                        on_store=lambda: stores.append(1))
+
+    rows, counts, errors = Job("scan", fn).run()
+    assert [it.rel_path for it in early[0]] == ["cls/i0.png", "cls/i1.png", "cls/i2.png"]   # quick listing
+    assert stores == [1] and counts["new"] == 3 and errors == []
+    assert all(it.image_id is not None and it.label == "cls" for it in rows)
+    with ProjectStore(store_path) as store:
+        assert len(store.images()) == 3
+
+
+def test_app_version_and_help(capsys):
+    from desktop.app import build_parser, main
+
+    assert main(["--version"]) == 0
+    assert "medssl-studio" in capsys.readouterr().out
+    help_text = build_parser().format_help()
+    assert "PROJECT" in help_text.upper() or "path" in help_text

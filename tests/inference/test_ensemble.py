@@ -1,0 +1,154 @@
+"""Ensembles: temperature scaling, averaging, uncertainty, Grad-CAM, evaluation (tiny models, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.inference.ensemble import (EnsembleModel, combine, create_spec, evaluate_ensemble, evaluate_ensemble_cv,
+                           fit_temperature, format_table, grad_cam, js_divergence, load_ensemble, load_spec,
+                           predictive_entropy, softmax)
+from core.train.finetune import build_classifier, finetune, load_labeled_data, run_kfold
+from core.train.config import FinetuneConfig
+from core.analysis.metrics import expected_calibration_error
+
+CLASSES = ["benign", "malignant", "normal"]
+
+
+def tiny_cfg(**kw) -> FinetuneConfig:
+    base = dict(backbone="convnext_atto", tiny=True, init="random", image_size=32, epochs=1, batch_size=16,
+                lr=3e-3, warmup_epochs=0.5, val_fraction=0.2, test_fraction=0.2, seed=0, num_workers=0,
+                amp=False)  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+@pytest.fixture(scope="module")
+def runs(demo_dir, tmp_path_factory):
+    """Two one-epoch runs on the same split (different seeds for the model, same split seed)."""
+    root = tmp_path_factory.mktemp("ens")
+    data = load_labeled_data(demo_dir)
+    finetune(tiny_cfg(), data, root / "a")
+    finetune(tiny_cfg(lr=1e-3), data, root / "b")
+    return root
+
+
+def test_temperature_scaling_lowers_ece_of_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, c = 2000, 3
+    y = rng.integers(0, c, n)
+    # a decent but noisy classifier (about 70 % right) ...
+    logits = rng.normal(0, 1, (n, c))
+    logits[np.arange(n), y] += 1.5
+    # ... made over-confident by scaling its logits up
+    over = logits * 4.0
+    t = fit_temperature(over[:1000], y[:1000])
+    assert 2.0 < t < 6.0                                  # undoes most of the factor 4
+    before = expected_calibration_error(softmax(over[1000:]), y[1000:])
+    after = expected_calibration_error(softmax(over[1000:], t), y[1000:])
+    assert before > 0.1 and after < before / 2
+    # calibration never changes the predicted class
+    assert (softmax(over, t).argmax(1) == over.argmax(1)).all()
+
+
+def test_entropy_and_js_divergence():
+    p = np.array([[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.5, 0.5]]])      # [M=2, N=2, C=2]
+    assert js_divergence(p) == pytest.approx([0.0, 0.0], abs=1e-9)          # members agree
+    q = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])                              # total disagreement
+    assert js_divergence(q)[0] == pytest.approx(np.log(2))
+    assert predictive_entropy(np.array([[0.5, 0.5]]))[0] == pytest.approx(np.log(2))
+    np.testing.assert_allclose(combine(q, [3, 1]), [[0.75, 0.25]])
+
+
+def test_ensemble_of_identical_members_equals_the_member(runs, tmp_path):
+    spec = create_spec(tmp_path / "same.json", [runs / "a", runs / "a"], names=["a1", "a2"], weights=[1, 2])
+    ens = load_ensemble(spec)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        p_ens, p_mem = ens.module(x)
+        model = ens.module.members[0]
+        single = torch.softmax(model((x - ens.module.mean[0]) / ens.module.std[0]), -1)
+    torch.testing.assert_close(p_ens, single, atol=1e-6, rtol=0)
+    assert js_divergence(p_mem.numpy()) == pytest.approx(np.zeros(4), abs=1e-7)
+    rep = evaluate_ensemble(spec)
+    assert rep["members"][0]["temperature"] == pytest.approx(rep["members"][1]["temperature"])
+    for stage in ("before", "after"):
+        for key in ("accuracy", "balanced_accuracy", "ece", "nll"):
+            assert rep["ensemble"][stage][key] == pytest.approx(rep["members"][0][stage][key], abs=1e-6)
+    # temperatures were written back into the file
+    saved = load_spec(tmp_path / "same.json")
+    assert all(m.temperature is not None for m in saved.members)
+    assert saved.members[1].weight == 2.0
+
+
+def test_evaluate_two_members_per_image_and_cam(runs, tmp_path):
+    spec = create_spec(tmp_path / "ens.json", [runs / "a", runs / "b"], names=["A", "B"])
+    rep = evaluate_ensemble(spec, per_image=tmp_path / "per_image.csv", cam_dir=tmp_path / "cams", cam_limit=2)
+    assert rep["n"] > 0 and len(rep["members"]) == 2
+    for r in rep["members"]:
+        assert 0.05 <= r["temperature"] <= 20
+        assert r["after"]["accuracy"] == r["before"]["accuracy"]      # scaling keeps every argmax
+    table = format_table(rep)
+    assert "| ensemble | after |" in table and "| A | before |" in table
+    lines = (tmp_path / "per_image.csv").read_text().splitlines()
+    assert len(lines) == rep["n"] + 1
+    assert "entropy" in lines[0] and "disagreement_js" in lines[0] and "A_prob_benign" in lines[0]
+    cams = sorted((tmp_path / "cams").glob("*.png"))
+    assert len(cams) == 2
+    from PIL import Image
+
+    assert Image.open(cams[0]).size == (32 * 4, 32)   # input | A | B | ensemble
+
+
+def test_grad_cam_on_last_stage(runs):
+    ens = load_ensemble(create_spec(runs / "cam.json", [runs / "a"]))
+    out = ens.cam(torch.rand(3, 32, 32))
+    heat = out["ensemble"]
+    assert heat.shape == (32, 32) and heat.min() >= 0 and heat.max() <= 1 + 1e-6
+    assert out["class"] in CLASSES and set(out["members"]) == {ens.names[0]}
+    from core.inference.ensemble import cam_for_file
+
+    split = json.loads((runs / "a" / "split.json").read_text())
+    path = Path(split["root"]) / split["test"][0][0]
+    full = cam_for_file(ens, path)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert full["ensemble"].shape == (im.height, im.width)
+    model = ens.module.members[0]
+    maps = grad_cam(model, torch.rand(2, 3, 32, 32), target=[0, 1], size=(16, 16))
+    assert maps.shape == (2, 16, 16) and np.isfinite(maps).all()
+
+
+def test_cross_validated_ensemble(demo_dir, tmp_path):
+    data = load_labeled_data(demo_dir)
+    run_kfold(tiny_cfg(), data, tmp_path / "a", k=2)
+    run_kfold(tiny_cfg(lr=1e-3), data, tmp_path / "b", k=2)
+    spec = create_spec(tmp_path / "cv.json", [tmp_path / "a", tmp_path / "b"], names=["A", "B"])
+    rep = evaluate_ensemble_cv(spec)
+    assert rep["k"] == 2 and set(rep["mean_std"]) == {"A", "B", "ensemble"}
+    assert rep["pooled_after"]["ensemble"]["n"] == 96
+    assert len(rep["mean_std"]["A"]["temperatures"]) == 2
+    json.dumps(rep)
+    assert "± " in format_table(rep)
+
+
+def test_ensemble_module_normalises_per_member():
+    m1, c1 = build_classifier(tiny_cfg(), CLASSES, lambda m: None)
+    ens = EnsembleModel([m1.eval(), m1.eval()], [(0.5,) * 3, (0.2,) * 3], [(0.25,) * 3, (0.3,) * 3], [1.0, 2.0],
+                        [1, 1])
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        p, mem = ens(x)
+        ref1 = torch.softmax(m1((x - 0.5) / 0.25), -1)
+        ref2 = torch.softmax(m1((x - 0.2) / 0.3) / 2.0, -1)
+    torch.testing.assert_close(mem[0], ref1)
+    torch.testing.assert_close(mem[1], ref2)
+    torch.testing.assert_close(p, (ref1 + ref2) / 2)
