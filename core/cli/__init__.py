@@ -19,6 +19,7 @@ from core.jobs import EventKind, Job, JobCancelled, ProgressEvent
 COMMAND_MODULES = (
     "core.cli.scan",
     "core.cli.demo",
+    "core.cli.weights",
     "core.cli.entropy",
     "core.cli.pretrain",
     "core.cli.reconstruct",

@@ -1,8 +1,8 @@
-"""ImageNet weights for timm backbones, strictly offline.
+"""ImageNet weights for timm backbones: finding them on this machine and loading them into a model.
 
-Nothing here touches the network, whatever ``HF_HUB_OFFLINE`` says (it is honoured trivially: the Hugging
-Face cache is only *read*, with ``huggingface_hub.try_to_load_from_cache``). Where the weights are looked
-for, in this order:
+Nothing here touches the network (the Hugging Face cache is only *read*, with
+``huggingface_hub.try_to_load_from_cache``); fetching weights is :mod:`core.models.download`, run only
+when a person asks (``medssl weights get``). Where the weights are looked for, in this order:
 
 1. an explicit file (``--weights-file``): ``.safetensors``, ``.pth``/``.pt`` or ``.bin``, in the layout
    timm or Hugging Face publish (timm keys; nested ``state_dict``/``model``/EMA entries; the original
@@ -66,8 +66,12 @@ class LoadReport:
     std: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
+        """What a run records about the weights it started from (the sha256 names the exact file)."""
+        from core.models.weights_folder import recorded_sha256
+
         return {"source": "imagenet", "kind": self.source.kind, "path": str(self.source.path),
-                "tag": self.source.tag, "tensors_loaded": self.loaded, "head_reinitialised": self.skipped_head}
+                "tag": self.source.tag, "sha256": recorded_sha256(self.source.path),
+                "tensors_loaded": self.loaded, "head_reinitialised": self.skipped_head}
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -90,9 +94,15 @@ def _pretrained_cfgs(arch: str, tag: str | None) -> list[tuple[str, dict]]:
     import timm
     from timm.models import get_pretrained_cfg
 
-    names = [f"{arch}.{tag}"] if tag else timm.list_pretrained(f"{arch}.*")
-    if not tag and not names:
-        names = [arch]
+    if tag:
+        names = [f"{arch}.{tag}"]
+    else:
+        from core.models.weights_folder import KNOWN_WEIGHTS
+
+        default = get_pretrained_cfg(arch)
+        first = [n for n in KNOWN_WEIGHTS if split_name(n)[0] == arch]       # the app's choice (the paper's)
+        first += [f"{arch}.{default.tag}"] if default is not None and default.tag else []   # then timm's
+        names = list(dict.fromkeys(first + timm.list_pretrained(f"{arch}.*"))) or [arch]
     out = []
     for n in names:
         try:
@@ -189,12 +199,16 @@ def find_imagenet_weights(name: str, weights_file: str | Path | None = None) -> 
 def missing_message(name: str) -> str:
     arch, tag = split_name(name)
     cfgs = _pretrained_cfgs(arch, tag)
-    lines = [f"No ImageNet weights for '{name}' were found on this machine (MedSSL never downloads)."]
+    lines = [f"No ImageNet weights for '{name}' were found on this machine (MedSSL downloads only when asked)."]
     wdir = weights_dir()
     if cfgs:
         t, cfg = cfgs[0]
         stem = f"{arch}.{t}" if t else arch
-        lines.append(f"Put the file at {wdir / (stem + '.safetensors')} (or .pth/.bin), "
+        if cfg.get("hf_hub_id"):
+            lines.append(f"Download them with `medssl weights get {stem}` (or Download in the window); on a "
+                         f"machine without internet, bring the file and run `medssl weights import FILE "
+                         f"--name {stem}`.")
+        lines.append(f"Or put the file at {wdir / (stem + '.safetensors')} (or .pth/.bin), "
                      f"or pass --weights-file PATH.")
         if cfg.get("hf_hub_id"):
             lines.append(f"timm publishes it on the Hugging Face hub as {cfg['hf_hub_id']}/model.safetensors; "

@@ -1,0 +1,266 @@
+"""ImageNet weights on request: `medssl weights get/import/verify/list` against a real HTTP server on 127.0.0.1
+that answers like the Hugging Face hub, driven through the real huggingface_hub client (HF_ENDPOINT)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.cli import main
+from core.jobs import EventKind, Job, JobCancelled
+
+NAME = "convnext_atto.d2_in1k"          # timm publishes it as timm/convnext_atto.d2_in1k/model.safetensors
+REPO = "timm/" + NAME
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """Serves files at /{repo}/resolve/{revision}/{file} with the headers the hub sends (X-Repo-Commit, an
+    ETag that is the file's sha256, Content-Length, Range requests). Knobs: cut the first body after N
+    bytes; serve bytes that differ from the advertised sha256."""
+
+    def __init__(self):
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.cut_first_body_after: int | None = None
+        self.corrupt = False
+        self.requests: list[tuple[str, str, str | None, str | None]] = []
+        self._bodies = 0
+        self.lock = threading.Lock()
+
+    def handler(self):
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def _serve(self, body: bool):
+                with hub.lock:
+                    hub.requests.append((self.command, self.path, self.headers.get("Range"),
+                                         self.headers.get("Authorization")))
+                m = re.match(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>[^?]+)", self.path)
+                data = hub.files.get((m["repo"], m["file"])) if m else None
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("X-Error-Message", "Entry not found")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                sha = hashlib.sha256(data).hexdigest()
+                if hub.corrupt:
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(re.match(r"bytes=(\d+)-", rng).group(1))
+                self.send_response(206 if rng else 200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{sha}"')
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(len(data) - start))
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if not body:
+                    return
+                with hub.lock:
+                    hub._bodies += 1
+                    cut = hub.cut_first_body_after if hub._bodies == 1 else None
+                payload = data[start:]
+                if cut is not None:
+                    self.wfile.write(payload[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(payload)
+
+        return Handler
+
+    def ranges(self) -> list[str]:
+        return [r for method, _, r, _ in self.requests if method == "GET" and r]
+
+
+@pytest.fixture(scope="module")
+def atto_file(tmp_path_factory) -> tuple[bytes, dict]:
+    """A real-size convnext_atto state dict as the hub would publish it (random weights, seeded)."""
+    import timm
+    from safetensors.torch import save
+
+    torch.manual_seed(0)
+    sd = {k: v.contiguous() for k, v in timm.create_model("convnext_atto", pretrained=False).state_dict().items()}
+    return save(sd), sd
+
+
+@pytest.fixture
+def hub(atto_file, monkeypatch, tmp_path):
+    fake = FakeHub()
+    fake.files[(REPO, "model.safetensors")] = atto_file[0]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def test_get_installs_a_verified_file_that_loads_into_timm(hub, atto_file, tmp_path, monkeypatch, capsys):
+    import timm
+
+    from core.models.backbones import create_backbone
+    from core.models.weights import find_imagenet_weights, load_imagenet_weights
+    from core.models.weights_folder import read_manifest
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+    assert main(["weights", "get", NAME, "--quiet"]) == 0
+    installed = tmp_path / "weights" / f"{NAME}.safetensors"
+    assert installed.read_bytes() == atto_file[0]
+    entry = read_manifest()[NAME]
+    assert entry.sha256 == hashlib.sha256(atto_file[0]).hexdigest() and entry.source == f"hub:{REPO}@{COMMIT}"
+    assert entry.licence == "apache-2.0"
+    assert all(auth == "Bearer hf_secret_token" for _, _, _, auth in hub.requests)
+    assert not list((tmp_path / "weights").glob(".*part*"))
+    # fine-tuning finds it offline and it loads into timm.create_model
+    found = find_imagenet_weights("convnext_atto")
+    assert found.kind == "weights-dir" and found.path == installed and found.tag == "d2_in1k"
+    model = create_backbone("convnext_atto", num_classes=3)
+    rep = load_imagenet_weights(model, "convnext_atto")
+    assert torch.equal(model.stem[0].weight, atto_file[1]["stem.0.weight"])
+    assert rep.to_dict()["sha256"] == entry.sha256
+    plain = timm.create_model("convnext_atto", pretrained=False)
+    from safetensors.torch import load_file
+    plain.load_state_dict(load_file(str(installed)))
+    capsys.readouterr()
+    assert main(["weights", "verify"]) == 0
+    assert f"ok  {NAME}" in capsys.readouterr().out
+    assert main(["weights", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(NAME))
+    assert f"yes ({entry.sha256[:12]})" in line and REPO in line and "apache-2.0" in line
+
+
+def test_a_cut_connection_is_resumed_with_a_range_request(hub, atto_file, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from core.models.download import download_weights
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 20)   # whole chunks are kept
+    hub.cut_first_body_after = 3_500_000
+    entry = download_weights(NAME)
+    assert entry.path.read_bytes() == atto_file[0]
+    assert hub.ranges() == [f"bytes={3 << 20}-"], hub.requests
+
+
+def test_a_cancelled_download_resumes_where_it_stopped(hub, atto_file, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from core.models.download import download_job, partial_download
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 20)
+    job = download_job(NAME)
+    job.subscribe(lambda e: job.cancel() if e.kind is EventKind.PROGRESS and e.phase == "downloading" else None)
+    with pytest.raises(JobCancelled):
+        job.run()
+    part = partial_download(NAME)
+    assert part is not None and 0 < part.stat().st_size < len(atto_file[0])
+    assert not (tmp_path / "weights" / f"{NAME}.safetensors").exists()
+    assert main(["weights", "list"]) == 0
+    assert "partial download" in next(x for x in capsys.readouterr().out.splitlines() if x.startswith(NAME))
+    done = part.stat().st_size
+    assert main(["weights", "get", NAME, "--quiet"]) == 0
+    assert (tmp_path / "weights" / f"{NAME}.safetensors").read_bytes() == atto_file[0]
+    assert f"bytes={done}-" in hub.ranges()
+    assert partial_download(NAME) is None
+
+
+def test_a_corrupted_download_is_refused(hub, tmp_path):
+    from core.models.download import WeightsDownloadError, download_weights
+    from core.models.weights_folder import read_manifest
+
+    hub.corrupt = True
+    with pytest.raises(WeightsDownloadError, match="damaged"):
+        download_weights(NAME)
+    assert not list((tmp_path / "weights").glob("*.safetensors")) and not list((tmp_path / "weights").glob(".*part"))
+    assert NAME not in read_manifest()
+
+
+def test_not_on_the_hub_says_where_to_put_the_file(hub, tmp_path, capsys):
+    assert main(["weights", "get", "convnext_femto.d1_in1k"]) == 1
+    err = capsys.readouterr().err
+    assert "timm/convnext_femto.d1_in1k" in err and "medssl weights import FILE --name convnext_femto.d1_in1k" in err
+    assert str(tmp_path / "weights" / "convnext_femto.d1_in1k.safetensors") in err
+
+
+def test_unreachable_hub_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    with socket.socket() as s:           # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["weights", "get", NAME]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach" in err and "medssl weights import" in err
+
+
+def test_offline_mode_refuses_to_download(hub, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run([sys.executable, "-m", "core.cli", "weights", "get", NAME], capture_output=True,
+                         text=True, env=env, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 1, out.stderr
+    assert "offline mode" in out.stderr and "medssl weights import" in out.stderr
+    assert hub.requests == []
+    assert not (tmp_path / "weights" / f"{NAME}.safetensors").exists()
+
+
+def test_import_checks_the_file_and_verify_finds_damage(atto_file, tmp_path, monkeypatch, capsys):
+    from core.models.weights_folder import WeightsFileError, import_weights, read_manifest
+
+    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    brought = tmp_path / "downloads" / "convnext_atto_d2-01bb0f51.pth"
+    brought.parent.mkdir()
+    torch.save({"state_dict": atto_file[1]}, brought)           # a torch file, nested as many are
+    assert main(["weights", "import", str(brought), "--name", NAME]) == 0
+    installed = tmp_path / "weights" / f"{NAME}.pth"
+    assert installed.is_file() and brought.is_file()              # copied, the original left alone
+    assert read_manifest()[NAME].source == f"import:{brought}"
+    with pytest.raises(WeightsFileError, match="does not load into convnext_femto"):
+        import_weights(brought, "convnext_femto.d1_in1k")        # another model's file
+    with pytest.raises(WeightsFileError, match="pass --name"):
+        import_weights(brought)                                  # the file name says nothing
+    not_weights = tmp_path / "downloads" / "convnext_atto.d2_in1k.safetensors"
+    not_weights.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(WeightsFileError, match=re.escape(str(not_weights))):
+        import_weights(not_weights)
+    assert main(["weights", "verify"]) == 0
+    data = bytearray(installed.read_bytes())
+    data[-10] ^= 0xFF
+    installed.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["weights", "verify"]) == 1
+    assert f"BAD {NAME}" in capsys.readouterr().out and json.loads(
+        (tmp_path / "weights" / "manifest.json").read_text())[NAME]["sha256"]
