@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from core.cli import main
-from core.jobs import EventKind, Job, JobCancelled
+from core.jobs import EventKind, JobCancelled
 
 NAME = "convnext_atto.d2_in1k"          # timm publishes it as timm/convnext_atto.d2_in1k/model.safetensors
 REPO = "timm/" + NAME
