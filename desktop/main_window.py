@@ -227,6 +227,7 @@ class MainWindow(QtWidgets.QMainWindow):
         A("job_predict", "Predict folder…", lambda: self.launch_job("predict"))
         A("next_suggested", "Next suggested image", self.next_suggested, "next-unlabeled")
         A("show_runs", "Runs browser…", self.show_runs)
+        A("show_weights", "ImageNet weights…", self.show_weights)
         self.actions_by_id["next_suggested"].setShortcut(QtGui.QKeySequence("Ctrl+Shift+N"))
         self.actions_by_id["show_jobs"] = self.jobs_dock.toggleViewAction()
         self.actions_by_id["show_jobs"].setText("Jobs panel")
@@ -258,6 +259,7 @@ class MainWindow(QtWidgets.QMainWindow):
         m.addSeparator()
         m.addAction(a["show_jobs"])
         m.addAction(a["show_runs"])
+        m.addAction(a["show_weights"])
         m.addAction(a["next_suggested"])
         m = mb.addMenu("&View")
         for aid in ("show_library", "show_viewer", "show_mae", "show_predictions"):
@@ -577,6 +579,14 @@ class MainWindow(QtWidgets.QMainWindow):
         if not self.project.ready:
             return None
         dlg = RunsBrowser(self.project, self)
+        dlg.show()
+        return dlg
+
+    def show_weights(self):
+        """The ImageNet weights page (works without an open project: weights are per user)."""
+        from desktop.pages.weights_page import WeightsDialog
+
+        dlg = WeightsDialog(self)
         dlg.show()
         return dlg
 

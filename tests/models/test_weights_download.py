@@ -4,103 +4,23 @@ that answers like the Hugging Face hub, driven through the real huggingface_hub 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from core.cli import main
+from fake_hub import COMMIT, serve_fake_hub
 from core.jobs import EventKind, JobCancelled
 
 NAME = "convnext_atto.d2_in1k"          # timm publishes it as timm/convnext_atto.d2_in1k/model.safetensors
 REPO = "timm/" + NAME
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-class FakeHub:
-    """Serves files at /{repo}/resolve/{revision}/{file} with the headers the hub sends (X-Repo-Commit, an
-    ETag that is the file's sha256, Content-Length, Range requests). Knobs: cut the first body after N
-    bytes; serve bytes that differ from the advertised sha256."""
-
-    def __init__(self):
-        self.files: dict[tuple[str, str], bytes] = {}
-        self.cut_first_body_after: int | None = None
-        self.corrupt = False
-        self.requests: list[tuple[str, str, str | None, str | None]] = []
-        self._bodies = 0
-        self.lock = threading.Lock()
-
-    def handler(self):
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self._serve(body=False)
-
-            def do_GET(self):
-                self._serve(body=True)
-
-            def _serve(self, body: bool):
-                with hub.lock:
-                    hub.requests.append((self.command, self.path, self.headers.get("Range"),
-                                         self.headers.get("Authorization")))
-                m = re.match(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>[^?]+)", self.path)
-                data = hub.files.get((m["repo"], m["file"])) if m else None
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("X-Error-Message", "Entry not found")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                sha = hashlib.sha256(data).hexdigest()
-                if hub.corrupt:
-                    data = bytes([data[0] ^ 0xFF]) + data[1:]
-                start = 0
-                rng = self.headers.get("Range")
-                if rng:
-                    start = int(re.match(r"bytes=(\d+)-", rng).group(1))
-                self.send_response(206 if rng else 200)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{sha}"')
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Length", str(len(data) - start))
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.end_headers()
-                if not body:
-                    return
-                with hub.lock:
-                    hub._bodies += 1
-                    cut = hub.cut_first_body_after if hub._bodies == 1 else None
-                payload = data[start:]
-                if cut is not None:
-                    self.wfile.write(payload[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(payload)
-
-        return Handler
-
-    def ranges(self) -> list[str]:
-        return [r for method, _, r, _ in self.requests if method == "GET" and r]
-
-
 @pytest.fixture(scope="module")
 def atto_file(tmp_path_factory) -> tuple[bytes, dict]:
     """A real-size convnext_atto state dict as the hub would publish it (random weights, seeded)."""
@@ -114,19 +34,12 @@ def atto_file(tmp_path_factory) -> tuple[bytes, dict]:
 
 @pytest.fixture
 def hub(atto_file, monkeypatch, tmp_path):
-    fake = FakeHub()
-    fake.files[(REPO, "model.safetensors")] = atto_file[0]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with serve_fake_hub({(REPO, "model.safetensors"): atto_file[0]}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield fake
 
 
 def test_get_installs_a_verified_file_that_loads_into_timm(hub, atto_file, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,102 @@
+"""The window's ImageNet weights offer and page, driven against a local server that answers like the hub."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+from core.jobs import EventKind  # noqa: E402
+from fake_hub import serve_fake_hub  # noqa: E402
+
+NAME = "convnext_atto.d2_in1k"
+
+
+@pytest.fixture(scope="module")
+def atto_bytes() -> bytes:
+    import timm
+    from safetensors.torch import save
+
+    torch.manual_seed(0)
+    return save({k: v.contiguous() for k, v in timm.create_model("convnext_atto").state_dict().items()})
+
+
+@pytest.fixture
+def hub(atto_bytes, monkeypatch, tmp_path):
+    with serve_fake_hub({("timm/" + NAME, "model.safetensors"): atto_bytes}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield fake
+
+
+def test_offer_downloads_with_progress_then_says_installed(qtbot, hub, atto_bytes, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from desktop.widgets.weights_offer import WeightsOffer
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 20)
+    offer = WeightsOffer(NAME)
+    qtbot.addWidget(offer)
+    offer.show()
+    qtbot.waitUntil(lambda: offer.download.isVisible(), timeout=30000)
+    assert offer.installed is False and "14.8 MB" in offer.download.text() and offer.import_.isVisible()
+    assert "not on this computer" in offer.status.text()
+    # first attempt: cancelled after the first chunk (from the job's own thread: deterministic)
+    offer.start_download()
+    job = offer.runner.job
+    job.subscribe(lambda e: job.cancel() if e.kind is EventKind.PROGRESS else None)
+    assert offer.cancel.isVisible() and offer.bar.isVisible() and not offer.download.isVisible()
+    qtbot.waitUntil(lambda: offer.download.isVisible() and "interrupted" in offer.status.text(), timeout=30000)
+    assert offer.runner is None
+    # second attempt resumes and installs
+    with qtbot.waitSignal(offer.changed, timeout=60000, check_params_cb=lambda installed: installed):
+        offer.download.click()
+    assert (tmp_path / "weights" / f"{NAME}.safetensors").read_bytes() == atto_bytes
+    assert any(r and r != "bytes=0-" for r in hub.ranges())
+    assert str(tmp_path / "weights") in offer.status.text() and not offer.download.isVisible()
+
+
+def test_offer_imports_a_file_and_page_lists_it(qtbot, atto_bytes, tmp_path, monkeypatch):
+    from desktop.pages.weights_page import WeightsPage
+    from desktop.widgets.weights_offer import WeightsOffer
+
+    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    brought = tmp_path / "model.safetensors"
+    brought.write_bytes(atto_bytes)
+    offer = WeightsOffer(NAME)
+    qtbot.addWidget(offer)
+    qtbot.waitUntil(lambda: offer.installed is False, timeout=30000)
+    with qtbot.waitSignal(offer.changed, timeout=60000, check_params_cb=lambda installed: installed):
+        offer.import_file(str(brought))
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not weights")
+    offer.set_name("convnext_femto.d1_in1k")
+    qtbot.waitUntil(lambda: offer.installed is False, timeout=30000)
+    offer.import_file(str(bad))
+    qtbot.waitUntil(lambda: str(bad) in offer.status.text() and "does not load" in offer.status.text(),
+                    timeout=30000)
+
+    page = WeightsPage()
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: page.table.rowCount() > 0, timeout=30000)
+    names = [page.table.item(r, 0).text() for r in range(page.table.rowCount())]
+    assert names[0] == "convnext_tiny.fb_in1k" and NAME in names
+    row = names.index(NAME)
+    assert page.table.item(row, 1).text() == "yes" and page.table.item(row, 4).text() == "apache-2.0"
+    assert page.table.item(names.index("convnext_tiny.fb_in1k"), 1).text() == "no"
+    page.verify.click()
+    qtbot.waitUntil(lambda: "files OK" in page.verify_result.text(), timeout=30000)
+    assert page.verify_result.text().startswith("1 of 1 files OK")
+
+
+def test_window_opens_the_weights_page_without_a_project(qtbot, main_window, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    action = main_window.actions_by_id["show_weights"]
+    assert action.isEnabled() and not main_window.project.is_open
+    dlg = main_window.show_weights()
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.page.table.rowCount() > 0, timeout=30000)
+    assert str(tmp_path / "weights") in dlg.page.where.text()
