@@ -6,7 +6,7 @@ The list is read in a worker (it imports timm); downloading and importing go thr
 
 from __future__ import annotations
 
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtWidgets
 
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
