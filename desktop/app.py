@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -20,7 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="an image folder, or a project.db, to open")
     p.add_argument("--demo", action="store_true", help="open the demo project (made on first use)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("--self-test", action="store_true",
+                   help="check this installation offscreen (demo project, library, viewer with the entropy "
+                        "overlay, a tiny prediction); exit 0 when it works, 1 otherwise")
     return p
+
+
+def no_display_message() -> str | None:
+    """Why the window cannot open here (Linux without X11/Wayland), or None. Qt itself would abort."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("medssl-studio: no display available (neither DISPLAY nor WAYLAND_DISPLAY is set), so the window "
+            "cannot open. Run it from a desktop session, over `ssh -X`, or under a virtual screen "
+            "(`xvfb-run medssl-studio`). The command line works without a display: `medssl --help`. "
+            "To check the installation: `medssl-studio --self-test`.")
 
 
 def create_app(argv: Sequence[str] | None = None):
@@ -93,6 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"medssl-studio {__version__}")
         return 0
+    if args.self_test:
+        from desktop.self_test import run_self_test
+
+        return run_self_test()
+    why = no_display_message()
+    if why:
+        print(why, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = create_app()
     splash = _splash()
