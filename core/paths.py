@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import sys
 from pathlib import Path
 
 PROJECT_DIR_NAME = ".medssl"
@@ -47,18 +46,36 @@ def resources_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "resources"
 
 
+APP_NAME = "medssl-studio"
+
+
+def _override() -> Path | None:
+    """``MEDSSL_DATA_DIR`` puts everything per-user in one folder (tests, a portable install)."""
+    value = os.environ.get("MEDSSL_DATA_DIR")
+    return Path(value) if value else None
+
+
 def user_data_dir() -> Path:
-    """Per-user data (demo project, recent projects), following the platform's convention."""
-    override = os.environ.get("MEDSSL_DATA_DIR")
-    if override:
-        return Path(override)
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return base / "medssl-studio"
+    """Per-user data (demo project, weights, projects of read-only folders): the platform's place
+    (``~/.local/share/medssl-studio``, ``%LOCALAPPDATA%\\medssl-studio``, ``~/Library/Application Support/...``)."""
+    import platformdirs
+
+    return _override() or Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def user_cache_dir() -> Path:
+    """Things that can be made again (ONNX exports, modality statistics): safe to delete."""
+    import platformdirs
+
+    base = _override()
+    return base / "cache" if base else Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
+def user_config_dir() -> Path:
+    """Settings (recent projects, window layout)."""
+    import platformdirs
+
+    return _override() or Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
 def demo_project_dir() -> Path:

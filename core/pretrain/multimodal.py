@@ -15,8 +15,8 @@ convex mix of source and target (intermediate domains). Why own statistics by de
 exactly the target modality's mean and std whatever the image's own brightness (a modality's mean would
 carry an unusually bright image's offset over). The per-modality (mu, sigma) are pooled over all pixels of
 that modality's training-size images, computed once per data set (keyed by the images' content hashes,
-modalities and the image size) and cached in the per-user data folder (``core.paths.user_data_dir()
-/cache/dad``; the image folder is never written).
+modalities and the image size) and cached in the per-user cache folder (``core.paths.user_cache_dir()
+/dad``; the image folder is never written).
 
 With a single modality (e.g. BUSI) DAD maps every view onto that modality's statistics (an intensity
 standardisation augmentation) and the pairs fall back as above; the run log says so.
@@ -40,9 +40,9 @@ def _stats_key(dataset) -> str:
 
 
 def dad_cache_file(key: str):
-    from core.paths import user_data_dir
+    from core.paths import user_cache_dir
 
-    return user_data_dir() / "cache" / "dad" / f"{key[:32]}.json"
+    return user_cache_dir() / "dad" / f"{key[:32]}.json"
 
 
 def dad_stats_for(dataset, ctx=None):
