@@ -15,7 +15,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 __all__ = ["classification_metrics", "expected_calibration_error", "reliability_bins", "nll",
-           "summarize_folds", "SUMMARY_KEYS"]
+           "per_class_auc", "macro_auc_ovr", "summarize_folds", "SUMMARY_KEYS"]
 
 # Scalar metrics worth a mean ± std over folds and a column in comparison tables.
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece", "nll")
@@ -66,6 +66,21 @@ def _clean(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def per_class_auc(y_true: np.ndarray, probs: np.ndarray) -> list[float | None]:
+    """One-vs-rest ROC AUC of each class; None where the class is absent (or is every image)."""
+    out = []
+    for i in range(probs.shape[1]):
+        pos = (y_true == i).astype(int)
+        out.append(_clean(skm.roc_auc_score(pos, probs[:, i])) if 0 < pos.sum() < len(y_true) else None)
+    return out
+
+
+def macro_auc_ovr(y_true: np.ndarray, probs: np.ndarray, aucs: list[float | None] | None = None) -> float | None:
+    """Mean of the per-class one-vs-rest AUCs over the classes present; None with fewer than two."""
+    aucs = [a for a in (per_class_auc(y_true, probs) if aucs is None else aucs) if a is not None]
+    return float(np.mean(aucs)) if len(aucs) >= 2 else None
+
+
 def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], *,
                            n_bins: int = 15) -> dict:
     """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1, one-vs-rest ROC AUC
@@ -96,16 +111,10 @@ def _fill(out, y_true, probs, y_pred, classes, labels, present, n_bins) -> dict:
     out["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
     out["macro_f1"] = float(skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
     prec, rec, f1, sup = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = {}
-    for i, name in enumerate(classes):
-        auc = None
-        if 0 < (y_true == i).sum() < len(y_true):
-            auc = _clean(skm.roc_auc_score((y_true == i).astype(int), probs[:, i]))
-        per_class[name] = {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-                           "support": int(sup[i]), "roc_auc": auc}
-    out["per_class"] = per_class
-    aucs = [v["roc_auc"] for v in per_class.values() if v["roc_auc"] is not None]
-    out["roc_auc_ovr"] = float(np.mean(aucs)) if len(aucs) >= 2 else None
+    aucs = per_class_auc(y_true, probs)
+    out["per_class"] = {name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                               "support": int(sup[i]), "roc_auc": aucs[i]} for i, name in enumerate(classes)}
+    out["roc_auc_ovr"] = macro_auc_ovr(y_true, probs, aucs)
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     out["ece"] = expected_calibration_error(probs, y_true, n_bins)
     out["nll"] = nll(probs, y_true)
