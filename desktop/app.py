@@ -103,7 +103,14 @@ def _splash():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from desktop.bridge.scan_process import SCAN_WORKER_FLAG
+
+    if argv[:1] == [SCAN_WORKER_FLAG]:         # the bundled app started as its own scan child process
+        from desktop.bridge.scan_process import _child_main
+
+        return _child_main()
+    args = build_parser().parse_args(argv)
     if args.version:
         from core import __version__
 

@@ -26,9 +26,9 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-# resources/ beside packaging/ in a checkout; inside a bundle both sit in the bundle folder
+# resources/ beside packaging/ in a checkout; in the bundle, PyInstaller keeps it under _internal/
 RES="$ROOT/resources"
-[ -d "$RES" ] || RES="$HERE/resources"
+[ -d "$RES" ] || RES="$ROOT/_internal/resources"
 if [ -z "$EXEC" ]; then
     if [ -x "$ROOT/medssl-studio" ]; then EXEC="$ROOT/medssl-studio"; else EXEC="$ROOT/.venv/bin/medssl-studio"; fi
 fi

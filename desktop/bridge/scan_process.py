@@ -115,10 +115,21 @@ def _child_main() -> int:
         cancel.set()                   # "cancel", or stdin closed: the parent is gone
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    args = json.loads(sys.argv[1])
+    args = json.loads(sys.argv[-1])
     scan_worker(args["store"], args["root"], args["writable"], args["send_rows"], send, cancel)
     out.close()
     return 0
+
+
+SCAN_WORKER_FLAG = "--scan-worker"
+
+
+def child_command(args: str) -> list[str]:
+    """How to start the scan child: ``python -m`` from a Python install; the app binary itself with
+    ``--scan-worker`` in a PyInstaller bundle, which has no Python to run ``-m`` with."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, SCAN_WORKER_FLAG, args]
+    return [sys.executable, "-m", "desktop.bridge.scan_process", args]
 
 
 def _reader(stream, q: queue_mod.Queue) -> None:
@@ -160,7 +171,7 @@ def run_scan(ctx, store_path: Path, root: Path, folder_writable: bool, *,
                        "send_rows": bool(stored)})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-    proc = subprocess.Popen([sys.executable, "-m", "desktop.bridge.scan_process", args], stdin=subprocess.PIPE,
+    proc = subprocess.Popen(child_command(args), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, text=False)
     q: queue_mod.Queue = queue_mod.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, q), name="scan-reader", daemon=True).start()
