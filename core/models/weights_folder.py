@@ -203,26 +203,29 @@ def import_weights(file: str | Path, name: str | None = None) -> InstalledWeight
     return install_file(src, name, f"import:{src.absolute()}")
 
 
-def list_weights() -> list[WeightsEntry]:
-    """The known architectures plus whatever else is installed, with sizes and licences (no network)."""
+def weights_entry(name: str, installed: dict[str, InstalledWeights] | None = None) -> WeightsEntry:
+    """One name's line of the list: installed record, parameter count, hub source, licence (no network)."""
     import timm
     import torch
 
+    installed = read_manifest() if installed is None else installed
+    try:
+        cfg = pretrained_cfg(name)
+    except WeightsFileError:
+        cfg = {}
+    arch, _ = split_name(name)
+    params = None
+    if timm.is_model(arch):
+        with torch.device("meta"):           # counts parameters without allocating them
+            params = sum(p.numel() for p in timm.create_model(arch, pretrained=False).parameters())
+    return WeightsEntry(name, installed.get(name), params, cfg.get("hf_hub_id"), cfg.get("license"))
+
+
+def list_weights() -> list[WeightsEntry]:
+    """The known architectures plus whatever else is installed."""
     installed = read_manifest()
     names = list(KNOWN_WEIGHTS) + sorted(n for n in installed if n not in KNOWN_WEIGHTS)
-    out = []
-    for name in names:
-        try:
-            cfg = pretrained_cfg(name)
-        except WeightsFileError:
-            cfg = {}
-        arch, _ = split_name(name)
-        params = None
-        if timm.is_model(arch):
-            with torch.device("meta"):       # counts parameters without allocating them
-                params = sum(p.numel() for p in timm.create_model(arch, pretrained=False).parameters())
-        out.append(WeightsEntry(name, installed.get(name), params, cfg.get("hf_hub_id"), cfg.get("license")))
-    return out
+    return [weights_entry(n, installed) for n in names]
 
 
 def verify_weights() -> list[VerifyResult]:

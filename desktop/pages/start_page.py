@@ -8,7 +8,10 @@ from pathlib import Path
 from PySide6 import QtCore, QtWidgets
 
 from core import __version__
+from core.models.weights_folder import DEFAULT_WEIGHTS
+from core.paths import user_data_dir
 from desktop import theme
+from desktop.widgets.weights_offer import WeightsOffer
 
 
 class StartPage(QtWidgets.QWidget):
@@ -39,18 +42,26 @@ class StartPage(QtWidgets.QWidget):
         tv.addWidget(subtitle)
         head.addLayout(tv, 1)
 
-        self.folder_btn = self._big_button("open-folder", "Open folder…", "A folder of images (class sub-folders "
-                                           "become labels; <name>_mask.png are lesion masks)", primary=True)
-        self.project_btn = self._big_button("open-project", "Open project…", "A project.db from an earlier session")
         self.demo_btn = self._big_button("demo", "Open demo project", "96 synthetic breast-ultrasound phantoms "
-                                         "with masks: try everything safely")
+                                         "with masks: try everything safely", primary=True)
+        self.folder_btn = self._big_button("open-folder", "Open folder…", "A folder of images (class sub-folders "
+                                           "become labels; <name>_mask.png are lesion masks)")
+        self.project_btn = self._big_button("open-project", "Open project…", "A project.db from an earlier session")
         self.folder_btn.clicked.connect(self.openFolder)
         self.project_btn.clicked.connect(self.openProject)
         self.demo_btn.clicked.connect(self.openDemo)
         actions = QtWidgets.QVBoxLayout()
         actions.setSpacing(8)
-        for b in (self.folder_btn, self.project_btn, self.demo_btn):
+        for b in (self.demo_btn, self.folder_btn, self.project_btn):
             actions.addWidget(b)
+        where = QtWidgets.QLabel("Projects live beside their images (<i>folder</i>/.medssl/project.db); your "
+                                 "images are never changed or sent anywhere.")
+        where.setToolTip(f"For a read-only folder the project lives under {user_data_dir() / 'projects'}")
+        where.setObjectName("dim")
+        where.setWordWrap(True)
+        actions.addWidget(where)
+        self.weights = WeightsOffer(DEFAULT_WEIGHTS, self)
+        actions.addWidget(self.weights)
         actions.addStretch(1)
 
         recent_title = QtWidgets.QLabel("Recent projects")

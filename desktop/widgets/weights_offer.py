@@ -20,8 +20,7 @@ def weights_state(name: str) -> dict:
     download = import_engine("core.models.download")
     arch, _ = weights.split_name(name)
     found = weights.find_imagenet_weights(name)
-    entry = next((e for e in folder.list_weights() if e.name == name), None)
-    params = entry.params if entry is not None else None
+    params = folder.weights_entry(name).params
     return {"name": name, "found": str(found.path) if found else None, "kind": found.kind if found else None,
             "size": folder.describe_size(4 * params) if params else None,
             "partial": download.partial_download(name) is not None, "arch": arch}
@@ -41,7 +40,10 @@ class WeightsOffer(QtWidgets.QFrame):
         self.status = QtWidgets.QLabel("Looking for ImageNet weights…")
         self.status.setWordWrap(True)
         self.download = QtWidgets.QPushButton("Download")
+        self.download.setToolTip("From the Hugging Face hub: only the public model file is fetched; no image "
+                                 "or label leaves this computer")
         self.import_ = QtWidgets.QPushButton("Import file…")
+        self.import_.setToolTip("Install a weights file you brought (for computers without internet)")
         self.cancel = QtWidgets.QPushButton("Cancel")
         self.bar = QtWidgets.QProgressBar()
         self.bar.setTextVisible(True)
@@ -82,9 +84,7 @@ class WeightsOffer(QtWidgets.QFrame):
             self.status.setStyleSheet("")
         else:
             more = " A download was interrupted: Download resumes it." if state["partial"] else ""
-            self.status.setText(f"ImageNet weights {self.name} are not on this computer. Download them from "
-                                f"the Hugging Face hub (only the public model file is fetched; no image "
-                                f"leaves this computer), or import a file you brought.{more}")
+            self.status.setText(f"ImageNet weights {self.name} are not on this computer yet.{more}")
             self.status.setStyleSheet(f"color: {theme.WARN};")
         size = f" ({state['size']})" if state["size"] else ""
         self.download.setText(f"Download{size}")
