@@ -370,7 +370,7 @@ class RunRecorder:
 
     def __init__(self, store: "ProjectStore", run: Run):
         self.store = store
-        self.run = run
+        self.run = run            # as it was before this attempt
         self._lock = RunLock(run.run_dir) if run.run_dir else None
         self._job: Job | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -391,15 +391,21 @@ class RunRecorder:
             result = RunResult.of(self.run.kind, self._job.result if self._job is not None else None)
             config = {**self.run.config, "ensemble": result.ensemble_file} if result.ensemble_file else None
             self._end(FINISHED, metrics=result.metrics, config=config)
+        elif kind in (EventKind.FAILED, EventKind.CANCELLED) and self.run.state == FINISHED:
+            # a failed or cancelled attempt to continue a finished run leaves it finished, as its folder is
+            # (the CLI says why the attempt failed)
+            self._end(FINISHED, finished=self.run.finished)
         elif kind is EventKind.FAILED:
             self._end(FAILED, error=event.message or "failed")
         elif kind is EventKind.CANCELLED:
             self._end(CANCELLED)
 
-    def _end(self, state: str, *, metrics: dict | None = None, config: dict | None = None, error: str = "") -> None:
+    def _end(self, state: str, *, metrics: dict | None = None, config: dict | None = None, error: str = "",
+             finished: float | None = None) -> None:
         try:
             record_checkpoints(self.store, self.run)
-            self.store.update_run(self.run.id, state=state, metrics=metrics, config=config, error=error)
+            self.store.update_run(self.run.id, state=state, metrics=metrics, config=config, error=error,
+                                  finished=finished)
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -431,8 +437,10 @@ def queue_again(store: "ProjectStore", run_id: int) -> None:
 
 
 def resume_run(store: "ProjectStore", run_id: int) -> tuple[Run, Job]:
-    """The same config in the same folder again; the engine continues from its checkpoint."""
-    queue_again(store, run_id)
+    """The same config in the same folder again; the engine continues from its checkpoint. A finished run
+    stays finished unless the attempt finishes again (with the metrics of now)."""
+    if store.get_run(run_id).state != FINISHED:
+        queue_again(store, run_id)
     run = store.get_run(run_id)
     return run, build_job(store, run, resume=True)
 

@@ -57,3 +57,25 @@ def test_finetune_with_a_project_is_recorded(project_db, tmp_path, capsys):
 def test_finetune_without_project_or_out_is_a_clear_error(demo_dir, capsys):
     assert main(["finetune", str(demo_dir), *TINY]) == 1
     assert "give --out" in capsys.readouterr().err
+
+
+def test_pretrain_with_a_project_is_recorded(project_db, demo_dir, capsys):
+    from core.project.store import ProjectStore
+
+    args = ["pretrain", "mae", str(demo_dir), "--project", str(project_db), "--tiny", "--backbone", "convnext_atto",
+            "--image-size", "64", "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0",
+            "--decoder-width", "16", "--entropy-mode", "random", "--device", "cpu"]
+    assert main(args) == 0
+    with ProjectStore(project_db) as store:
+        (run,) = store.list_runs()
+        assert run.kind == "pretrain" and run.name == "mae" and run.state == "finished", run.error
+        assert Path(run.run_dir) == project_db.parent / "runs" / f"pretrain-{run.id}-mae"
+        assert run.config["out"] == run.run_dir and run.config["method"] == "mae"
+        assert {Path(c.path).name for c in store.checkpoints(run.id)} == {"checkpoint-last", "encoder.safetensors"}
+        assert run.metrics["final_loss"] > 0
+    # the same folder with other settings: the trainer refuses; the finished run stays as it was
+    assert main([*args, "--out", run.run_dir, "--lr", "1"]) == 1
+    assert "error" in capsys.readouterr().err
+    with ProjectStore(project_db) as store:
+        (again,) = store.list_runs()
+        assert (again.state, again.error, again.metrics, again.finished) == ("finished", "", run.metrics, run.finished)
