@@ -109,7 +109,8 @@ def _finetune(args) -> int:
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.project and main_rank:     # recorded in the project's runs table, like a run from the window
-        config = {**cfg.to_dict(), "data": args.data, "kfold": args.kfold, "folds": args.folds,
+        data = str(Path(args.data).absolute()) if args.data else None     # resumable from any folder
+        config = {**cfg.to_dict(), "data": data, "kfold": args.kfold, "folds": args.folds,
                   "split_name": args.split_name, "new_split": args.new_split}
         result, out = _recorded_finetune(args, config)
     else:

@@ -895,8 +895,8 @@ class ProjectStore:
                    config: Mapping | None = None, run_dir: str | Path | None = None,
                    finished: float | None = None, error: str | None = None) -> None:
         """Change a run's fields (``metrics``/``config`` replace the stored dicts; ``error`` "" clears it, None
-        keeps it, or takes an "error" key of ``metrics``, as projects stored it before). Moving to a terminal state ('finished', 'failed', 'cancelled') stamps ``finished``
-        with now unless given."""
+        keeps it or takes an "error" key of ``metrics``, as projects stored it before). Moving to a terminal
+        state ('finished', 'failed', 'cancelled') stamps ``finished`` with now unless given."""
         sets, params = [], []
         if state is not None:
             sets.append("state = ?")

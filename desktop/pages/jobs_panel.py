@@ -177,9 +177,7 @@ class JobsManager(QtCore.QObject):
         if store is None or self.project.paths is None:
             raise RuntimeError("open a project first")
         run = core_runs.create_run(store, kind, name, config)
-        e = JobEntry.of(run)
-        e.created = time.time()
-        self.entries[run.id] = e
+        self.entries[run.id] = JobEntry.of(run)
         self.added.emit(run.id)
         self._pump()
         return run.id
