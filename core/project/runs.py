@@ -383,7 +383,7 @@ class RunRecorder:
     def __call__(self, event: ProgressEvent) -> None:
         kind = event.kind
         if kind is EventKind.STARTED:
-            if self._lock is not None and not self._lock.acquire():
+            if self._lock is not None and not self._lock.acquire():   # started meanwhile elsewhere
                 log.warning("run #%d: %s is held by another process", self.run.id, self._lock.path)
                 self._lock = None
             self.store.update_run(self.run.id, state=RUNNING, error="")
@@ -418,6 +418,9 @@ def build_job(store: "ProjectStore", run: Run, *, resume: bool = False) -> Job:
     """The core job of ``run`` (kind -> job), recorded in the store as it runs; its folder is made here."""
     if run.folder is None:
         raise ValueError(f"run #{run.id} has no run folder")
+    if run_is_alive(run):       # two processes training into one folder would wreck its checkpoints
+        raise RuntimeError(f"run #{run.id} is running in another process ({run.folder / LOCK_FILE} is locked); "
+                           "wait for it to end or cancel it there")
     run.folder.mkdir(parents=True, exist_ok=True)
     job = job_kind(run.kind).build(store, run, resume)
     return RunRecorder(store, run).attach(job)
@@ -439,10 +442,11 @@ def queue_again(store: "ProjectStore", run_id: int) -> None:
 def resume_run(store: "ProjectStore", run_id: int) -> tuple[Run, Job]:
     """The same config in the same folder again; the engine continues from its checkpoint. A finished run
     stays finished unless the attempt finishes again (with the metrics of now)."""
-    if store.get_run(run_id).state != FINISHED:
-        queue_again(store, run_id)
     run = store.get_run(run_id)
-    return run, build_job(store, run, resume=True)
+    job = build_job(store, run, resume=True)
+    if run.state != FINISHED:
+        queue_again(store, run_id)
+    return store.get_run(run_id), job
 
 
 def fail_run(store: "ProjectStore", run_id: int, error: str) -> None:

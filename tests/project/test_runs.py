@@ -120,6 +120,14 @@ def test_recover_interrupted_tells_dead_from_alive(store, tmp_path, toy_kind):
     assert after[alive.id].state == "running" and after[mine.id].state == "running"
     assert after[done.id].state == "finished" and after[done.id].metrics == {"accuracy": 1.0}
     assert after[other].state == "running"
+    lock = RunLock(alive.run_dir)
+    assert lock.acquire()
+    try:   # resuming a run that another process runs is refused, with the reason
+        with pytest.raises(RuntimeError, match=f"run #{alive.id} is running in another process"):
+            runs.resume_run(store, alive.id)
+        assert store.get_run(alive.id).state == "running"
+    finally:
+        lock.release()
     again = {r.id: r for r in runs.recover_interrupted(store)}
     assert again[alive.id].state == "interrupted"          # its process is gone now
 
