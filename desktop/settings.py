@@ -9,7 +9,6 @@ data folder instead, so opening it never fails and never writes into it.
 
 from __future__ import annotations
 
-
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from PySide6 import QtCore
 
 from core.paths import (PROJECT_DIR_NAME, demo_project_dir, fallback_project_dir, folder_accepts_writes,
                         project_dir, user_data_dir)
+from core.project.store import ProjectStore
 
 MAX_RECENT = 10
 
@@ -53,7 +53,7 @@ def locate_project(path: str | Path) -> ProjectPaths:
     """Project paths for an image folder, or for a ``project.db`` / ``.medssl`` folder inside one."""
     path = Path(path).expanduser().absolute()
     if path.is_file() and path.suffix == ".db":
-        root = _root_from_store(path)
+        root = ProjectStore.peek_meta(path, "root")
         if root is not None:
             folder = Path(root)
             return ProjectPaths(folder, path.parent, _writable(folder))
@@ -64,20 +64,6 @@ def locate_project(path: str | Path) -> ProjectPaths:
     if _writable(folder):
         return ProjectPaths(folder, project_dir(folder), True)
     return ProjectPaths(folder, fallback_project_dir(folder), False)
-
-
-def _root_from_store(store_path: Path) -> str | None:
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
-        try:
-            row = con.execute("SELECT value FROM meta WHERE key = 'root'").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return json.loads(row[0]) if row else None
 
 
 def demo_folder() -> Path:

@@ -21,10 +21,13 @@ def register_cli(subparsers) -> None:
                     "ImageNet (local file / Hugging Face cache, never downloaded), a pretraining run of this "
                     "project (--init-weights RUN), or random. Splits are stratified and grouped by case. "
                     "Writes RUN/checkpoint-best, checkpoint-last, metrics.json, history.jsonl; with --kfold K, "
-                    "RUN/fold0..fold{K-1} and RUN/cv.json. Ctrl-C stops at the next batch; --resume continues.")
+                    "RUN/fold0..fold{K-1} and RUN/cv.json. With --project the run is recorded in the project "
+                    "(the app's runs browser and ensemble dialog list it). Ctrl-C stops at the next batch; "
+                    "--resume continues.")
     p.add_argument("data", nargs="?", help="image folder (class = sub-folder or manifest.csv label)")
     p.add_argument("--project", help="project store (.db) to take images and labels from instead of a folder")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", help="run folder (with --project, default: the project's runs/finetune-ID-NAME)")
+    p.add_argument("--name", default=None, help="run name in the project (default: the --out folder's name)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=None,
                    help=f"timm model name (default: the pretraining run's backbone, else {DEFAULT_BACKBONE})")
@@ -79,6 +82,10 @@ def _finetune(args) -> int:
 
     if not args.data and not args.project:
         raise ValueError("give an image folder or --project")
+    if not args.out and not args.project:
+        raise ValueError("give --out RUN_DIR (the run folder)")
+    if not args.out and args.resume:
+        raise ValueError("--resume continues the run in --out: give --out RUN_DIR")
     init = args.init or ("pretrained" if args.init_weights else "imagenet")
     backbone, timm_kwargs = args.backbone, dict(args.timm_kwarg)
     if init == "pretrained":
@@ -100,15 +107,22 @@ def _finetune(args) -> int:
         test_fraction=0.0 if args.kfold else args.test_fraction, seed=args.seed, num_workers=args.workers,
         device=args.device, amp=not args.no_amp,
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
-    job = finetune_job(cfg, args.out, folder=args.data, project=args.project, kfold=args.kfold,
-                       resume=args.resume, folds=args.folds, split_name=args.split_name,
-                       new_split=args.new_split)
-    result = run_with_progress(job, quiet= args.quiet or int(os.environ.get("RANK", "0")) != 0)
-    if int(os.environ.get("RANK", "0")) != 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if args.project and main_rank:     # recorded in the project's runs table, like a run from the window
+        data = str(Path(args.data).absolute()) if args.data else None     # resumable from any folder
+        config = {**cfg.to_dict(), "data": data, "kfold": args.kfold, "folds": args.folds,
+                  "split_name": args.split_name, "new_split": args.new_split}
+        result, out = _recorded_finetune(args, config)
+    else:
+        job = finetune_job(cfg, args.out, folder=args.data, project=args.project, kfold=args.kfold,
+                           resume=args.resume, folds=args.folds, split_name=args.split_name,
+                           new_split=args.new_split)
+        result, out = run_with_progress(job, quiet=args.quiet or not main_rank), Path(args.out)
+    if not main_rank:
         return 0
     if args.kfold:
         ms = result.get("test_mean_std", {})
-        print(f"{result['folds_done']}/{result['k']} folds done -> {Path(args.out) / 'cv.json'}")
+        print(f"{result['folds_done']}/{result['k']} folds done -> {out / 'cv.json'}")
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece"):
             if k in ms:
                 print(f"  test {k:18s} {ms[k]['mean']:.4f} ± {ms[k]['std']:.4f}")
@@ -118,5 +132,28 @@ def _finetune(args) -> int:
                 m = result[part]
                 print(f"{part}: acc {m['accuracy']:.4f}  bal. acc {m['balanced_accuracy']:.4f}  "
                       f"macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}")
-        print(f"best checkpoint: {Path(args.out) / 'checkpoint-best'}")
+        print(f"best checkpoint: {out / 'checkpoint-best'}")
     return 0
+
+
+def _recorded_finetune(args, config: dict) -> tuple[dict, Path]:
+    """Run through core's run lifecycle (core.project.runs): the store records state, checkpoints, metrics."""
+    from core.project import runs
+    from core.project.store import ProjectStore
+
+    store = ProjectStore(args.project)
+    try:
+        earlier = runs.find_run(store, "finetune", args.out) if args.out else None
+        if earlier is not None and not args.resume:
+            raise ValueError(f"{args.out} is the folder of run #{earlier.id} ({earlier.state}) in {args.project}; "
+                             f"pass --resume to continue it, or choose another --out")
+        if earlier is not None:
+            run, job = runs.resume_run(store, earlier.id)
+        else:
+            name = args.name or (Path(args.out).name if args.out else "finetune")
+            run, job = runs.start_run(store, "finetune", name, config, resume=args.resume,
+                                      run_dir=Path(args.out).absolute() if args.out else None)
+        print(f"run #{run.id} in {args.project}: {run.run_dir}", file=sys.stderr)
+        return run_with_progress(job, quiet=args.quiet), Path(run.run_dir)
+    finally:
+        store.close()

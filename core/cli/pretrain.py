@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from core.pretrain import get_method, list_methods
@@ -30,7 +31,11 @@ def _add_trainer_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("folder", type=Path, help="folder of unlabeled images (scanned recursively; labels ignored)")
     p.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
-                   help="run folder for checkpoints and logs (required unless --resume names one)")
+                   help="run folder for checkpoints and logs (required unless --resume names one or --project "
+                        "gives its runs/pretrain-ID-NAME)")
+    p.add_argument("--project", type=Path, default=None, metavar="STORE.db",
+                   help="record the run in this project (the app's runs browser and fine-tuning dialog list it)")
+    p.add_argument("--name", default=None, help="run name in the project (default: the method)")
     g = p.add_argument_group("model and data")
     g.add_argument("--backbone", default=d.backbone,
                    help="timm ConvNeXt / ConvNeXt-V2 name, e.g. convnext_atto, convnext_tiny, convnextv2_nano "
@@ -127,16 +132,27 @@ def _pretrain(args: argparse.Namespace) -> int:
                          "from encoder weights: give one of them")
     if not args.folder.is_dir():
         raise FileNotFoundError(f"{args.folder}: not a folder")
-    if args.out is None and args.resume is None:
+    if args.out is None and args.resume is None and (args.project is None or _world_size() > 1):
         raise ValueError("give --out RUN_DIR (or --resume CKPT to continue a run)")
     config = config_from_args(args)
-    if not config.out:
+    if not config.out and args.resume is not None:
         from core.pretrain.trainer import resolve_checkpoint
         config.out = str(resolve_checkpoint(args.resume).parent)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    job = make_job(config, resume=args.resume if args.resume else "auto",
-                   state_dir=config.out if main_rank else None)
-    result = run_with_progress(job, quiet=not main_rank)
+    store = None
+    try:
+        if args.project and main_rank:
+            store, run = _project_run(args, config)
+        job = make_job(config, resume=args.resume if args.resume else "auto",
+                       state_dir=config.out if main_rank else None)
+        if store is not None:
+            from core.project.runs import RunRecorder
+
+            RunRecorder(store, run).attach(job)
+        result = run_with_progress(job, quiet=not main_rank)
+    finally:
+        if store is not None:
+            store.close()
     if not main_rank:
         return 0
     losses = result.pop("step_losses")
@@ -151,3 +167,23 @@ def _pretrain(args: argparse.Namespace) -> int:
                   f"epoch {logs[-1]['epoch']}: loss {logs[-1].get('loss', float('nan')):.4f}")
         print(f"run folder: {result['run_dir']}\nencoder for fine-tuning: {result['encoder']}")
     return 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _project_run(args: argparse.Namespace, config):
+    """The project's run for this folder (running the same command again continues it), or a new one; the
+    run folder defaults to the project's runs/pretrain-ID-NAME."""
+    from core.project import runs
+    from core.project.store import ProjectStore
+
+    store = ProjectStore(args.project)
+    run = runs.find_run(store, "pretrain", config.out) if config.out else None
+    if run is None:
+        run = runs.create_run(store, "pretrain", args.name or config.method, config.to_dict(),
+                              run_dir=Path(config.out).absolute() if config.out else None)
+        config.out = run.run_dir
+    print(f"run #{run.id} in {args.project}: {run.run_dir}", file=sys.stderr)
+    return store, run

@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from core.project.runs import TERMINAL_RUN_STATES, Run
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -69,7 +71,6 @@ __all__ = [
 ]
 
 MASK_SOURCES = ("dataset", "app")
-TERMINAL_RUN_STATES = ("finished", "failed", "cancelled")
 IMPORT_USER = "import"
 
 
@@ -244,19 +245,6 @@ class MaskEvent:
     action: str
     user: str
     time: float
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    kind: str
-    name: str
-    config: dict
-    state: str
-    created: float
-    finished: float | None
-    metrics: dict
-    run_dir: str | None
 
 
 @dataclass(frozen=True)
@@ -461,6 +449,20 @@ class ProjectStore:
 
     def meta(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self._read("SELECT key, value FROM meta")}
+
+    @staticmethod
+    def peek_meta(path: str | Path, key: str, default: Any = None) -> Any:
+        """One project setting read without opening the store (read-only: no migration, no WAL files, so
+        it works on a read-only medium); ``default`` when the file is not a project store."""
+        try:
+            conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return default
+        return json.loads(row[0]) if row else default
 
     # -- images -----------------------------------------------------------------------------------------
     @staticmethod
@@ -870,14 +872,19 @@ class ProjectStore:
             return conn.execute("DELETE FROM split_sets WHERE name = ?", (name,)).rowcount > 0
 
     # -- runs / checkpoints / predictions -------------------------------------------------------------------
+    #: a run's error is kept in its metrics JSON under this key (where projects have always had it)
+    _ERROR_KEY = "error"
+
     @staticmethod
     def _run(r: sqlite3.Row) -> Run:
+        metrics = _unjson(r["metrics"])
+        error = str(metrics.pop(ProjectStore._ERROR_KEY, "") or "")
         return Run(r["id"], r["kind"], r["name"], _unjson(r["config"]), r["state"], r["created"], r["finished"],
-                   _unjson(r["metrics"]), r["run_dir"])
+                   metrics, r["run_dir"], error)
 
     def add_run(self, kind: str, name: str, config: Mapping | None = None, *, run_dir: str | Path | None = None,
                 state: str = "pending") -> int:
-        """Record a pretraining / fine-tuning / prediction run. Returns its id."""
+        """Record a pretraining / fine-tuning / prediction run. Returns its id (see core.project.runs)."""
         with self.transaction() as conn:
             return conn.execute(
                 "INSERT INTO runs(kind, name, config, state, created, run_dir) VALUES (?, ?, ?, ?, ?, ?)",
@@ -886,8 +893,9 @@ class ProjectStore:
 
     def update_run(self, run_id: int, *, state: str | None = None, metrics: Mapping | None = None,
                    config: Mapping | None = None, run_dir: str | Path | None = None,
-                   finished: float | None = None) -> None:
-        """Change a run's fields (``metrics``/``config`` replace the stored dicts). Moving to a terminal
+                   finished: float | None = None, error: str | None = None) -> None:
+        """Change a run's fields (``metrics``/``config`` replace the stored dicts; ``error`` "" clears it, None
+        keeps it or takes an "error" key of ``metrics``, as projects stored it before). Moving to a terminal
         state ('finished', 'failed', 'cancelled') stamps ``finished`` with now unless given."""
         sets, params = [], []
         if state is not None:
@@ -895,10 +903,9 @@ class ProjectStore:
             params.append(state)
             if finished is None and state in TERMINAL_RUN_STATES:
                 finished = time.time()
-        for col, value in (("metrics", metrics), ("config", config)):
-            if value is not None:
-                sets.append(f"{col} = ?")
-                params.append(_json(dict(value)))
+        if config is not None:
+            sets.append("config = ?")
+            params.append(_json(dict(config)))
         if run_dir is not None:
             sets.append("run_dir = ?")
             params.append(str(run_dir))
@@ -906,8 +913,20 @@ class ProjectStore:
             sets.append("finished = ?")
             params.append(finished)
         with self.transaction() as conn:
-            if not conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+            row = conn.execute("SELECT metrics FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
                 raise KeyError(f"no run with id {run_id}")
+            if metrics is not None or error is not None:
+                stored = _unjson(row["metrics"])
+                kept_error = stored.pop(self._ERROR_KEY, "")
+                new = dict(metrics) if metrics is not None else stored
+                given = new.pop(self._ERROR_KEY, None)
+                if error is None:
+                    error = given if given is not None else kept_error
+                if error:
+                    new[self._ERROR_KEY] = error
+                sets.append("metrics = ?")
+                params.append(_json(new))
             if sets:
                 conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*params, run_id))
 

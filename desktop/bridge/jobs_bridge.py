@@ -21,6 +21,8 @@ class JobRunner(QtCore.QObject):
 
     started = QtCore.Signal(str)                       # job name
     progress = QtCore.Signal(int, int, str, dict)      # step, total (-1 = unknown), message, metrics
+    phaseChanged = QtCore.Signal(str)                  # what the job does now ("training", "validating", ...)
+    epochEnded = QtCore.Signal(int, int, dict)         # epoch (1-based), total epochs (-1 = unknown), metrics
     logged = QtCore.Signal(str)
     finished = QtCore.Signal(object)                   # result
     failed = QtCore.Signal(str)                        # one-line error
@@ -36,6 +38,8 @@ class JobRunner(QtCore.QObject):
         super().__init__(parent)
         self.job = job
         self._last_progress = 0.0
+        self._sent_phase = ""          # job thread: the phase of the last forwarded progress event
+        self.phase = ""                # UI thread: the phase shown
         self._event.connect(self._on_event, QtCore.Qt.ConnectionType.QueuedConnection)
         self._unsubscribe = job.subscribe(self._listener)
 
@@ -44,9 +48,11 @@ class JobRunner(QtCore.QObject):
         if event.kind is EventKind.PROGRESS:
             now = time.monotonic()
             last = event.total is not None and event.step >= event.total
-            if not last and now - self._last_progress < self.PROGRESS_INTERVAL_S:
+            new_phase = event.phase != self._sent_phase     # a phase change is never dropped
+            if not last and not new_phase and now - self._last_progress < self.PROGRESS_INTERVAL_S:
                 return
             self._last_progress = now
+            self._sent_phase = event.phase
         self._event.emit(event)
 
     # -- control ----------------------------------------------------------------------------------
@@ -72,8 +78,14 @@ class JobRunner(QtCore.QObject):
         if kind is EventKind.STARTED:
             self.started.emit(event.message)
         elif kind is EventKind.PROGRESS:
+            if event.phase and event.phase != self.phase:
+                self.phase = event.phase
+                self.phaseChanged.emit(event.phase)
             self.progress.emit(int(event.step), -1 if event.total is None else int(event.total),
                                event.message, dict(event.metrics))
+        elif kind is EventKind.EPOCH_END:
+            self.epochEnded.emit(int(event.epoch if event.epoch is not None else event.step),
+                                 -1 if event.total is None else int(event.total), dict(event.metrics))
         elif kind is EventKind.LOG:
             self.logged.emit(event.message)
         elif kind is EventKind.FINISHED:

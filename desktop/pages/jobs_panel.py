@@ -1,187 +1,43 @@
-"""Training jobs in the window: a queue of ``core`` jobs (pretrain, fine-tune, ensemble, predict), each a
-run in the project store, with live progress, curves, a log tail, cancel and resume.
+"""Training jobs in the window: a queue of ``core`` runs (pretrain, fine-tune, ensemble, predict) with live
+progress, curves, a log tail, cancel and resume.
 
-:class:`JobsManager` (no widgets) owns the queue. Every job is a run row in the store (``runs`` table:
-kind, name, config, state, metrics, run_dir) created the moment it is queued, so the queue and its
-history survive closing the project or a crash: a run found ``running`` or ``queued`` when the project
-is opened again was interrupted and is offered for resume. One job runs at a time (training saturates
-the CPU/GPU); the job's thread reports through :class:`desktop.bridge.jobs_bridge.JobRunner`, so the UI thread
-only copies numbers. Resume re-runs the same config in the same run folder: the engine continues from
-its checkpoint (pretraining ``resume="auto"``, fine-tuning ``resume=True``, prediction skips rows
-already written).
+The run lifecycle is core's (:mod:`core.project.runs`): a run row is created the moment a job is queued,
+and the job's :class:`~core.project.runs.RunRecorder` writes its state, checkpoints, metrics and error, the
+same way as for a ``medssl finetune --project`` run. :class:`JobsManager` (no widgets) is the view over it:
+the queue (one job at a time: training saturates the CPU/GPU), cancel and resume, and the live numbers the
+panel draws. A run left queued or running by a process that is gone is marked interrupted by core when the
+project is opened, and offered for resume; a run another process still runs (the CLI) is shown as
+running. The job's thread reports through :class:`desktop.bridge.jobs_bridge.JobRunner`, so the UI thread
+only copies numbers; epoch boundaries come from the typed EPOCH_END event.
 
-:class:`JobsPanel` is the view (a dock): job list | progress, ETA, images/s, loss and validation curves
-(pyqtgraph), log tail, Cancel / Resume.
+:class:`JobsPanel` is the view (a dock): job list | progress, phase, ETA, images/s, loss and validation
+curves (pyqtgraph), log tail, Cancel / Resume.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from core.jobs import Job
+from core.project import runs as core_runs
+from core.project.runs import ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail
 from desktop import theme
 from desktop.bridge.jobs_bridge import JobRunner
 
 log = logging.getLogger(__name__)
 
-KINDS = ("pretrain", "finetune", "ensemble", "predict")
-KIND_LABELS = {"pretrain": "Pretraining", "finetune": "Fine-tuning", "ensemble": "Ensemble", "predict": "Prediction"}
-#: store states of a run as the panel uses them (the store accepts any string)
-ACTIVE = ("queued", "running")
-RESUMABLE = ("cancelled", "failed", "interrupted")
-INTERRUPTED_NOTE = "interrupted (the app was closed or crashed while it ran)"
+OTHER_PROCESS_NOTE = "running in another process (e.g. the medssl command line)"
 
 
-# -- engine glue (no widgets; runs in the UI thread except the job functions) ---------------------------
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
-
-
-def runs_folder(project_dir: Path) -> Path:
-    return Path(project_dir) / "runs"
-
-
-def build_job(kind: str, config: dict, run_dir: Path, *, store=None, store_path: Path | None = None,
-              run_id: int | None = None, resume: bool = False) -> Job:
-    """The ``core.jobs.Job`` for a run of ``kind`` with the stored ``config`` (see the dialogs)."""
-    run_dir = Path(run_dir)
-    if kind == "pretrain":
-        from core.pretrain.trainer import make_job
-        from core.pretrain.config import TrainConfig
-
-        cfg = TrainConfig.from_dict({**config, "out": str(run_dir)})
-        return make_job(cfg, resume="auto", state_dir=run_dir)
-    if kind == "finetune":
-        from core.train.finetune import finetune_job
-        from core.train.config import FinetuneConfig
-
-        return finetune_job(FinetuneConfig.from_dict(config), run_dir, project=str(store_path), resume=resume)
-    if kind == "ensemble":
-        from core.inference.ensemble import ensemble_job
-
-        return ensemble_job(config["members"], run_dir, names=config.get("names"), split=config.get("split", "test"),
-                            calibrate=config.get("calibrate", True), device=config.get("device"))
-    if kind == "predict":
-        def predict_fn(ctx):
-            from core.inference.predict import predict_folder, store_predictions
-
-            out = run_dir / "predictions.csv"
-            summary = predict_folder(config["folder"], out, ensemble=config["ensemble"], backend="torch",
-                                     batch_size=config.get("batch_size"), num_workers=0,
-                                     device=config.get("device"), ctx=ctx)
-            if store is not None and run_id is not None and config.get("store", True):
-                try:
-                    n = store_predictions(store, run_id, out, Path(config["folder"]))
-                finally:
-                    store.release_thread()
-                ctx.log(f"{n} predictions stored in the project")
-                summary["stored"] = n
-            return summary
-        return Job("predict", predict_fn, state_dir=run_dir)
-    raise ValueError(f"unknown job kind {kind!r}")
-
-
-def read_history(kind: str, run_dir: str | Path | None) -> list[dict]:
-    """Per-epoch log lines of a run folder (pretraining log.jsonl, fine-tuning history.jsonl)."""
-    if not run_dir:
-        return []
-    name = {"pretrain": "log.jsonl", "finetune": "history.jsonl"}.get(kind)
-    if name is None:
-        return []
-    path = Path(run_dir) / name
-    out = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass   # a half-written last line
-    except OSError:
-        return []
-    return out
-
-
-def read_log_tail(run_dir: str | Path | None, n: int = 200) -> list[str]:
-    """The last log messages a job wrote to RUN_DIR/job.log (events as JSON lines)."""
-    if not run_dir:
-        return []
-    path = Path(run_dir) / "job.log"
-    lines: deque[str] = deque(maxlen=n)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for raw in fh:
-                try:
-                    ev = json.loads(raw)
-                except ValueError:
-                    continue
-                if ev.get("kind") in ("log", "failed", "cancelled", "started", "finished") and ev.get("message"):
-                    lines.append(ev["message"] if ev["kind"] == "log" else f"[{ev['kind']}] {ev['message']}")
-    except OSError:
-        pass
-    return list(lines)
-
-
-def result_metrics(kind: str, result: Any) -> dict:
-    """JSON-safe scalar summary of a job result for the runs table."""
-    if not isinstance(result, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for k, v in result.items():
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out[k] = v
-        elif isinstance(v, str) and len(v) < 300:
-            out[k] = v
-        elif isinstance(v, dict) and k in ("val", "test", "test_mean_std"):
-            for kk, vv in v.items():
-                if isinstance(vv, (int, float)) and not isinstance(vv, bool) and math.isfinite(float(vv)):
-                    out[f"{k}_{kk}"] = vv
-    if kind == "pretrain":
-        logs = result.get("epoch_logs") or []
-        if logs:
-            out["final_loss"] = logs[-1].get("loss")
-    if kind == "ensemble":
-        for when in ("after",):
-            for kk, vv in ((result.get("ensemble") or {}).get(when) or {}).items():
-                if isinstance(vv, (int, float)) and not isinstance(vv, bool):
-                    out[f"ensemble_{kk}"] = vv
-    return out
-
-
-def checkpoint_files(kind: str, run_dir: Path) -> list[tuple[Path, int | None]]:
-    names = {"pretrain": ["checkpoint-last", "encoder.safetensors"],
-             "finetune": ["checkpoint-best", "checkpoint-last"],
-             "ensemble": ["ensemble.json"], "predict": ["predictions.csv"]}.get(kind, [])
-    out = []
-    for n in names:
-        p = Path(run_dir) / n
-        if p.exists():
-            epoch = None
-            cfg = p / "config.json"
-            if cfg.is_file():
-                try:
-                    d = json.loads(cfg.read_text())
-                    epoch = d.get("epoch") or (d.get("progress") or {}).get("epoch")
-                    epoch = int(epoch) if epoch is not None else None
-                except (ValueError, TypeError):
-                    epoch = None
-            out.append((p, epoch))
-    return out
+def kind_label(kind: str) -> str:
+    return JOB_KINDS[kind].label if kind in JOB_KINDS else kind
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -198,6 +54,7 @@ def fmt_duration(seconds: float | None) -> str:
 # -- the queue -----------------------------------------------------------------------------------------
 @dataclass
 class JobEntry:
+    """What the panel shows of one run: the stored record's fields plus the live numbers of its job."""
     run_id: int
     kind: str
     name: str
@@ -211,21 +68,37 @@ class JobEntry:
     step: int = 0
     total: int = -1
     message: str = ""
+    phase: str = ""
     eta_s: float | None = None
     images_per_s: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     log: deque = field(default_factory=lambda: deque(maxlen=400))
     error: str = ""
+    other_process: bool = False     # a run some other process runs (found queued/running and alive on load)
     _rate_start: tuple[float, int] | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> "JobEntry":
+        return cls(run.id, run.kind, run.name, dict(run.config), Path(run.run_dir or ""), run.state, run.created,
+                   dict(run.metrics), error=run.error if run.state != core_runs.FINISHED else "")
 
     @property
     def fraction(self) -> float | None:
         return self.step / self.total if self.total and self.total > 0 else None
 
     @property
+    def cancellable(self) -> bool:
+        return self.runner is not None or (self.state == core_runs.QUEUED and not self.other_process)
+
+    @property
     def title(self) -> str:
-        return f"#{self.run_id} {KIND_LABELS.get(self.kind, self.kind)}: {self.name}"
+        return f"#{self.run_id} {kind_label(self.kind)}: {self.name}"
+
+    def add_epoch(self, epoch: int, metrics: dict) -> None:
+        """An EPOCH_END event's row into the per-epoch history (replacing a row of the same epoch)."""
+        row = {"epoch": epoch, **metrics}
+        self.history = [h for h in self.history if h.get("epoch") != epoch] + [row]
 
 
 class JobsManager(QtCore.QObject):
@@ -234,6 +107,7 @@ class JobsManager(QtCore.QObject):
     added = QtCore.Signal(int)          # run id
     changed = QtCore.Signal(int)        # state changed
     progressed = QtCore.Signal(int)     # new numbers (progress, loss, log)
+    epochEnded = QtCore.Signal(int, int)    # run id, epoch (its history row is in the entry)
     runFinished = QtCore.Signal(int, str)   # run id, kind (finished successfully)
     reset = QtCore.Signal()             # the whole list was replaced (project opened / closed)
 
@@ -250,82 +124,92 @@ class JobsManager(QtCore.QObject):
         return self.project.store
 
     def running(self) -> JobEntry | None:
+        """The entry whose job this window runs now (a run of another process does not hold the queue)."""
         for e in self.entries.values():
-            if e.state == "running":
+            if e.state == core_runs.RUNNING and e.runner is not None:
                 return e
         return None
 
     def load(self) -> None:
-        """Read the project's runs; runs left running/queued by a previous session are interrupted."""
+        """Read the project's runs (core marks those left by a process that is gone as interrupted)."""
         live = {rid: e for rid, e in self.entries.items() if e.runner is not None}   # never re-mark our own
         self.entries = {}
         store = self.store
         if store is None:
             self.reset.emit()
             return
-        for run in store.list_runs():
-            if run.kind not in KINDS:
+        for run in core_runs.recover_interrupted(store, ours=live):
+            if run.kind not in JOB_KINDS:
                 continue
             if run.id in live:
                 self.entries[run.id] = live[run.id]
                 continue
-            state = run.state
-            if state in ("running", "queued", "pending"):
-                state = "interrupted"
-                store.update_run(run.id, state=state, metrics={**(run.metrics or {}), "error": INTERRUPTED_NOTE})
-            e = JobEntry(run.id, run.kind, run.name, dict(run.config or {}), Path(run.run_dir or ""), state,
-                         run.created, dict(run.metrics or {}))
-            e.history = read_history(e.kind, e.run_dir)
-            e.log.extend(read_log_tail(e.run_dir))
-            e.error = str((run.metrics or {}).get("error", "")) if state != "finished" else ""
-            if state == "finished":
-                e.step = e.total = 1
-            self.entries[run.id] = e
+            self.entries[run.id] = self._entry_of(run)
         self.reset.emit()
+
+    @staticmethod
+    def _entry_of(run: Run) -> JobEntry:
+        e = JobEntry.of(run)
+        e.history = read_history(e.kind, e.run_dir)
+        e.log.extend(read_log_tail(e.run_dir))
+        if run.state == core_runs.FINISHED:
+            e.step = e.total = 1
+        elif run.state in ACTIVE_STATES:
+            e.other_process = True
+            e.message = OTHER_PROCESS_NOTE
+        return e
+
+    def _refresh(self, e: JobEntry) -> None:
+        """Copy the fields core recorded (state, metrics, config, error) into the entry."""
+        try:
+            run = self.store.get_run(e.run_id) if self.store is not None else None
+        except KeyError:     # the run was deleted meanwhile
+            run = None
+        if run is not None:
+            e.state, e.metrics, e.config = run.state, dict(run.metrics), dict(run.config)
+            e.error = run.error if run.state != core_runs.FINISHED else ""
 
     # -- queue ----------------------------------------------------------------------------------------
     def submit(self, kind: str, name: str, config: dict) -> int:
         """Queue a job; returns its run id. The run folder is ``.medssl/runs/<kind>-<id>-<name>``."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown job kind {kind!r}")
+        core_runs.job_kind(kind)
         store = self.store
         if store is None or self.project.paths is None:
             raise RuntimeError("open a project first")
-        run_id = store.add_run(kind, name, config, state="queued")
-        run_dir = runs_folder(self.project.paths.project_dir) / f"{kind}-{run_id}-{slug(name)}"
-        if kind == "pretrain":
-            config = {**config, "out": str(run_dir)}
-        store.update_run(run_id, run_dir=run_dir, config=config)
-        e = JobEntry(run_id, kind, name, dict(config), run_dir, "queued", time.time())
-        self.entries[run_id] = e
-        self.added.emit(run_id)
+        run = core_runs.create_run(store, kind, name, config)
+        self.entries[run.id] = JobEntry.of(run)
+        self.added.emit(run.id)
         self._pump()
-        return run_id
+        return run.id
 
     def cancel(self, run_id: int) -> None:
         e = self.entries.get(run_id)
         if e is None:
             return
-        if e.state == "running" and e.runner is not None:
+        if e.state == core_runs.RUNNING and e.runner is not None:
             e.runner.cancel()
             e.message = "cancelling… (saving a checkpoint)"
             self.progressed.emit(run_id)
-        elif e.state == "queued":
-            self._set_state(e, "cancelled")
+        elif e.state == core_runs.QUEUED and e.runner is None and not e.other_process:
+            core_runs.cancel_queued(self.store, run_id)
+            self._refresh(e)
+            self.changed.emit(run_id)
             self._pump()
 
     def resume(self, run_id: int) -> None:
         e = self.entries.get(run_id)
-        if e is None or e.state not in RESUMABLE:
+        if e is None or e.state not in RESUMABLE_STATES:
             return
         e.resume = True
         e.error = ""
-        self._set_state(e, "queued")
+        core_runs.queue_again(self.store, run_id)
+        e.state = core_runs.QUEUED
+        self.changed.emit(run_id)
         self._pump()
 
     def can_resume(self, run_id: int) -> bool:
         e = self.entries.get(run_id)
-        return e is not None and e.state in RESUMABLE
+        return e is not None and e.state in RESUMABLE_STATES
 
     def start_queued(self) -> None:
         self.paused = False
@@ -334,46 +218,40 @@ class JobsManager(QtCore.QObject):
     def _pump(self) -> None:
         if self.paused or self.running() is not None or self.store is None:
             return
-        queued = sorted((e for e in self.entries.values() if e.state == "queued"), key=lambda e: e.run_id)
+        queued = sorted((e for e in self.entries.values() if e.state == core_runs.QUEUED and e.runner is None
+                         and not e.other_process),
+                        key=lambda e: e.run_id)
         if queued:
             self._start(queued[0])
 
-    def _set_state(self, e: JobEntry, state: str, metrics: dict | None = None) -> None:
-        e.state = state
-        if self.store is not None:
-            try:
-                self.store.update_run(e.run_id, state=state, metrics=metrics)
-            except KeyError:     # the run was deleted meanwhile
-                pass
-        if metrics is not None:
-            e.metrics = metrics
-        self.changed.emit(e.run_id)
-
     def _start(self, e: JobEntry) -> None:
+        store = self.store
         try:
-            e.run_dir.mkdir(parents=True, exist_ok=True)
-            job = build_job(e.kind, e.config, e.run_dir, store=self.store, store_path=self.project.paths.store_path,
-                            run_id=e.run_id, resume=e.resume)
+            job = core_runs.build_job(store, store.get_run(e.run_id), resume=e.resume)
         except Exception as exc:   # bad config: the run fails visibly, the queue goes on
             log.exception("cannot build job")
-            e.error = f"{type(exc).__name__}: {exc}"
-            e.log.append(e.error)
-            self._set_state(e, "failed", {"error": e.error})
+            e.log.append(f"{type(exc).__name__}: {exc}")
+            core_runs.fail_run(store, e.run_id, f"{type(exc).__name__}: {exc}")
+            self._refresh(e)
+            self.changed.emit(e.run_id)
             QtCore.QTimer.singleShot(0, self._pump)
             return
         runner = JobRunner(job, self)
         e.runner = runner
         e.losses.clear()
         e.step, e.total, e.eta_s, e.images_per_s, e._rate_start = 0, -1, None, None, None
-        e.message = "starting…"
+        e.message, e.phase = "starting…", ""
         e.log.append(f"--- {'resumed' if e.resume else 'started'} {time.strftime('%Y-%m-%d %H:%M:%S')} ---")
         rid = e.run_id
         runner.progress.connect(lambda step, total, msg, m, rid=rid: self._on_progress(rid, step, total, msg, m))
+        runner.phaseChanged.connect(lambda phase, rid=rid: self._on_phase(rid, phase))
+        runner.epochEnded.connect(lambda epoch, _total, m, rid=rid: self._on_epoch_end(rid, epoch, m))
         runner.logged.connect(lambda msg, rid=rid: self._on_log(rid, msg))
-        runner.finished.connect(lambda result, rid=rid: self._on_finished(rid, result))
+        runner.finished.connect(lambda result, rid=rid: self._on_finished(rid))
         runner.failed.connect(lambda msg, rid=rid: self._on_failed(rid, msg))
         runner.cancelled.connect(lambda rid=rid: self._on_cancelled(rid))
-        self._set_state(e, "running")
+        e.state = core_runs.RUNNING       # the recorder writes it to the store when the job thread starts
+        self.changed.emit(rid)
         runner.start()
 
     # -- events (UI thread) ---------------------------------------------------------------------------
@@ -384,7 +262,6 @@ class JobsManager(QtCore.QObject):
         now = time.monotonic()
         if e._rate_start is None or step < e._rate_start[1]:
             e._rate_start = (now, step)
-        epoch_changed = msg != e.message and msg.startswith("epoch")
         e.step, e.total = step, total
         if msg:
             e.message = msg
@@ -398,8 +275,20 @@ class JobsManager(QtCore.QObject):
             e.images_per_s = metrics["images_per_s"]
         if "loss" in metrics and math.isfinite(metrics["loss"]):
             e.losses.append((step, float(metrics["loss"])))
-        if epoch_changed:
-            e.history = read_history(e.kind, e.run_dir)
+        self.progressed.emit(rid)
+
+    def _on_phase(self, rid: int, phase: str) -> None:
+        e = self.entries.get(rid)
+        if e is not None:
+            e.phase = phase
+            self.progressed.emit(rid)
+
+    def _on_epoch_end(self, rid: int, epoch: int, metrics: dict) -> None:
+        e = self.entries.get(rid)
+        if e is None:
+            return
+        e.add_epoch(epoch, metrics)
+        self.epochEnded.emit(rid, epoch)
         self.progressed.emit(rid)
 
     def _on_log(self, rid: int, msg: str) -> None:
@@ -407,35 +296,27 @@ class JobsManager(QtCore.QObject):
         if e is None:
             return
         e.log.append(msg)
-        if msg.startswith("epoch"):
-            e.history = read_history(e.kind, e.run_dir)
         self.progressed.emit(rid)
 
-    def _record_checkpoints(self, e: JobEntry) -> None:
-        if self.store is None:
-            return
-        known = {c.path for c in self.store.checkpoints(e.run_id)}
-        for path, epoch in checkpoint_files(e.kind, e.run_dir):
-            if str(path) not in known:
-                self.store.add_checkpoint(e.run_id, path, epoch)
+    def _ended(self, e: JobEntry) -> None:
+        """The job is over and its recorder has written the run: show what core recorded."""
+        e.runner = None
+        e.phase = ""
+        history = read_history(e.kind, e.run_dir)     # the run folder's history is the full record
+        if history:
+            e.history = history
+        self._refresh(e)
+        self.changed.emit(e.run_id)
 
-    def _on_finished(self, rid: int, result: Any) -> None:
+    def _on_finished(self, rid: int) -> None:
         e = self.entries.get(rid)
         if e is None:
             return
-        e.runner = None
-        e.history = read_history(e.kind, e.run_dir)
         if e.total > 0:
             e.step = e.total
         e.eta_s = 0.0
         e.message = "finished"
-        metrics = result_metrics(e.kind, result)
-        if e.kind == "ensemble" and isinstance(result, dict) and result.get("ensemble_file"):
-            e.config = {**e.config, "ensemble": result["ensemble_file"]}
-            if self.store is not None:
-                self.store.update_run(rid, config=e.config)
-        self._record_checkpoints(e)
-        self._set_state(e, "finished", metrics)
+        self._ended(e)
         self.runFinished.emit(rid, e.kind)
         self._pump()
 
@@ -443,40 +324,37 @@ class JobsManager(QtCore.QObject):
         e = self.entries.get(rid)
         if e is None:
             return
-        e.runner = None
-        e.error = msg
         e.log.append(f"FAILED: {msg}")
         e.message = "failed"
-        self._record_checkpoints(e)
-        self._set_state(e, "failed", {**e.metrics, "error": msg})
+        self._ended(e)
+        e.error = e.error or msg
         self._pump()
 
     def _on_cancelled(self, rid: int) -> None:
         e = self.entries.get(rid)
         if e is None:
             return
-        e.runner = None
         e.message = "cancelled: Resume continues from the last checkpoint"
         e.log.append("cancelled")
-        self._record_checkpoints(e)
-        self._set_state(e, "cancelled")
+        self._ended(e)
         self._pump()
 
     # -- lifetime -------------------------------------------------------------------------------------
     def shutdown(self, wait_s: float = 20.0) -> None:
         """Stop the running job (it saves a checkpoint) before the project closes; the run stays resumable."""
         e = self.running()
+        store = self.store
         if e is not None and e.runner is not None:
             e.runner.cancel()
             e.runner.job.wait(wait_s)
             e.runner._finish()
             e.runner = None
-            if self.store is not None:
-                self.store.update_run(e.run_id, state="interrupted", metrics={**e.metrics, "error": INTERRUPTED_NOTE})
-            e.state = "interrupted"
+            if store is not None:
+                core_runs.mark_interrupted(store, e.run_id)
+            e.state = core_runs.INTERRUPTED
         for q in self.entries.values():
-            if q.state == "queued" and self.store is not None:
-                self.store.update_run(q.run_id, state="interrupted")
+            if q.state == core_runs.QUEUED and store is not None:
+                core_runs.mark_interrupted(store, q.run_id)
         self.entries = {}
         self.reset.emit()
 
@@ -742,7 +620,8 @@ class JobsPanel(QtWidgets.QWidget):
             return
         self.title.setText(e.title)
         color = STATE_COLORS.get(e.state, theme.TEXT)
-        self.state_label.setText(f"<span style='color:{color}; font-weight:bold'>{e.state.upper()}</span>")
+        doing = f" · {e.phase}" if e.phase and e.state == core_runs.RUNNING else ""
+        self.state_label.setText(f"<span style='color:{color}; font-weight:bold'>{e.state.upper()}</span>{doing}")
         if e.total and e.total > 0:
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.step, e.total))
@@ -766,8 +645,8 @@ class JobsPanel(QtWidgets.QWidget):
         dev = e.config.get("device") or "auto"
         parts.append(f"device {dev}")
         self.stats.setText("  ·  ".join(parts))
-        self.cancel_btn.setEnabled(e.state in ACTIVE)
-        self.resume_btn.setEnabled(e.state in RESUMABLE)
+        self.cancel_btn.setEnabled(e.cancellable)
+        self.resume_btn.setEnabled(e.state in RESUMABLE_STATES)
         self.curves.show_entry(e)
         if full or len(e.log) != self._last_log_len:
             self._last_log_len = len(e.log)

@@ -10,9 +10,9 @@ import math
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from core.project.runs import read_history
 from desktop import theme
-from desktop.pages.jobs_panel import (CURVE_COLORS, CurvesWidget, JobEntry, KIND_LABELS, legend_title, read_history,
-                                 style_plot)
+from desktop.pages.jobs_panel import CURVE_COLORS, CurvesWidget, JobEntry, kind_label, legend_title, style_plot
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -56,7 +56,7 @@ class RunPane(QtWidgets.QWidget):
         self.combo.blockSignals(True)
         self.combo.clear()
         for r in reversed(runs):
-            self.combo.addItem(f"#{r.id} {KIND_LABELS.get(r.kind, r.kind)}: {r.name} ({r.state})", r.id)
+            self.combo.addItem(f"#{r.id} {kind_label(r.kind)}: {r.name} ({r.state})", r.id)
         i = self.combo.findData(cur)
         self.combo.setCurrentIndex(i if i >= 0 else 0)
         self.combo.blockSignals(False)
@@ -70,6 +70,8 @@ class RunPane(QtWidgets.QWidget):
             return
         run = store.get_run(int(rid))
         fields = {"state": run.state, "run folder": run.run_dir or ""}
+        if run.error:
+            fields["error"] = run.error
         fields.update({f"metric {k}": v for k, v in flatten(run.metrics).items()})
         fields.update({f"config {k}": v for k, v in flatten(run.config).items()})
         for c in store.checkpoints(run.id):
@@ -77,7 +79,7 @@ class RunPane(QtWidgets.QWidget):
         self.fields = fields
         self.history = read_history(run.kind, run.run_dir)
         self.label = f"#{run.id} {run.name}"
-        self.entry = JobEntry(run.id, run.kind, run.name, run.config, run.run_dir or "", run.state)
+        self.entry = JobEntry.of(run)
         self.entry.history = self.history
 
     def render(self, other: dict[str, str] | None = None) -> None:

@@ -456,10 +456,8 @@ class ViewerPage(QtWidgets.QWidget):
         except Exception:
             return None
         for run in reversed(runs):
-            for key in ("ensemble", "ensemble_path", "spec"):
-                value = (run.config or {}).get(key)
-                if isinstance(value, str) and Path(value).exists() and store.predictions(run.id):
-                    return value
+            if run.ensemble_file and Path(run.ensemble_file).exists() and store.predictions(run.id):
+                return run.ensemble_file
         return None
 
     def set_ensemble(self, path: str | None) -> None:

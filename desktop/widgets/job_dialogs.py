@@ -1,6 +1,6 @@
 """Dialogs that launch jobs: pretraining, fine-tuning, building an ensemble, predicting a folder.
 
-Each dialog edits one plain dict (the run's stored config, see :func:`desktop.pages.jobs_panel.build_job`),
+Each dialog edits one plain dict (the run's stored config, see :data:`core.project.runs.JOB_KINDS`),
 remembers the last values per project-independent key in the desktop settings, shows the compute device
 (CPU / CUDA) and lets the user pick it. :meth:`JobDialog.request` returns ``(kind, name, config)``.
 """
@@ -488,7 +488,7 @@ class EnsembleDialog(JobDialog):
 
 
 def slug_name(run) -> str:
-    from desktop.pages.jobs_panel import slug
+    from core.project.runs import slug
 
     return slug(f"{run.name}-{run.id}")
 
@@ -502,7 +502,7 @@ class PredictDialog(JobDialog):
         super().__init__(project, settings, parent)
         self.ensemble = QtWidgets.QComboBox()
         for r in runs_of(project, "ensemble"):
-            path = r.config.get("ensemble") or str(Path(r.run_dir) / "ensemble.json")
+            path = r.ensemble_file
             self.ensemble.addItem(f"#{r.id} {r.name} ({len(r.config.get('members', []))} members)", path)
         self.ensemble_file = PathPicker("Ensemble file", filt="Ensemble (*.json);;All files (*)")
         self.folder = PathPicker("Image folder", folder=True)

@@ -207,3 +207,103 @@ def test_window_stays_responsive_while_a_job_runs(qtbot, window):
     wait_state(qtbot, window, rid, ("finished", "failed"))
     timer.stop()
     assert gaps and max(gaps) < 1.0, max(gaps)
+
+
+def test_epoch_end_events_and_phase_reach_the_panel(qtbot, window, monkeypatch):
+    """The per-epoch history comes from typed EPOCH_END events (no message says "epoch"), the phase is shown
+    while the job runs, and the recorder in core writes the result to the store."""
+    import threading
+
+    from core.jobs import Job
+    from core.project import runs
+
+    gate = threading.Event()
+
+    def build(store, run, resume):
+        def fn(ctx):
+            ctx.progress(0, 3, "getting ready", phase="warming up")
+            if not gate.wait(120):
+                raise TimeoutError("the test never opened the gate")
+            for epoch in (1, 2, 3):
+                ctx.progress(epoch, 3, f"step {epoch}", phase="training", loss=1.0 / epoch)
+                ctx.epoch_end(epoch, 3, {"val_accuracy": 0.25 * epoch})
+            return {"accuracy": 0.75}
+        return Job("toy", fn, state_dir=run.folder)
+
+    monkeypatch.setitem(runs.JOB_KINDS, "toy", runs.JobKind("Toy", build))
+    epochs = []
+    window.jobs.epochEnded.connect(lambda rid, epoch: epochs.append((rid, epoch)))
+    try:
+        rid = window.jobs.submit("toy", "toy run", {})
+        window.jobs_dock.show()
+        window.jobs_panel.select_run(rid)
+        qtbot.waitUntil(lambda: "warming up" in window.jobs_panel.state_label.text(), timeout=10000)
+        assert "RUNNING" in window.jobs_panel.state_label.text()
+        assert window.project.store.get_run(rid).state == "running"
+    finally:
+        gate.set()
+    e = wait_state(qtbot, window, rid, ("finished", "failed"))
+    assert e.state == "finished", e.error
+    assert epochs == [(rid, 1), (rid, 2), (rid, 3)]
+    assert [(h["epoch"], h["val_accuracy"]) for h in e.history] == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    run = window.project.store.get_run(rid)
+    assert run.state == "finished" and run.metrics == {"accuracy": 0.75} and e.metrics == run.metrics
+    assert "warming up" not in window.jobs_panel.state_label.text()     # the phase belongs to a running job
+
+
+def test_cli_finetune_run_shows_in_runs_browser_and_ensemble_dialog(qtbot, window):
+    from core.cli import main
+    from desktop.widgets.job_dialogs import EnsembleDialog
+
+    db = window.project.paths.store_path
+    assert main(["finetune", "--project", str(db), "--name", "from-cli", "--tiny", "--backbone", "convnext_atto",
+                 "--init", "random", "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--workers", "0",
+                 "--device", "cpu", "--quiet"]) == 0
+    run = next(r for r in window.project.store.list_runs() if r.name == "from-cli")
+    assert run.state == "finished", run.error
+
+    browser = window.show_runs()
+    qtbot.addWidget(browser)
+    index = browser.left.combo.findData(run.id)
+    assert index >= 0 and "from-cli (finished)" in browser.left.combo.itemText(index)
+    browser.left.combo.setCurrentIndex(index)
+    assert browser.left.fields["state"] == "finished" and "metric test_accuracy" in browser.left.fields
+    assert any(k.startswith("checkpoint checkpoint-best") for k in browser.left.fields)
+    assert "val_balanced_accuracy" in browser.left.curves.val_curves     # per-epoch curves from the run folder
+    browser.close()
+
+    dlg = EnsembleDialog(window.project, window.settings, window)
+    qtbot.addWidget(dlg)
+    members = [dlg.members.item(i).text() for i in range(dlg.members.count())]
+    assert any(text.startswith(f"#{run.id} from-cli") for text in members)
+    assert dlg.validate() is None
+
+    window.jobs.load()                                   # the jobs panel lists it too, as finished
+    assert window.jobs.entries[run.id].state == "finished" and len(window.jobs.entries[run.id].history) == 2
+
+
+def test_a_run_of_another_process_is_shown_running_and_does_not_hold_the_queue(qtbot, window, monkeypatch):
+    from core.jobs import Job
+    from core.project import runs
+
+    monkeypatch.setitem(runs.JOB_KINDS, "toy", runs.JobKind("Toy", lambda store, run, resume: Job(
+        "toy", lambda ctx: {"accuracy": 1.0}, state_dir=run.folder)))
+    store = window.project.store
+    elsewhere = runs.create_run(store, "toy", "cli", {})
+    store.update_run(elsewhere.id, state="running")
+    gone = runs.create_run(store, "toy", "crashed", {})
+    store.update_run(gone.id, state="running")
+    lock = runs.RunLock(elsewhere.run_dir)                  # held as the CLI process running it holds it
+    assert lock.acquire()
+    try:
+        window.jobs.load()
+        e = window.jobs.entries[elsewhere.id]
+        assert e.state == "running" and e.other_process and not e.cancellable
+        assert window.jobs.entries[gone.id].state == "interrupted" and window.jobs.can_resume(gone.id)
+        window.jobs_panel.select_run(elsewhere.id)
+        assert not window.jobs_panel.cancel_btn.isEnabled() and runs.run_is_alive(store.get_run(elsewhere.id))
+        rid = window.jobs.submit("toy", "mine", {})          # the queue is not held by the other process's run
+        assert wait_state(qtbot, window, rid, ("finished", "failed")).state == "finished"
+        assert store.get_run(elsewhere.id).state == "running"
+    finally:
+        lock.release()
