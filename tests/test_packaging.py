@@ -55,3 +55,23 @@ def test_shipped_desktop_file_validates():
     out = subprocess.run(["desktop-file-validate", str(REPO / "packaging" / "medssl-studio.desktop")],
                          capture_output=True, text=True)
     assert out.returncode == 0 and not out.stdout.strip(), out.stdout
+
+
+def test_project_files_carry_the_application_id_the_mime_type_matches(tmp_path):
+    from core.project.store import APPLICATION_ID, ProjectStore
+
+    ProjectStore(tmp_path / "project.db").close()
+    header = (tmp_path / "project.db").read_bytes()[:100]
+    assert header[68:72] == b"MSSL" == APPLICATION_ID.to_bytes(4, "big")
+    mime = (REPO / "packaging" / "medssl-studio-mime.xml").read_text()
+    assert f'type="big32" offset="68" value="0x{APPLICATION_ID:08X}"' in mime
+
+
+def test_the_bundle_starts_its_own_scan_child(monkeypatch):
+    import sys
+
+    from desktop.bridge import scan_process
+
+    assert scan_process.child_command("{}")[1:3] == ["-m", "desktop.bridge.scan_process"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert scan_process.child_command("{}") == [sys.executable, "--scan-worker", "{}"]

@@ -197,6 +197,9 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
+#: SQLite's application id of a project file, "MSSL": packaging/medssl-studio-mime.xml matches it at byte 68.
+APPLICATION_ID = 0x4D53534C
+
 #: Ordered schema migrations; ``len(MIGRATIONS)`` is the schema version this code writes.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
 
@@ -403,6 +406,8 @@ class ProjectStore:
             raise StoreVersionError(
                 f"{self.path} has schema version {current}, this MedSSL Studio knows up to {target}; "
                 "open it with a newer version")
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")   # file managers tell our files apart
         if current == target:
             return
         if current > 0:
