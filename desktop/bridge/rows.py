@@ -77,11 +77,7 @@ def _scalar_uncertainty(value) -> float | None:
 
 def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
     """{image_id: (predicted class, uncertainty)} of the newest run that stored predictions."""
-    try:
-        runs = store.list_runs()
-    except Exception:  # an older store without runs: no predictions
-        return {}
-    for run in reversed(runs):
+    for run in reversed(store.list_runs()):
         preds = store.predictions(run.id)
         if preds:
             return {p.image_id: (p.label, _scalar_uncertainty(p.uncertainty)) for p in preds}
@@ -89,9 +85,6 @@ def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
 
 
 def _mask_counts(store, ids: Iterable[int]) -> dict[int, int]:
-    bulk = getattr(store, "mask_counts", None)
-    if callable(bulk):
-        return dict(bulk())
     return {i: len(store.masks(i)) for i in ids}
 
 
@@ -103,10 +96,7 @@ def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
     """
     rows = store.images()
     labels = store.labels()
-    if masks or callable(getattr(store, "mask_counts", None)):
-        masks = _mask_counts(store, [r.id for r in rows])
-    else:
-        masks = {}
+    masks = _mask_counts(store, [r.id for r in rows]) if masks else {}
     preds = latest_predictions(store)
     items = []
     for n, r in enumerate(rows):
