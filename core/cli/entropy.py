@@ -1,7 +1,7 @@
 """`medssl entropy FOLDER --out DIR`: per-image entropy heatmaps of an image folder.
 
 Argparse and printing only; the work is :func:`core.analysis.entropy_maps.entropy_folder_job` (what it
-writes is described there). Torch is imported only when the command runs (keeps ``medssl --help`` fast).
+writes is described there), the defaults are :mod:`core.analysis.entropy`'s.
 """
 
 from __future__ import annotations
@@ -9,12 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Same values as core.analysis.entropy (kept here so building the parser does not import torch; a test checks).
-DEFAULT_CELL = 32
-DEFAULT_BINS = 64
-DEFAULT_HEATMAP_BINS = 32
-DEFAULT_RADIUS = 5
-COLORMAPS = ("inferno", "magma", "viridis", "grey")
+from core.analysis.entropy import COLORMAPS, DEFAULT_BINS, DEFAULT_CELL, DEFAULT_HEATMAP_BINS, DEFAULT_RADIUS
 
 
 def register_cli(subparsers) -> None:
