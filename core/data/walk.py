@@ -11,7 +11,7 @@ folder means the same images everywhere. The rules:
   the order ``_mask``, ``_mask_1``, ``_mask_2``, ..., ``_mask_10``, and never listed as images. A mask with
   no image is kept in :attr:`FolderWalk.orphan_masks`.
 - Hidden files and folders (name starting with ``.``, so the app's own ``.medssl``) are skipped, and so is
-  a ``DICOMDIR`` index file.
+  a ``DICOMDIR`` index file; pipes, sockets and devices are never opened.
 - Symbolic links: a link to a file is an image like its target. A link to a folder is followed, but
   every real folder is listed once: a folder reached both directly and through a link is listed under
   its direct path, and a link back to a folder already listed (a loop) is not entered. A link that leads
@@ -131,7 +131,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
         with os.scandir(folder) as it:
             entries = list(it)
     except OSError as exc:
-        problems.append(WalkProblem(folder, f"cannot list the folder ({exc.strerror or exc})"))
+        problems.append(WalkProblem(_printable(folder), f"cannot list the folder ({exc.strerror or exc})"))
         return [], []
     subdirs: list[Path] = []
     links: list[Path] = []
@@ -146,27 +146,38 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
             is_dir = False
         if is_dir:
             if not _valid_utf8(name):
-                problems.append(WalkProblem(_printable(path), "the folder name is not valid UTF-8, so its images were "
-                                                  "skipped (rename it)"))
+                problems.append(WalkProblem(_printable(path), "the folder name is not valid UTF-8, so its "
+                                                              "images were skipped (rename it)"))
             elif entry.is_symlink():
                 links.append(path)
             else:
                 subdirs.append(path)
             continue
-        if is_mask_file(name):
-            if _valid_utf8(name):
-                masks.append(path)
+        by_name = is_image_name(name) or is_mask_file(name)
+        if entry.is_symlink() and not os.path.exists(path):
+            if by_name:
+                problems.append(WalkProblem(_printable(path), "symbolic link that leads nowhere (its target is "
+                                                              "missing, or it points back to itself)"))
             continue
-        if not (is_image_name(name) or is_dicom_file(path)):
+        if not _is_regular_file(entry):
+            continue               # a pipe, socket or device: never opened (reading a pipe would block)
+        if not (by_name or is_dicom_file(path)):
             continue
         if not _valid_utf8(name):
-            problems.append(WalkProblem(_printable(path), "the file name is not valid UTF-8, so it was skipped (rename it)"))
-        elif entry.is_symlink() and not os.path.exists(path):
-            problems.append(WalkProblem(path, "symbolic link that leads nowhere (its target is missing, or it "
-                                              "points back to itself)"))
+            problems.append(WalkProblem(_printable(path), "the file name is not valid UTF-8, so it was skipped "
+                                                          "(rename it)"))
+        elif is_mask_file(name):
+            masks.append(path)
         else:
             images.append(path)
     return subdirs, links
+
+
+def _is_regular_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _valid_utf8(name: str) -> bool:

@@ -233,3 +233,18 @@ def test_entropy_command_survives_a_symlink_loop(tricky_folder, tmp_path, capsys
                  "--device", "cpu"]) == 0
     assert len(list(out.rglob("*_entropy.png"))) == len(EXPECTED)
     assert f"{len(EXPECTED)} of {len(EXPECTED)} images written" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_pipes_are_never_opened(tmp_path):
+    write_png(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "IM0002")          # no suffix: a DICOM probe would block reading it
+    os.mkfifo(tmp_path / "b.png")
+    assert rels(walk_folder(tmp_path)) == ["a.png"]
+
+
+def test_a_dangling_mask_link_is_reported_and_not_attached(tmp_path):
+    write_png(tmp_path / "a.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "a_mask.png")
+    walk = walk_folder(tmp_path)
+    assert walk.masks == {} and [p.path.name for p in walk.problems] == ["a_mask.png"]
