@@ -9,8 +9,7 @@ from pathlib import Path
 
 from core.cli import run_with_progress
 from core.cli.args import int_list, key_value
-
-DEFAULT_BACKBONE = "convnext_tiny"
+from core.train.config import AUGMENT_OPTIONS as A, FINETUNE_OPTIONS as F
 
 
 def register_cli(subparsers) -> None:
@@ -29,8 +28,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", help="run folder (with --project, default: the project's runs/finetune-ID-NAME)")
     p.add_argument("--name", default=None, help="run name in the project (default: the --out folder's name)")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=None,
-                   help=f"timm model name (default: the pretraining run's backbone, else {DEFAULT_BACKBONE})")
+    F.add_argument(g, "backbone", default=None,
+                   help=f"timm model name (default: the pretraining run's backbone, else {F['backbone'].default})")
     g.add_argument("--tiny", action="store_true", help="tiny ConvNeXt dims (tests, smoke runs)")
     g.add_argument("--timm-kwarg", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model argument (JSON value), repeatable")
@@ -38,26 +37,20 @@ def register_cli(subparsers) -> None:
                    help="initial weights (default: pretrained when --init-weights is given, else imagenet)")
     g.add_argument("--weights-file", help="ImageNet weights file (.safetensors/.pth/.bin) for --init imagenet")
     g.add_argument("--init-weights", help="pretraining run / checkpoint / encoder.safetensors (--init pretrained)")
-    g.add_argument("--image-size", type=int, default=224)
-    g.add_argument("--drop-path", type=float, default=0.1)
+    for name in ("image_size", "drop_path"):
+        F.add_argument(g, name)
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (of the head)")
-    t.add_argument("--min-lr", type=float, default=1e-6)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (1 = off)")
-    t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--balance", choices=("sampler", "loss", "none"), default="sampler",
-                   help="class balancing: balanced sampling, class-weighted loss, or none")
-    t.add_argument("--patience", type=int, default=8, help="early stopping on val balanced accuracy")
-    t.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability (0 for ultrasound)")
-    t.add_argument("--rotate", type=float, default=10.0, help="max rotation in degrees")
-    t.add_argument("--seed", type=int, default=0)
+    for name in ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "layer_decay", "warmup_epochs",
+                 "label_smoothing"):
+        F.add_argument(t, name)
+    F.add_argument(t, "balance")
+    F.add_argument(t, "patience")
+    A.add_argument(t, "vflip")
+    A.add_argument(t, "rotate_deg", "--rotate")
+    F.add_argument(t, "seed")
     s = p.add_argument_group("splits")
-    s.add_argument("--val-fraction", type=float, default=0.15)
-    s.add_argument("--test-fraction", type=float, default=0.15, help="ignored with --kfold (test = held-out fold)")
+    F.add_argument(s, "val_fraction")
+    F.add_argument(s, "test_fraction")
     s.add_argument("--kfold", type=int, default=None, metavar="K", help="K-fold cross-validation")
     s.add_argument("--folds", type=int_list, default=None, help="only these folds, e.g. 0,1")
     s.add_argument("--split-name", default="default",
@@ -68,8 +61,8 @@ def register_cli(subparsers) -> None:
                         "already made keep their own split.json")
     r = p.add_argument_group("run")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (finished folds are kept)")
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    r.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 when cached)")
+    F.add_argument(r, "device")
+    F.add_argument(r, "num_workers", "--workers")
     r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     r.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_finetune)
@@ -98,7 +91,7 @@ def _finetune(args) -> int:
                 timm_kwargs = dict(meta["timm_kwargs"])
             print(f"backbone from the pretraining run: {backbone} {timm_kwargs or ''}", file=sys.stderr)
     cfg = FinetuneConfig(
-        backbone=backbone or DEFAULT_BACKBONE, tiny=args.tiny, timm_kwargs=timm_kwargs, init=init,
+        backbone=backbone or F["backbone"].default, tiny=args.tiny, timm_kwargs=timm_kwargs, init=init,
         init_weights=args.init_weights if init == "pretrained" else args.weights_file,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         min_lr=args.min_lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,

@@ -26,9 +26,11 @@ EXAMPLES = """examples:
 
 
 def _add_trainer_arguments(p: argparse.ArgumentParser) -> None:
-    from core.pretrain.config import TrainConfig
+    from core.pretrain.config import TRAIN_OPTIONS as T
 
-    d = TrainConfig()
+    def add(group, name: str, *flags: str, **overrides) -> None:
+        T.add_argument(group, name, *flags, show_default=True, **overrides)
+
     p.add_argument("folder", type=Path, help="folder of unlabeled images (scanned recursively; labels ignored)")
     p.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
                    help="run folder for checkpoints and logs (required unless --resume names one or --project "
@@ -37,47 +39,29 @@ def _add_trainer_arguments(p: argparse.ArgumentParser) -> None:
                    help="record the run in this project (the app's runs browser and fine-tuning dialog list it)")
     p.add_argument("--name", default=None, help="run name in the project (default: the method)")
     g = p.add_argument_group("model and data")
-    g.add_argument("--backbone", default=d.backbone,
-                   help="timm ConvNeXt / ConvNeXt-V2 name, e.g. convnext_atto, convnext_tiny, convnextv2_nano "
-                        "(default %(default)s)")
+    add(g, "backbone")
     g.add_argument("--tiny", action="store_true",
                    help="test-size backbone (a few thousand parameters, core.models.backbones.TINY_CONVNEXT): smoke tests only")
-    g.add_argument("--image-size", type=int, default=d.image_size,
-                   help="images are resized to this square size, a multiple of 32 (default %(default)s)")
+    add(g, "image_size")
     g.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips")
-    g.add_argument("--cache-mb", type=float, default=d.cache_mb,
-                   help="keep resized images in memory up to this size (default %(default)s MB)")
-    g.add_argument("--workers", type=int, default=d.num_workers, help="data loader processes (default %(default)s)")
+    add(g, "cache_mb")
+    add(g, "num_workers", "--workers")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per step over all processes (default %(default)s)")
-    g.add_argument("--accum-steps", type=int, default=d.accum_steps,
-                   help="gradient accumulation: micro-batches per optimizer step (default %(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
-    g.add_argument("--min-lr", type=float, default=d.min_lr, help="final learning rate (default %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
-                   help="linear warm-up, then cosine decay per iteration (default %(default)s)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                   help="clip the gradient L2 norm; 0 = off (default %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
+    for name in ("epochs", "batch_size", "accum_steps", "lr", "min_lr", "weight_decay", "warmup_epochs",
+                 "grad_clip", "seed"):
+        add(g, name)
     g = p.add_argument_group("run")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision,
-                   help="autocast: auto = bf16 on CUDA, fp32 on CPU (default %(default)s)")
+    T.add_argument(g, "device")
+    add(g, "precision")
     g.add_argument("--resume", type=Path, default=None, metavar="CKPT",
                    help="continue a run from its checkpoint (weights, optimizer, schedule, RNG); the settings "
                         "must match. Rerunning the same command with the same --out also continues.")
     g.add_argument("--init-weights", type=Path, default=None, metavar="CKPT",
                    help="start a new run with these encoder weights only (encoder.safetensors, a run or "
                         "checkpoint folder, or a timm weights file)")
-    g.add_argument("--checkpoint-epochs", type=int, default=d.checkpoint_epochs,
-                   help="save a checkpoint every N epochs (default %(default)s)")
-    g.add_argument("--checkpoint-steps", type=int, default=d.checkpoint_steps,
-                   help="also save every N optimizer steps; 0 = off (default %(default)s)")
-    g.add_argument("--max-steps", type=int, default=None,
-                   help="stop (with a checkpoint) after this many optimizer steps in total; resume later")
+    add(g, "checkpoint_epochs")
+    add(g, "checkpoint_steps")
+    T.add_argument(g, "max_steps")
     g.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.data.imageio import DEFAULT_MAX_PIXELS
 from core.jobs import Job
 
 
@@ -17,8 +18,8 @@ def register_cli(subparsers) -> None:
                     "Every unreadable file is reported with its reason; the rest is scanned.",
         epilog="example: medssl scan ~/data/busi --store")
     p.add_argument("folder", type=Path, help="image folder")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse images with more pixels than this (decompression-bomb guard)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images with more pixels than this (decompression-bomb guard; default %(default)s)")
     p.add_argument("--store", action="store_true",
                    help="also import the scan into the project store FOLDER/.medssl/project.db")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -31,8 +32,7 @@ def _scan(args: argparse.Namespace) -> int:
 
     if not args.folder.is_dir():
         raise FileNotFoundError(f"{args.folder}: not a folder")
-    kwargs = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
-    job = Job(f"scan {args.folder.name}", lambda ctx: scan_folder(args.folder, ctx=ctx, **kwargs))
+    job = Job(f"scan {args.folder.name}", lambda ctx: scan_folder(args.folder, ctx=ctx, max_pixels=args.max_pixels))
     result = run_with_progress(job)
     summary = result.summary()
     if args.store:

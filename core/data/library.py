@@ -5,15 +5,13 @@ Layout rules (the BUSI layout is the model):
 - ``root/<class>/<image>``: the class folder name is the label. Files directly in ``root`` are unlabeled.
   Deeper nesting (``root/<class>/<patient>/<image>``) still takes the *first-level* folder as the label,
   so per-patient sub-folders inside class folders just work.
-- Hidden files and folders (name starting with ``.``, e.g. the app's own ``.medssl``) are skipped, and so is
-  a ``DICOMDIR`` index. Symlinked folders are followed once (loops are cut).
-- Images are files with a suffix in :data:`core.data.imageio.IMAGE_EXTENSIONS`, plus suffix-less or oddly named
-  files that carry the DICOM ``DICM`` preamble.
-- ``<name>_mask.png``, ``<name>_mask_1.png``... are lesion masks of ``<name>.<ext>`` in the same folder:
-  they go into that image's ``mask_paths`` (read them with :func:`core.data.imageio.read_mask`, which takes the
-  union) and are never listed as images. A mask with no image, an unreadable mask or a mask whose size
-  differs from its image is one :class:`ScanError`; such a mask is not attached. If several images share
-  the stem (``a.png`` and ``a.tif``), the mask is attached to each of them.
+- Which files are images, and which masks belong to which image, is decided by the one folder walk,
+  :func:`core.data.walk.walk_folder` (hidden entries, ``.medssl`` and ``DICOMDIR`` skipped, symlinked
+  folders followed once, suffix-less DICOM detected, masks attached by name). Each entry the walk could
+  not use is one :class:`ScanError`.
+- Masks go into their image's ``mask_paths`` (read them with :func:`core.data.imageio.read_mask`, which
+  takes the union). A mask with no image, an unreadable mask or a mask whose size differs from its image
+  is one :class:`ScanError`; such a mask is not attached.
 - ``root/manifest.csv`` (columns ``path`` plus any of ``label``, ``case_id``, ``modality``; ``path``
   relative to ``root``) overrides the folder label and the DICOM metadata with its non-empty values, and
   can add files the walk would skip (e.g. an unusual suffix). A row naming a missing file is a
@@ -28,15 +26,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from core.data.imageio import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, is_dicom_file, is_mask_file,
-                          mask_image_stem, probe_image, read_image)
+from core.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, is_mask_file, mask_image_stem, probe_image, read_image
+from core.data.walk import attach_masks, walk_folder
 
 if TYPE_CHECKING:
     from core.jobs import JobContext
@@ -46,9 +43,7 @@ __all__ = ["MANIFEST_NAME", "MANIFEST_COLUMNS", "ImageRecord", "ScanError", "Sca
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "case_id", "modality")
-_SKIPPED_NAMES = {"DICOMDIR"}
 _HASH_CHUNK = 1 << 20
-_MASK_INDEX = re.compile(r"_mask(?:_(\d+))?\.png$", re.IGNORECASE)
 
 
 @dataclass
@@ -147,9 +142,10 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
         raise NotADirectoryError(f"{root_path}: not a folder")
-    errors: list[ScanError] = []
-
-    image_paths, mask_paths = _walk(root_path, ctx)
+    walk = walk_folder(root_path, ctx=ctx)
+    errors = [ScanError(p.path, p.reason) for p in walk.problems]
+    image_paths = set(walk.images)
+    mask_paths = walk.mask_files
     manifest = _read_manifest(root_path, errors)
     _add_manifest_files(root_path, manifest, image_paths, errors)
     masks_by_image = _attach_masks(image_paths, mask_paths, errors)
@@ -174,39 +170,7 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     return ScanResult(root=root_path, images=images, errors=errors)
 
 
-# -- discovery --------------------------------------------------------------------------------------------
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _walk(root: Path, ctx: "JobContext | None") -> tuple[set[Path], list[Path]]:
-    """All image candidates and mask files under root (hidden entries skipped, symlink loops cut)."""
-    images: set[Path] = set()
-    masks: list[Path] = []
-    seen_dirs: set[str] = set()
-    for folder, dir_names, file_names in os.walk(root, followlinks=True):
-        if ctx is not None:
-            ctx.check_cancelled()
-        real = os.path.realpath(folder)
-        if real in seen_dirs:
-            dir_names[:] = []
-            continue
-        seen_dirs.add(real)
-        dir_names[:] = sorted(d for d in dir_names if not _is_hidden(d))
-        folder_path = Path(folder)
-        for name in sorted(file_names):
-            if _is_hidden(name) or name in _SKIPPED_NAMES:
-                continue
-            path = folder_path / name
-            if folder_path == root and name == MANIFEST_NAME:
-                continue
-            if is_mask_file(name):
-                masks.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path):
-                images.add(path)
-    return images, masks
-
-
+# -- paths ------------------------------------------------------------------------------------------------
 def _rel_posix(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -288,27 +252,13 @@ def _add_manifest_files(root: Path, manifest: dict[str, _ManifestRow], images: s
 
 
 # -- masks ------------------------------------------------------------------------------------------------
-def _mask_order(path: Path) -> tuple[str, int]:
-    """``a_mask.png`` < ``a_mask_1.png`` < ``a_mask_2.png`` < ``a_mask_10.png``."""
-    match = _MASK_INDEX.search(path.name)
-    index = int(match.group(1)) + 1 if match and match.group(1) else 0
-    return mask_image_stem(path.name) or "", index
-
-
 def _attach_masks(images: set[Path], masks: list[Path], errors: list[ScanError]) -> dict[Path, list[Path]]:
-    images_by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
-    for image in images:
-        images_by_stem[(image.parent, image.stem)].append(image)
-    attached: dict[Path, list[Path]] = defaultdict(list)
-    for mask in sorted(masks, key=lambda p: (p.parent, _mask_order(p))):
-        owners = images_by_stem.get((mask.parent, mask_image_stem(mask.name) or ""))
-        if not owners:
-            errors.append(ScanError(mask, f"mask without image: no '{mask_image_stem(mask.name)}.<ext>' image "
-                                          "in the same folder"))
-            continue
-        for owner in owners:
-            attached[owner].append(mask)
-    return dict(attached)
+    """The walk's mask attachment, over the walk's images plus the manifest's; an orphan is a ScanError."""
+    attached, orphans = attach_masks(images, masks)
+    for mask in orphans:
+        errors.append(ScanError(mask, f"mask without image: no '{mask_image_stem(mask.name)}.<ext>' image "
+                                      "in the same folder"))
+    return attached
 
 
 # -- per-image work (runs in worker threads) --------------------------------------------------------------

@@ -35,47 +35,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble, predictive_entropy
 from core.data.transforms import load_8bit, resize_pil
+from core.data.walk import walk_folder
 
 log = logging.getLogger(__name__)
 
 __all__ = ["list_images", "predict_folder", "export_onnx", "OnnxEnsemble", "predict_job", "output_columns",
            "cached_onnx_path", "has_onnxruntime", "parse_prediction_header", "store_predictions"]
 
-SKIP_DIRS = {".medssl", "__pycache__", ".git"}
 CPU_BATCH_SIZE = 4   # measured best on the 2-core CI CPU for ConvNeXt-Tiny at 224 px (bench/predict.py)
 
 
-def _image_extensions() -> set[str]:
-    try:
-        from core.data.imageio import IMAGE_EXTENSIONS
-
-        return {e.lower() for e in IMAGE_EXTENSIONS}
-    except ImportError:  # pragma: no cover
-        return {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
-
-
-def _is_mask(name: str) -> bool:
-    try:
-        from core.data.imageio import is_mask_file
-
-        return bool(is_mask_file(name))
-    except ImportError:  # pragma: no cover
-        return "_mask" in name
-
-
 def list_images(folder: str | Path) -> list[str]:
-    """Image files under ``folder`` as sorted posix paths relative to it (masks and hidden dirs skipped)."""
+    """Image files under ``folder`` as sorted posix paths relative to it, by the one folder walk's rules
+    (:mod:`core.data.walk`: masks, hidden folders, ``.medssl`` and ``DICOMDIR`` skipped)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
-    exts = _image_extensions()
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        for fn in filenames:
-            if Path(fn).suffix.lower() in exts and not _is_mask(fn) and not fn.startswith("."):
-                out.append(Path(dirpath, fn).relative_to(folder).as_posix())
-    return sorted(out)
+    return walk_folder(folder).rel_paths
 
 
 # ------------------------------------------------------------------------------------------- decoding

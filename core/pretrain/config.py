@@ -1,10 +1,13 @@
-"""Pretraining settings: one dataclass shared by every method, the single source of the CLI's defaults."""
+"""Pretraining settings: one dataclass shared by every method, the single source of the CLI's and the
+dialog's defaults; :data:`TRAIN_OPTIONS` adds help and ranges to its fields (a method's own options are
+declared by the method, ``PretrainMethod.default_options`` / ``add_arguments``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from core.train.options import ConfigOptions, Option
 
 # Runs written before the option names were aligned with fine-tuning's: old name -> new name.
 RENAMED_KEYS = {"backbone_kwargs": "timm_kwargs", "clip_grad": "grad_clip", "workers": "num_workers"}
@@ -61,3 +64,25 @@ class TrainConfig:
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.betas, cfg.mean, cfg.std = tuple(cfg.betas), tuple(cfg.mean), tuple(cfg.std)
         return cfg
+
+
+TRAIN_OPTIONS = ConfigOptions(TrainConfig, {
+    "backbone": Option("timm ConvNeXt / ConvNeXt-V2 name, e.g. convnext_atto, convnext_tiny, convnextv2_nano"),
+    "image_size": Option("images are resized to this square size, a multiple of 32", min=32, max=1024),
+    "cache_mb": Option("keep resized images in memory up to this size (MB)", min=0.0),
+    "num_workers": Option("data loader processes", min=0),
+    "epochs": Option("training epochs", min=1, max=10000),
+    "batch_size": Option("images per step over all processes", min=1, max=4096),
+    "accum_steps": Option("gradient accumulation: micro-batches per optimizer step", min=1),
+    "lr": Option("peak AdamW learning rate", min=1e-6, max=1.0),
+    "min_lr": Option("final learning rate", min=0.0),
+    "weight_decay": Option("AdamW weight decay", min=0.0),
+    "warmup_epochs": Option("linear warm-up, then cosine decay per iteration", min=0.0),
+    "grad_clip": Option("clip the gradient L2 norm; 0 = off", min=0.0),
+    "seed": Option("seed of the data order, the masks and the initialisation", min=0),
+    "device": Option("cpu, cuda, cuda:1 (default: CUDA when present)"),
+    "precision": Option("autocast: auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16")),
+    "checkpoint_epochs": Option("save a checkpoint every N epochs", min=1),
+    "checkpoint_steps": Option("also save every N optimizer steps; 0 = off", min=0),
+    "max_steps": Option("stop (with a checkpoint) after this many optimizer steps in total; resume later", min=1),
+})

@@ -536,10 +536,7 @@ class ProjectStore:
                 "FROM label_events WHERE action = 'import' GROUP BY image_id) m ON e.id = m.last_id")}
             dataset_masks = self._current_masks_by_image(conn, source="dataset")
             known_classes = {r[0] for r in conn.execute("SELECT name FROM classes")}
-            scan_classes = getattr(scan_result, "classes", None) or ()
-            if callable(scan_classes):
-                scan_classes = scan_classes()
-            for name in sorted({*scan_classes} | {r.label for r in scan_result.images if r.label is not None}):
+            for name in sorted({*scan_result.classes} | {r.label for r in scan_result.images if r.label is not None}):
                 if name not in known_classes:
                     self._insert_class(conn, name)
                     known_classes.add(name)
@@ -575,7 +572,7 @@ class ProjectStore:
                     conn.execute("INSERT INTO label_events(image_id, label, prev_label, action, ref, user, time) "
                                  "VALUES (?, ?, ?, 'import', NULL, ?, ?)", (image_id, label, cur_label, user, now))
                     counts["labels"] += 1
-                wanted = {str(p) for p in (getattr(rec, "mask_paths", None) or [])}
+                wanted = {str(p) for p in rec.mask_paths}
                 have = dataset_masks.get(image_id, set())
                 for p in sorted(have - wanted):
                     self._insert_mask_event(conn, image_id, p, "dataset", "remove", user, now)

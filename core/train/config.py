@@ -1,4 +1,10 @@
-"""Fine-tuning settings: one dataclass, the single source of the defaults the CLI and the dialogs show."""
+"""Fine-tuning settings: one dataclass, the single source of the defaults the CLI and the dialogs show.
+
+:data:`FINETUNE_OPTIONS` (and :data:`AUGMENT_OPTIONS` for the augmentations the CLI exposes) add help and
+ranges to the fields; ``core/cli/finetune.py`` and the fine-tuning dialog read defaults, ranges and help
+from there. The default backbone is the paper's member A, ConvNeXt-Tiny (ImageNet weights
+``convnext_tiny.fb_in1k``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 from core.data.transforms import AugmentConfig
 from core.models.backbones import TINY_CONVNEXT
+from core.train.options import ConfigOptions, Option
 
 
 @dataclass
 class FinetuneConfig:
-    backbone: str = "convnext_atto"
+    backbone: str = "convnext_tiny"
     tiny: bool = False                    # core.models.backbones.TINY_CONVNEXT dims (tests)
     timm_kwargs: dict = field(default_factory=dict)
     init: str = "imagenet"                # imagenet | pretrained (init_weights = checkpoint) | random
@@ -54,3 +61,32 @@ class FinetuneConfig:
         if self.drop_path and "drop_path_rate" not in kw:
             kw["drop_path_rate"] = self.drop_path
         return {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+
+
+FINETUNE_OPTIONS = ConfigOptions(FinetuneConfig, {
+    "backbone": Option("timm model name"),
+    "image_size": Option("square input size in pixels", min=32, max=1024),
+    "drop_path": Option("stochastic depth rate", min=0.0, max=1.0),
+    "epochs": Option("training epochs", min=1, max=10000),
+    "batch_size": Option("images per step, all processes together", min=1, max=4096),
+    "lr": Option("peak learning rate (of the head)", min=1e-6, max=1.0),
+    "min_lr": Option("final learning rate of the cosine schedule", min=0.0),
+    "weight_decay": Option("AdamW weight decay", min=0.0),
+    "layer_decay": Option("layer-wise lr decay (1 = off)", min=0.0, max=1.0),
+    "warmup_epochs": Option("linear warm-up epochs before the cosine decay", min=0.0),
+    "label_smoothing": Option("label smoothing of the cross-entropy", min=0.0, max=1.0),
+    "balance": Option("class balancing: balanced sampling, class-weighted loss, or none",
+                      choices=("sampler", "loss", "none")),
+    "patience": Option("early stopping on val balanced accuracy: epochs without a better one", min=1, max=1000),
+    "seed": Option("seed of the split, the sampling and the initialisation", min=0),
+    "val_fraction": Option("fraction of the images (per class) used for validation", min=0.05, max=0.5),
+    "test_fraction": Option("fraction of the images held out for the test (ignored with --kfold: test = held-out "
+                            "fold)", min=0.0, max=0.5),
+    "num_workers": Option("DataLoader worker processes (none given: min(2, CPU count))", min=0),
+    "device": Option("cpu, cuda, cuda:1 (default: CUDA when present)"),
+})
+
+AUGMENT_OPTIONS = ConfigOptions(AugmentConfig, {
+    "vflip": Option("vertical flip probability (0 for ultrasound)", min=0.0, max=1.0),
+    "rotate_deg": Option("max rotation in degrees", min=0.0, max=180.0),
+})

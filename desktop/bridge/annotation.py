@@ -68,17 +68,11 @@ class MaskState:
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """Write a 0/255 8-bit PNG atomically (temp file + rename: a crash never leaves half a file)."""
-    from core.data import imageio
+    from PIL import Image
 
-    writer = getattr(imageio, "write_mask", None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if writer is not None:
-        writer(tmp, mask)
-    else:
-        from PIL import Image
-
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

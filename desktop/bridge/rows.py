@@ -4,12 +4,12 @@ listing. Kept free of Qt so the scan process (:mod:`desktop.bridge.scan_process`
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from core.data.walk import walk_folder
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -77,11 +77,7 @@ def _scalar_uncertainty(value) -> float | None:
 
 def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
     """{image_id: (predicted class, uncertainty)} of the newest run that stored predictions."""
-    try:
-        runs = store.list_runs()
-    except Exception:  # an older store without runs: no predictions
-        return {}
-    for run in reversed(runs):
+    for run in reversed(store.list_runs()):
         preds = store.predictions(run.id)
         if preds:
             return {p.image_id: (p.label, _scalar_uncertainty(p.uncertainty)) for p in preds}
@@ -89,9 +85,6 @@ def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
 
 
 def _mask_counts(store, ids: Iterable[int]) -> dict[int, int]:
-    bulk = getattr(store, "mask_counts", None)
-    if callable(bulk):
-        return dict(bulk())
     return {i: len(store.masks(i)) for i in ids}
 
 
@@ -103,10 +96,7 @@ def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
     """
     rows = store.images()
     labels = store.labels()
-    if masks or callable(getattr(store, "mask_counts", None)):
-        masks = _mask_counts(store, [r.id for r in rows])
-    else:
-        masks = {}
+    masks = _mask_counts(store, [r.id for r in rows]) if masks else {}
     preds = latest_predictions(store)
     items = []
     for n, r in enumerate(rows):
@@ -121,34 +111,10 @@ def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
 def quick_listing(root: Path) -> list[Item]:
     """Image files under ``root`` before the scan has read them, so thumbnails can start at once.
 
-    Only names are looked at (suffix, mask naming, hidden entries, like ``core.data.library``'s walk); the
-    scan that follows decides what really is an image. Sleeps a moment between folders so the UI
+    The same images as the scan that follows (:func:`core.data.walk.walk_folder`; nothing is decoded, so a
+    broken file still gets a row until the scan reports it). Sleeps a moment between folders so the UI
     thread gets Python's GIL when it asks for it.
     """
-    import time
-
-    from core.data.imageio import IMAGE_EXTENSIONS, is_mask_file
-
-    exts = {e.lower() for e in IMAGE_EXTENSIONS}
-    root_s = str(root)
-    found: list[str] = []
-    stack = [root_s]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for e in entries:
-            name = e.name
-            if name.startswith("."):
-                continue
-            if e.is_dir():
-                stack.append(e.path)
-            elif os.path.splitext(name)[1].lower() in exts and not is_mask_file(name):
-                found.append(e.path)
-        time.sleep(0.0005)
-    found.sort()
-    cut = len(root_s) + 1
-    return [Item(p, p[cut:].replace(os.sep, "/"), order=n) for n, p in enumerate(found)]
+    walk = walk_folder(root, pause_s=0.0005)
+    return [Item(str(path), walk.rel_path(path), n_masks=len(walk.masks.get(path, ())), order=n)
+            for n, path in enumerate(walk.images)]

@@ -23,11 +23,7 @@ META_KEY = "desktop.mae_checkpoint"
 def find_checkpoints(store) -> list[tuple[str, str]]:
     """(label, path) of MAE runs the store knows, newest first."""
     out = []
-    try:
-        runs = store.list_runs()
-    except Exception:
-        return out
-    for run in reversed(runs):
+    for run in reversed(store.list_runs()):
         method = str((run.config or {}).get("method", run.kind or "")).lower()
         if "mae" not in method and "mae" not in (run.kind or "").lower() and "mae" not in run.name.lower():
             continue

@@ -3,6 +3,9 @@
 Each dialog edits one plain dict (the run's stored config, see :data:`core.project.runs.JOB_KINDS`),
 remembers the last values per project-independent key in the desktop settings, shows the compute device
 (CPU / CUDA) and lets the user pick it. :meth:`JobDialog.request` returns ``(kind, name, config)``.
+Defaults, ranges and tool tips of the training options come from the config dataclasses
+(``core.train.config.FINETUNE_OPTIONS``, ``core.pretrain.config.TRAIN_OPTIONS``) and the MAE defaults from
+the method (``default_options``), like the CLI's.
 """
 
 from __future__ import annotations
@@ -171,7 +174,6 @@ class JobDialog(QtWidgets.QDialog):
 # ---------------------------------------------------------------------------------------------- pretrain
 class TrainingDialog(JobDialog):
     """Pretraining and fine-tuning share the model and schedule rows (and their remembered values)."""
-    default_epochs, default_batch = 30, 32
     tiny_text = "test-size model (smoke tests only)"
 
     def __init__(self, project, settings=None, parent=None):
@@ -179,11 +181,28 @@ class TrainingDialog(JobDialog):
         self.backbone = QtWidgets.QComboBox()
         self.backbone.setEditable(True)
         self.backbone.addItems(BACKBONES)
+        self.backbone.setToolTip(self.options()["backbone"].help)
         self.tiny = QtWidgets.QCheckBox(self.tiny_text)
-        self.image_size = self.spin(32, 1024, 224, 32)
-        self.epochs = self.spin(1, 10000, self.default_epochs)
-        self.batch = self.spin(1, 4096, self.default_batch)
-        self.lr = self.spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
+        self.image_size = self.option_spin("image_size", 32)
+        self.epochs = self.option_spin("epochs")
+        self.batch = self.option_spin("batch_size")
+        self.lr = self.option_spin("lr", 1e-4, decimals=6)
+
+    def options(self):
+        """The run's :class:`core.train.options.ConfigOptions` (defaults, ranges, help)."""
+        raise NotImplementedError
+
+    def option_default(self, name: str):
+        return self.options()[name].default
+
+    def option_spin(self, name: str, step=1, decimals: int | None = None):
+        """A spin box with the option's range, default and help (as its tool tip)."""
+        spec = self.options()[name]
+        if spec.min is None or spec.max is None:
+            raise ValueError(f"option {name} needs a range to be shown in a spin box")
+        w = self.spin(spec.min, spec.max, spec.default, step, decimals)
+        w.setToolTip(spec.help)
+        return w
 
     def add_model_rows(self) -> None:
         f = self.form
@@ -195,12 +214,12 @@ class TrainingDialog(JobDialog):
         f.addRow("Learning rate", self.lr)
 
     def restore_model(self, v: dict) -> None:
-        self.backbone.setCurrentText(v.get("backbone", "convnext_atto"))
+        self.backbone.setCurrentText(v.get("backbone", self.option_default("backbone")))
         self.tiny.setChecked(bool(v.get("tiny", False)))
-        self.image_size.setValue(int(v.get("image_size", 224)))
-        self.epochs.setValue(int(v.get("epochs", self.default_epochs)))
-        self.batch.setValue(int(v.get("batch_size", self.default_batch)))
-        self.lr.setValue(float(v.get("lr", 5e-4)))
+        self.image_size.setValue(int(v.get("image_size", self.option_default("image_size"))))
+        self.epochs.setValue(int(v.get("epochs", self.option_default("epochs"))))
+        self.batch.setValue(int(v.get("batch_size", self.option_default("batch_size"))))
+        self.lr.setValue(float(v.get("lr", self.option_default("lr"))))
         self.set_device(v.get("device", ""))
 
     def model_values(self) -> dict:
@@ -213,7 +232,6 @@ class TrainingDialog(JobDialog):
 class PretrainDialog(TrainingDialog):
     kind = "pretrain"
     title = "Pretrain an encoder (self-supervised)"
-    default_epochs, default_batch = 100, 64
     tiny_text = "test-size model (a few thousand weights; smoke tests only)"
 
     def __init__(self, project, settings=None, parent=None):
@@ -221,12 +239,14 @@ class PretrainDialog(TrainingDialog):
         self.method = QtWidgets.QComboBox()
         for label, name, extra in method_entries():
             self.method.addItem(label, (name, extra))
-        self.mask_ratio = self.spin(0.05, 0.95, 0.6, 0.05, decimals=2)
+        mae = self.mae_defaults()
+        self.mask_ratio = self.spin(0.05, 0.95, mae["mask_ratio"], 0.05, decimals=2)
         self.entropy_mode = QtWidgets.QComboBox()
         for label, v in (("high entropy first", "high"), ("low entropy first", "low"), ("random (plain MAE)", "random")):
             self.entropy_mode.addItem(label, v)
-        self.tau = self.spin(0.01, 100.0, 1.0, 0.1, decimals=2)
-        self.eps = self.spin(0.0, 1.0, 0.1, 0.05, decimals=2)
+        self.entropy_mode.setCurrentIndex(self.entropy_mode.findData(mae["entropy_mode"]))
+        self.tau = self.spin(0.01, 100.0, mae["tau"], 0.1, decimals=2)
+        self.eps = self.spin(0.0, 1.0, mae["eps"], 0.05, decimals=2)
         self.mae_box = QtWidgets.QGroupBox("Masking (MAE)")
         mf = QtWidgets.QFormLayout(self.mae_box)
         mf.addRow("Mask ratio", self.mask_ratio)
@@ -245,16 +265,29 @@ class PretrainDialog(TrainingDialog):
         self.note.setText(f"Trains on every image of {folder} (labels are not used). "
                           "Cancel saves a checkpoint; Resume continues it." if folder else "")
 
+    def options(self):
+        from core.pretrain.config import TRAIN_OPTIONS
+
+        return TRAIN_OPTIONS
+
+    @staticmethod
+    def mae_defaults() -> dict:
+        from core.pretrain import get_method
+
+        return get_method("mae").default_options()
+
     def _restore(self) -> None:
         v = self.remembered()
+        mae = self.mae_defaults()
         i = self.method.findText(v.get("method_label", METHOD_LABELS["mae"]))
         if i >= 0:
             self.method.setCurrentIndex(i)
         self.restore_model(v)
-        self.mask_ratio.setValue(float(v.get("mask_ratio", 0.6)))
-        self.entropy_mode.setCurrentIndex(max(0, self.entropy_mode.findData(v.get("entropy_mode", "high"))))
-        self.tau.setValue(float(v.get("tau", 1.0)))
-        self.eps.setValue(float(v.get("eps", 0.1)))
+        self.mask_ratio.setValue(float(v.get("mask_ratio", mae["mask_ratio"])))
+        self.entropy_mode.setCurrentIndex(max(0, self.entropy_mode.findData(v.get("entropy_mode",
+                                                                                  mae["entropy_mode"]))))
+        self.tau.setValue(float(v.get("tau", mae["tau"])))
+        self.eps.setValue(float(v.get("eps", mae["eps"])))
         if v.get("name"):
             self.name.setText(v["name"])
             self.name.setModified(True)
@@ -331,9 +364,9 @@ class FinetuneDialog(TrainingDialog):
                                       r.run_dir)
         if self.pretrain_run.count() == 0:
             self.pretrain_run.addItem("(no finished pretraining run yet)", "")
-        self.val_fraction = self.spin(0.05, 0.5, 0.15, 0.05, decimals=2)
-        self.test_fraction = self.spin(0.0, 0.5, 0.15, 0.05, decimals=2)
-        self.patience = self.spin(1, 1000, 8)
+        self.val_fraction = self.option_spin("val_fraction", 0.05, decimals=2)
+        self.test_fraction = self.option_spin("test_fraction", 0.05, decimals=2)
+        self.patience = self.option_spin("patience")
         box = QtWidgets.QGroupBox("Initial weights")
         bl = QtWidgets.QGridLayout(box)
         bl.addWidget(self.init_imagenet, 0, 0)
@@ -358,15 +391,20 @@ class FinetuneDialog(TrainingDialog):
                           "class, grouped by case) in the project as \"default\"; later runs reuse it, so ensemble "
                           "members are tested on the same images (the fractions apply only when no split is saved).")
 
+    def options(self):
+        from core.train.config import FINETUNE_OPTIONS
+
+        return FINETUNE_OPTIONS
+
     def _restore(self) -> None:
         v = self.remembered()
         init = v.get("init", "pretrained" if self.pretrain_run.currentData() else "random")
         {"imagenet": self.init_imagenet, "pretrained": self.init_pretrained}.get(init, self.init_random).setChecked(True)
         self.weights_file.setText(v.get("weights_file", ""))
         self.restore_model(v)
-        self.val_fraction.setValue(float(v.get("val_fraction", 0.15)))
-        self.test_fraction.setValue(float(v.get("test_fraction", 0.15)))
-        self.patience.setValue(int(v.get("patience", 8)))
+        self.val_fraction.setValue(float(v.get("val_fraction", self.option_default("val_fraction"))))
+        self.test_fraction.setValue(float(v.get("test_fraction", self.option_default("test_fraction"))))
+        self.patience.setValue(int(v.get("patience", self.option_default("patience"))))
         self.name.setText(v.get("name", "classifier"))
 
     def init_mode(self) -> str:

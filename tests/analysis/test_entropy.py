@@ -225,7 +225,7 @@ def _run_job(fn):
 
 
 def test_entropy_folder_job_writes_heatmaps_and_errors(image_folder, tmp_path):
-    from core.cli.entropy import entropy_folder_job
+    from core.analysis.entropy_maps import entropy_folder_job
 
     out = tmp_path / "out"
     result, events = _run_job(entropy_folder_job(image_folder, out, radius=3, cell=32, device="cpu"))
@@ -245,7 +245,7 @@ def test_entropy_folder_job_writes_heatmaps_and_errors(image_folder, tmp_path):
 
 
 def test_job_skips_its_own_output_inside_the_folder(image_folder):
-    from core.cli.entropy import entropy_folder_job
+    from core.analysis.entropy_maps import entropy_folder_job
 
     out = image_folder / "entropy"
     first, _ = _run_job(entropy_folder_job(image_folder, out, radius=2))
@@ -254,7 +254,7 @@ def test_job_skips_its_own_output_inside_the_folder(image_folder):
 
 
 def test_job_rejects_bad_arguments_before_running(image_folder, tmp_path):
-    from core.cli.entropy import entropy_folder_job
+    from core.analysis.entropy_maps import entropy_folder_job
 
     with pytest.raises(ValueError):
         entropy_folder_job(image_folder, tmp_path, bins=1)
@@ -267,7 +267,7 @@ def test_job_rejects_bad_arguments_before_running(image_folder, tmp_path):
 
 
 def test_images_sharing_a_stem_get_separate_outputs(tmp_path):
-    from core.cli.entropy import entropy_folder_job
+    from core.analysis.entropy_maps import entropy_folder_job
 
     folder = tmp_path / "data"
     folder.mkdir()
