@@ -74,15 +74,16 @@ def build_job(kind: str, config: dict, run_dir: Path, *, store=None, store_path:
                             calibrate=config.get("calibrate", True), device=config.get("device"))
     if kind == "predict":
         def predict_fn(ctx):
-            from core.inference.predict import predict_folder, store_predictions
+            from core.inference.predict import predict_folder
 
             out = run_dir / "predictions.csv"
             summary = predict_folder(config["folder"], out, ensemble=config["ensemble"], backend="torch",
                                      batch_size=config.get("batch_size"), num_workers=0,
-                                     device=config.get("device"), ctx=ctx)
+                                     device=config.get("device"), ctx=ctx,
+                                     store=store if config.get("store", True) else None, run_id=run_id)
             if store is not None and run_id is not None and config.get("store", True):
                 try:
-                    n = store_predictions(store, run_id, out, Path(config["folder"]))
+                    n = summary["stored"]
                 finally:
                     store.release_thread()
                 ctx.log(f"{n} predictions stored in the project")

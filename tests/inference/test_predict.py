@@ -164,7 +164,8 @@ def test_export_onnx_matches_torch(ensemble_file, folder, tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
     np.testing.assert_allclose(got_m, ref_m, atol=1e-5)
     out_t, out_o = tmp_path / "t.csv", tmp_path / "o.csv"
-    predict_folder(folder, out_t, ensemble=ensemble_file, num_workers=0, backend="torch")
+    predict_folder(folder, out_t, ensemble=ensemble_file, num_workers=0, backend="torch",
+                   precision="fp32")  # ONNX Runtime runs fp32; "auto" may pick bf16 on a CPU with AMX
     predict_folder(folder, out_o, onnx=path, num_workers=0)
     # backend="auto" exports once into a cache beside the ensemble file and reuses it
     out_a = tmp_path / "a.csv"
