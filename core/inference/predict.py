@@ -233,8 +233,8 @@ class OnnxEnsemble:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError("ONNX Runtime is not installed: pip install onnxruntime "
-                               "(or medssl-studio[onnx])") from None
+            raise RuntimeError("ONNX Runtime is missing from this install (a dependency of medssl-studio): "
+                               "pip install onnx onnxruntime") from None
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -468,7 +468,7 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
 
     ``backend``: ``torch`` (eager PyTorch), ``onnx`` (export once, cached beside the ensemble file, then
     ONNX Runtime) or ``auto`` (ONNX Runtime on a CPU: about 1.1x the batched PyTorch path for
-    ConvNeXt-Tiny on the 2-core CI CPU; PyTorch on a GPU, or for bf16).
+    ConvNeXt-Tiny on the 2-core CI CPU; PyTorch on a GPU, for bf16, or where onnxruntime has no wheel).
     ``batch_size`` None = 4 on a CPU (ConvNeXt-Tiny's activations of 4 images stay in cache: 0.73 of the
     sgemm peak vs 0.67 at 16, bench/predict.py), 32 on a GPU. ``store`` and ``run_id`` (both): also keep the
     ok rows as the run's typed predictions in the project store."""

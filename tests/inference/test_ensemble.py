@@ -153,3 +153,26 @@ def test_ensemble_module_normalises_per_member():
     torch.testing.assert_close(mem[0], ref1)
     torch.testing.assert_close(mem[1], ref2)
     torch.testing.assert_close(p, (ref1 + ref2) / 2)
+
+
+def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_path, capsys):
+    """evaluate_ensemble returns an EnsembleReport (per-image arrays as fields, no side channel in the
+    report); the JSON report written by `medssl ensemble` is its to_dict()."""
+    from core.cli import main
+    from core.inference.ensemble import EnsembleReport
+
+    spec = create_spec(tmp_path / "ens.json", [runs / "a", runs / "b"], names=["A", "B"], weights=[1, 3])
+    rep = evaluate_ensemble(spec)
+    assert isinstance(rep, EnsembleReport)
+    n = rep.n
+    assert rep.labels_n.shape == (n,) and rep.probs_nc.shape == (n, 3) and rep.member_probs_mnc.shape == (2, n, 3)
+    np.testing.assert_allclose(rep.probs_nc, combine(rep.member_probs_mnc, [1, 3]))
+    assert rep.mean_js == pytest.approx(float(js_divergence(rep.member_probs_mnc, [1, 3]).mean()))
+    d = rep.to_dict()
+    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty"}
+    assert [m["name"] for m in d["members"]] == ["A", "B"] and set(d["ensemble"]) == {"before", "after"}
+    json.dumps(d)
+    assert main(["ensemble", str(tmp_path / "ens.json"), "--report", str(tmp_path / "r.json")]) == 0
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert set(written) == set(d) and written["n"] == n and "_probs" not in written
+    assert "A: T=" in capsys.readouterr().out
