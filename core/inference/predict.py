@@ -436,18 +436,18 @@ class _StoreSink:
     skipped."""
 
     def __init__(self, store, run_id: int, folder: Path, classes: Sequence[str], names: Sequence[str]):
-        self.store, self.run_id, self.classes, self.names = store, run_id, list(classes), list(names)
+        self.store, self.run_id, self.folder = store, run_id, folder
+        self.classes, self.names = list(classes), list(names)
         images = store.images()
-        by_abs = {str(Path(im.abs_path)): im.id for im in images}
-        self.image_id = {im.rel_path: im.id for im in images}
-        self.folder, self.by_abs = folder, by_abs
+        self.by_rel = {im.rel_path: im.id for im in images}
+        self.by_abs = {str(Path(im.abs_path)): im.id for im in images}
         self.stored = 0
 
     def __call__(self, rel: Sequence[str], ens: np.ndarray, members: np.ndarray, ent: np.ndarray,
                  js: np.ndarray) -> None:
         keep, ids = [], []
         for i, r in enumerate(rel):
-            image_id = self.image_id.get(r) or self.by_abs.get(str(self.folder / r))
+            image_id = self.by_rel.get(r) or self.by_abs.get(str(self.folder / r))
             if image_id is not None:
                 keep.append(i)
                 ids.append(image_id)

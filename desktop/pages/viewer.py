@@ -451,11 +451,7 @@ class ViewerPage(QtWidgets.QWidget):
         chosen = store.get_meta(self.CAM_META)
         if chosen and Path(chosen).exists():
             return chosen
-        try:
-            runs = store.list_runs()
-        except Exception:
-            return None
-        for run in reversed(runs):
+        for run in reversed(store.list_runs()):
             value = run.config.get("ensemble")   # predict runs name their ensemble file under this key
             if value and Path(value).is_file() and store.has_predictions(run.id):
                 return value

@@ -276,14 +276,11 @@ def test_parts_of_an_interrupted_torchrun_run_are_merged_once(ensemble_file, fol
         assert r["status"] == by_path[r["path"]]["status"] and r["prob_benign"] == by_path[r["path"]]["prob_benign"]
 
 
-def _torchrun_predict(folder: Path, ensemble: Path, out: Path, *extra: str, timeout: float = 300) -> str:
-    """`medssl predict` under torchrun with 2 gloo processes on the CPU; the whole process group is killed
-    if it runs past ``timeout``."""
+def _run_group(cmd: list[str], timeout: float = 300) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group (torchrun and its workers); kill the whole group if it runs past
+    ``timeout``."""
     import os
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "core.cli",
-           "predict", str(folder), "--ensemble", str(ensemble), "--out", str(out), "--backend", "torch",
-           "--precision", "fp32", "--workers", "0", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -292,8 +289,19 @@ def _torchrun_predict(folder: Path, ensemble: Path, out: Path, *extra: str, time
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(f"torchrun prediction ran past {timeout} s:\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+        pytest.fail(f"{cmd[:6]} ran past {timeout} s:\n{output[-4000:]}")
+    return proc.returncode, output
+
+
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def _torchrun_predict(folder: Path, ensemble: Path, out: Path, *extra: str) -> str:
+    """`medssl predict` under torchrun with 2 gloo processes on the CPU."""
+    rc, output = _run_group(TORCHRUN_2 + ["-m", "core.cli", "predict", str(folder), "--ensemble", str(ensemble),
+                                          "--out", str(out), "--backend", "torch", "--precision", "fp32",
+                                          "--workers", "0", *extra])
+    assert rc == 0, output[-4000:]
     return output
 
 
@@ -327,3 +335,46 @@ def test_predict_under_torchrun_two_processes_one_merged_resumable_output(ensemb
             cols = [f"prob_{c}" for c in CLASSES] + [f"{n}_prob_{c}" for n in ("A", "B") for c in CLASSES]
             np.testing.assert_allclose([float(r[c]) for c in cols + ["entropy", "disagreement_js"]],
                                        [float(q[c]) for c in cols + ["entropy", "disagreement_js"]], atol=1e-5)
+
+
+_KILL_RANK1 = """
+import os, signal, sys
+from core.inference.predict import predict_folder
+
+class Ctx:   # rank 1 dies (SIGKILL) when asked for its third batch, after two were written
+    calls = 0
+    def check_cancelled(self):
+        Ctx.calls += 1
+        if os.environ["RANK"] == "1" and Ctx.calls == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def progress(self, *a, **k):
+        pass
+    def log(self, msg):
+        pass
+
+predict_folder(sys.argv[1], sys.argv[2], ensemble=sys.argv[3], backend="torch", precision="fp32", num_workers=0,
+               batch_size=2, ctx=Ctx())
+"""
+
+
+@pytest.mark.slow   # three torchrun launches
+def test_torchrun_prediction_survives_a_killed_rank(ensemble_file, folder, tmp_path):
+    """A rank killed mid-run leaves part files; the next torchrun run merges them into one complete OUT."""
+    from core.inference.predict import part_files
+
+    script = tmp_path / "kill_rank1.py"
+    script.write_text(_KILL_RANK1)
+    out = tmp_path / "two.csv"
+    rc, output = _run_group(TORCHRUN_2 + [str(script), str(folder), str(out), str(ensemble_file)])
+    assert rc != 0, output[-2000:]
+    parts = part_files(out)
+    assert parts and sum(len(_rows(p)) for p in parts) >= 4          # rank 1's two batches are kept
+    _torchrun_predict(folder, ensemble_file, out)
+    one = tmp_path / "one.csv"
+    predict_folder(folder, one, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0)
+    rows, ref = _rows(out), {r["path"]: r for r in _rows(one)}
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 26 and set(paths) == set(ref) and part_files(out) == []
+    for r in rows:
+        if r["status"] == "ok":
+            assert abs(float(r["prob_benign"]) - float(ref[r["path"]]["prob_benign"])) < 1e-5
