@@ -47,20 +47,18 @@ def _ensemble(args) -> int:
         if cv:
             return evaluate_ensemble_cv(spec, calibrate=not args.no_calibrate, data_root=args.data,
                                         device=args.device, ctx=ctx)
-        rep = evaluate_ensemble(spec, split=args.split, calibrate=not args.no_calibrate, data_root=args.data,
-                                device=args.device, ctx=ctx, per_image=args.per_image, cam_dir=args.cam,
-                                cam_limit=args.cam_limit)
-        rep.pop("_probs", None)
-        return rep
+        return evaluate_ensemble(spec, split=args.split, calibrate=not args.no_calibrate, data_root=args.data,
+                                 device=args.device, ctx=ctx, per_image=args.per_image, cam_dir=args.cam,
+                                 cam_limit=args.cam_limit)
 
     report = run_with_progress(Job("ensemble", fn))
     out = Path(args.report) if args.report else Path(args.ensemble).with_suffix(".report.json")
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report if cv else report.to_dict(), indent=1))
     print(format_table(report))
     if cv:
         print(f"\n{report['k']}-fold CV, mean ± std over folds (test = held-out fold)")
     else:
-        temps = ", ".join(f"{m['name']}: T={m['temperature']:.3f}" for m in report["members"])
-        print(f"\n{report['split']} split, n = {report['n']}; {temps}")
+        temps = ", ".join(f"{m.name}: T={m.temperature:.3f}" for m in report.members)
+        print(f"\n{report.split} split, n = {report.n}; {temps}")
     print(f"report: {out}")
     return 0

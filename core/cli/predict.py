@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from core.cli import run_with_progress
 
@@ -20,7 +21,9 @@ def _register_predict(subparsers) -> None:
                     "--out (.csv, or .jsonl for JSON lines): predicted class, ensemble and member "
                     "probabilities, predictive entropy, member disagreement (JS divergence). Rows already in "
                     "--out are skipped, so re-running after an interruption resumes. Unreadable files become "
-                    "rows with status=error and the reason.")
+                    "rows with status=error and the reason. Under torchrun (python -m torch.distributed.run "
+                    "--nproc-per-node N -m core.cli predict ...) each process takes its share of the files and "
+                    "the rows still end up in the one --out file.")
     p.add_argument("folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ensemble", help="ensemble file (calibrate it first with `medssl ensemble`)")
@@ -51,10 +54,13 @@ def _predict(args) -> int:
                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                       channels_last=args.channels_last, precision=args.precision, threads=args.threads,
                       limit=args.limit)
-    s = run_with_progress(job, quiet=args.quiet)
-    rate = f"{s['images_per_s']:.1f} images/s" if s["images_per_s"] else ""
-    print(f"{s['predicted']} predicted, {s['errors']} errors, {s['already_done']} already done; {rate} "
-          f"({s['backend']}, {s['precision']}) -> {s['out']}")
+    first_rank = int(os.environ.get("RANK", "0")) == 0   # under torchrun, rank 0 speaks for all
+    s = run_with_progress(job, quiet=args.quiet or not first_rank)
+    if first_rank:
+        rate = f"{s['images_per_s']:.1f} images/s" if s["images_per_s"] else ""
+        ranks = f", {s['world_size']} processes" if s["world_size"] > 1 else ""
+        print(f"{s['predicted']} predicted, {s['errors']} errors, {s['already_done']} already done; {rate} "
+              f"({s['backend']}, {s['precision']}{ranks}) -> {s['out']}")
     return 0
 
 
@@ -64,8 +70,7 @@ def _register_export(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Write normalisation, all members, temperatures and averaging as one ONNX graph "
                     "(input 'image' [B, 3, S, S] in [0, 1]; outputs 'probs' and 'member_probs'), checked "
-                    "against PyTorch with ONNX Runtime. Run it with `medssl predict FOLDER --onnx FILE`. "
-                    "Needs the optional packages onnx and onnxruntime.")
+                    "against PyTorch with ONNX Runtime. Run it with `medssl predict FOLDER --onnx FILE`.")
     p.add_argument("ensemble")
     p.add_argument("--out", required=True, help="output .onnx")
     p.add_argument("--opset", type=int, default=17, help="17+ has LayerNormalization")

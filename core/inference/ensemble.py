@@ -30,7 +30,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
+from core.inference.logits import Inference, softmax
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ ENSEMBLE_FORMAT = "medssl-ensemble"
 
 __all__ = ["EnsembleMember", "EnsembleSpec", "EnsembleModel", "LoadedEnsemble", "load_spec", "create_spec",
            "load_ensemble", "fit_temperature", "combine", "predictive_entropy", "js_divergence", "grad_cam",
-           "cam_overlay", "cam_for_file", "evaluate_ensemble", "evaluate_ensemble_cv", "format_table", "softmax"]
+           "cam_overlay", "cam_for_file", "CamResult", "evaluate_ensemble", "evaluate_ensemble_cv", "EnsembleReport",
+           "MemberReport", "format_table", "softmax"]
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -136,13 +138,6 @@ def _relpath(target: Path, start: Path) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------------- maths
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 200) -> float:
     """Temperature T > 0 minimising the NLL of softmax(logits / T) (LBFGS on log T, float64)."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
@@ -183,8 +178,9 @@ class EnsembleModel(nn.Module):
                  stds: Sequence[Sequence[float]], temperatures: Sequence[float], weights: Sequence[float]):
         super().__init__()
         self.members = nn.ModuleList(models)
-        m = torch.tensor([list(x) for x in means], dtype=torch.float32).view(len(models), 1, 3, 1, 1)
-        s = torch.tensor([list(x) for x in stds], dtype=torch.float32).view(len(models), 1, 3, 1, 1)
+        # [M, 3, 1, 1]: 4-D, so .to(memory_format=torch.channels_last) accepts them; m[i] broadcasts on [B, 3, S, S]
+        m = torch.tensor([list(x) for x in means], dtype=torch.float32).view(len(models), 3, 1, 1)
+        s = torch.tensor([list(x) for x in stds], dtype=torch.float32).view(len(models), 3, 1, 1)
         self.register_buffer("mean", m, persistent=False)
         self.register_buffer("std", s, persistent=False)
         self.shared_norm = bool((m == m[0]).all() and (s == s[0]).all())
@@ -233,14 +229,20 @@ class LoadedEnsemble:
 
         return self.preprocess(load_rgb(path))
 
-    @torch.inference_mode()
-    def predict(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        ens, members = self.module(x.to(self.device))
-        return ens.cpu().numpy(), members.cpu().numpy()
+    def inference(self, *, precision: str | torch.dtype | None = "fp32", channels_last: bool | None = None,
+                  check_tol: float | None = None, log=None) -> Inference:
+        """The ensemble module as an :class:`Inference`: batch [B, 3, S, S] in [0, 1] (or uint8) ->
+        (ensemble probabilities [B, C], member probabilities [M, B, C])."""
+        return Inference(self.module, self.device, precision=precision, channels_last=channels_last,
+                         check_tol=check_tol, log=log)
 
-    def cam(self, x: torch.Tensor, target: int | None = None) -> dict[str, Any]:
+    def predict(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """fp32 (ensemble [B, C], members [M, B, C]) for images [B, 3, S, S] in [0, 1]."""
+        return self.inference()(x)
+
+    def cam(self, x: torch.Tensor, target: int | None = None) -> "CamResult":
         """Grad-CAM of every member for one image ``x`` [3, S, S] in [0, 1]; target = the ensemble's
-        predicted class unless given. Returns {'class', 'members': {name: [S, S]}, 'ensemble': [S, S]}."""
+        predicted class unless given."""
         x = x.to(self.device)[None]
         if target is None:
             ens, _ = self.predict(x)
@@ -253,11 +255,20 @@ class LoadedEnsemble:
         w = np.asarray(self.weights) / sum(self.weights)
         ens_map = sum(wi * m for wi, m in zip(w, maps.values()))
         peak = ens_map.max()
-        return {"class": self.classes[target], "class_index": target, "members": maps,
-                "ensemble": ens_map / peak if peak > 0 else ens_map}
+        return CamResult(self.classes[target], target, maps, ens_map / peak if peak > 0 else ens_map)
 
 
-def cam_for_file(ens: "LoadedEnsemble", path: str | Path, target: int | None = None) -> dict[str, Any]:
+@dataclass
+class CamResult:
+    """Grad-CAM of one image: the explained class, each member's map and the weighted ensemble map
+    (each [H, W] float32 in [0, 1])."""
+    class_name: str
+    class_index: int
+    members: dict[str, np.ndarray]
+    ensemble: np.ndarray
+
+
+def cam_for_file(ens: "LoadedEnsemble", path: str | Path, target: int | None = None) -> CamResult:
     """Grad-CAM heatmaps for one image file at the file's own resolution (for the viewer): like
     :meth:`LoadedEnsemble.cam`, with every map resized to [H, W] of the original image (float32, 0..1)."""
     from core.data.transforms import load_rgb
@@ -270,9 +281,8 @@ def cam_for_file(ens: "LoadedEnsemble", path: str | Path, target: int | None = N
         t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp_(0, 1).numpy()
 
-    out["members"] = {k: up(v) for k, v in out["members"].items()}
-    out["ensemble"] = up(out["ensemble"])
-    return out
+    return CamResult(out.class_name, out.class_index, {k: up(v) for k, v in out.members.items()},
+                     up(out.ensemble))
 
 
 def load_ensemble(spec: EnsembleSpec | str | Path, device: str | torch.device | None = None,
@@ -358,12 +368,12 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
     return (img.astype(np.float32) * (1 - alpha) + heat * alpha).astype(np.uint8)
 
 
-def save_cam_png(path: Path, x01: torch.Tensor, cam: dict[str, Any]) -> None:
+def save_cam_png(path: Path, x01: torch.Tensor, cam: CamResult) -> None:
     """One PNG: the input, then each member's Grad-CAM, then the ensemble's, side by side."""
     from PIL import Image
 
     img = (x01.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-    tiles = [img] + [cam_overlay(img, m) for m in cam["members"].values()] + [cam_overlay(img, cam["ensemble"])]
+    tiles = [img] + [cam_overlay(img, m) for m in cam.members.values()] + [cam_overlay(img, cam.ensemble)]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
 
@@ -371,7 +381,7 @@ def save_cam_png(path: Path, x01: torch.Tensor, cam: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------------------- evaluation
 def _member_logits(ckpt: Path, rel_paths: Sequence[str], root: Path, part: str, device, ctx=None,
                    batch_size: int = 32) -> np.ndarray:
-    """Logits of one checkpoint on images (cached ``logits_<part>.csv`` of its run when it matches)."""
+    """fp32 logits of one checkpoint on images (cached ``logits_<part>.csv`` of its run when it matches)."""
     from core.train.finetune import load_classifier
     from core.inference.logits import read_logits
 
@@ -385,20 +395,60 @@ def _member_logits(ckpt: Path, rel_paths: Sequence[str], root: Path, part: str, 
 
     model, cfg = load_classifier(ckpt, device)
     tf = eval_transform(int(cfg["image_size"]), cfg["mean"], cfg["std"], cfg.get("interpolation", "bicubic"))
-    out = []
-    with torch.inference_mode():
+    run = Inference(model, device, precision="fp32", channels_last=False)
+
+    def batches():
         for i in range(0, len(rel_paths), batch_size):
             if ctx is not None:
                 ctx.check_cancelled()
-            x = torch.stack([tf(load_rgb(root / r)) for r in rel_paths[i:i + batch_size]]).to(device)
-            out.append(model(x).float().cpu().numpy())
+            yield torch.stack([tf(load_rgb(root / r)) for r in rel_paths[i:i + batch_size]])
+
+    out = list(run.over(batches()))
     return np.concatenate(out) if out else np.zeros((0, len(cfg["classes"])), np.float32)
+
+
+@dataclass
+class MemberReport:
+    name: str
+    checkpoint: str
+    weight: float
+    temperature: float
+    before: dict          # classification_metrics before calibration
+    after: dict           # ... and after (logits / temperature)
+
+
+@dataclass
+class EnsembleReport:
+    """What :func:`evaluate_ensemble` measured: metrics of the members and the ensemble before/after
+    calibration, and the per-image arrays they came from (labels [N], ensemble [N, C], members [M, N, C],
+    calibrated). :meth:`to_dict` is the JSON report file (no arrays)."""
+    split: str
+    classes: list[str]
+    members: list[MemberReport]
+    ensemble_before: dict
+    ensemble_after: dict
+    mean_entropy: float | None
+    mean_js: float | None
+    paths: list[str]
+    labels_n: np.ndarray
+    probs_nc: np.ndarray
+    member_probs_mnc: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(len(self.labels_n))
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "n": self.n, "classes": self.classes,
+                "members": [asdict(m) for m in self.members],
+                "ensemble": {"before": self.ensemble_before, "after": self.ensemble_after},
+                "uncertainty": {"mean_entropy": self.mean_entropy, "mean_js": self.mean_js}}
 
 
 def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: bool = True,
                       data_root: str | Path | None = None, device=None, ctx=None, save: bool = True,
                       per_image: str | Path | None = None, cam_dir: str | Path | None = None,
-                      cam_limit: int = 32) -> dict:
+                      cam_limit: int = 32) -> EnsembleReport:
     """Calibrate each member on its validation split, evaluate members and ensemble on ``split`` of the
     members' runs, before and after calibration. Temperatures are written back to the file (``save``)."""
     from core.train.finetune import read_split, resolve_checkpoint
@@ -421,7 +471,7 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                              f"fine-tune the members on the same split (with --project they share the split saved in "
                              f"the store; with a folder, the same labels, seed and fractions or folds)")
     rel = [r for r, _ in eval_items]
-    y = np.asarray([classes.index(lbl) for _, lbl in eval_items])
+    y = np.asarray([classes.index(lbl) for _, lbl in eval_items], dtype=np.int64)
     member_rows, logits_eval, temps = [], [], []
     for k, (m, ck, s) in enumerate(zip(spec.members, ckpts, splits)):
         root = Path(data_root) if data_root else Path(s["root"])
@@ -440,18 +490,17 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                 log.warning("member %s has no validation split: not calibrated", m.name)
         logits_eval.append(lg)
         temps.append(t)
-        member_rows.append({"name": m.name, "checkpoint": str(ck), "weight": m.weight, "temperature": t,
-                            "before": classification_metrics(y, softmax(lg), classes),
-                            "after": classification_metrics(y, softmax(lg, t), classes)})
+        member_rows.append(MemberReport(m.name, str(ck), m.weight, t, classification_metrics(y, softmax(lg), classes),
+                                        classification_metrics(y, softmax(lg, t), classes)))
     weights = [m.weight for m in spec.members]
     before = np.stack([softmax(lg) for lg in logits_eval])
     after = np.stack([softmax(lg, t) for lg, t in zip(logits_eval, temps)])
     ens_after = combine(after, weights)
-    report = {"split": part, "n": int(len(y)), "classes": classes, "members": member_rows,
-              "ensemble": {"before": classification_metrics(y, combine(before, weights), classes),
-                           "after": classification_metrics(y, ens_after, classes)},
-              "uncertainty": {"mean_entropy": float(predictive_entropy(ens_after).mean()) if len(y) else None,
-                              "mean_js": float(js_divergence(after, weights).mean()) if len(y) else None}}
+    report = EnsembleReport(
+        part, list(classes), member_rows, classification_metrics(y, combine(before, weights), classes),
+        classification_metrics(y, ens_after, classes),
+        float(predictive_entropy(ens_after).mean()) if len(y) else None,
+        float(js_divergence(after, weights).mean()) if len(y) else None, rel, y, ens_after, after)
     if calibrate and save and spec.path is not None:
         spec.save()
     if per_image:
@@ -465,7 +514,6 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
             cam = ens.cam(x)
             out = Path(cam_dir) / (Path(r).with_suffix("").as_posix().replace("/", "__") + "_cam.png")
             save_cam_png(out, x, cam)
-    report["_probs"] = (y, ens_after, after)   # for CV pooling; dropped before writing
     return report
 
 
@@ -502,11 +550,10 @@ def evaluate_ensemble_cv(spec: EnsembleSpec, *, calibrate: bool = True, data_roo
                                   zip(spec.members, dirs)], None)
         rep = evaluate_ensemble(fold_spec, calibrate=calibrate, data_root=data_root, device=device, ctx=ctx,
                                 save=False)
-        y, ens, mem = rep.pop("_probs")
-        pooled_y.append(y)
-        pooled_ens.append(ens)
-        pooled_mem.append(mem)
-        folds.append(rep)
+        pooled_y.append(rep.labels_n)
+        pooled_ens.append(rep.probs_nc)
+        pooled_mem.append(rep.member_probs_mnc)
+        folds.append(rep.to_dict())
     classes = folds[0]["classes"]
     names = [m.name for m in spec.members]
     rows: dict[str, dict] = {}
@@ -520,8 +567,6 @@ def evaluate_ensemble_cv(spec: EnsembleSpec, *, calibrate: bool = True, data_roo
     mem = np.concatenate(pooled_mem, axis=1)
     pooled = {name: classification_metrics(y, mem[i], classes) for i, name in enumerate(names)}
     pooled["ensemble"] = classification_metrics(y, np.concatenate(pooled_ens), classes)
-    for fr in folds:
-        fr.pop("_probs", None)
     return {"k": k, "classes": classes, "members": names, "mean_std": rows, "pooled_after": pooled,
             "folds": folds}
 
@@ -534,19 +579,20 @@ def _fmt(v) -> str:
     return f"{v:.3f}"
 
 
-def format_table(report: dict, keys: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1",
-                                                      "roc_auc_ovr", "ece")) -> str:
-    """Markdown table: one row per member and the ensemble, before / after calibration."""
+def format_table(report: EnsembleReport | dict, keys: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1",
+                                                                     "roc_auc_ovr", "ece")) -> str:
+    """Markdown table: one row per member and the ensemble, before / after calibration (an
+    :class:`EnsembleReport`, or the mean ± std dict of :func:`evaluate_ensemble_cv`)."""
     head = "| model | calibration | " + " | ".join(keys) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 2)]
-    if "mean_std" in report:
-        for name, row in report["mean_std"].items():
-            for stage in ("before", "after"):
-                lines.append(f"| {name} | {stage} | " + " | ".join(_fmt(row[stage].get(k)) for k in keys) + " |")
+    if isinstance(report, EnsembleReport):
+        rows = {m.name: {"before": m.before, "after": m.after} for m in report.members}
+        rows["ensemble"] = {"before": report.ensemble_before, "after": report.ensemble_after}
     else:
-        for r in report["members"] + [{"name": "ensemble", **report["ensemble"]}]:
-            for stage in ("before", "after"):
-                lines.append(f"| {r['name']} | {stage} | " + " | ".join(_fmt(r[stage].get(k)) for k in keys) + " |")
+        rows = report["mean_std"]
+    for name, row in rows.items():
+        for stage in ("before", "after"):
+            lines.append(f"| {name} | {stage} | " + " | ".join(_fmt(row[stage].get(k)) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -562,8 +608,7 @@ def ensemble_job(members: Sequence[str | Path], run_dir: str | Path, *, names: S
         path = run_dir / "ensemble.json"
         spec = create_spec(path, members, names=names or None)
         rep = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
-                                per_image=run_dir / "per_image.csv")
-        rep.pop("_probs", None)
+                                per_image=run_dir / "per_image.csv").to_dict()
         (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=float))
         ctx.log(f"ensemble of {len(spec.members)} written to {path}")
         return {**rep, "ensemble_file": str(path)}

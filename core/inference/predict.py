@@ -16,16 +16,28 @@ NCHW kernels are faster for ConvNeXt, so the default is ``auto``); bf16 autocast
 against fp32 (falls back to fp32 when probabilities move by more than ``bf16_tol``). ``export_onnx``
 writes the whole ensemble (normalisation, members, temperatures, averaging) as one ONNX graph that
 ``predict_folder(onnx=...)`` runs with ONNX Runtime.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes every WORLD_SIZE-th file of the sorted list of
+files still to do, writes its rows to its own part file beside OUT (``OUT.rank<R>.part``, fsynced per
+batch), and rank 0 appends the parts to OUT in listing order at the end. Parts left by a killed run are
+merged first on the next run (rows already in OUT skipped, cut last lines dropped), so OUT stays one file
+that resumes without duplicate or missing rows. Each rank runs on ``cuda:LOCAL_RANK`` when there are GPUs.
+
+With ``store`` and ``run_id``, every batch's ok rows also go to the project store as typed records
+(:meth:`core.project.store.ProjectStore.add_prediction_arrays`, one transaction per batch, before the file
+row, so a resumed run never misses one).
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import logging
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,13 +46,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble, predictive_entropy
+from core.inference.logits import to_unit_float
 from core.data.transforms import load_8bit, resize_pil
 from core.data.walk import walk_folder
 
 log = logging.getLogger(__name__)
 
 __all__ = ["list_images", "predict_folder", "export_onnx", "OnnxEnsemble", "predict_job", "output_columns",
-           "cached_onnx_path", "has_onnxruntime", "parse_prediction_header", "store_predictions"]
+           "cached_onnx_path", "has_onnxruntime", "part_files"]
 
 CPU_BATCH_SIZE = 4   # measured best on the 2-core CI CPU for ConvNeXt-Tiny at 224 px (bench/predict.py)
 
@@ -86,11 +99,6 @@ def _collate(items):
             batch[k] = a if a.ndim == 2 else a.transpose(2, 0, 1)          # grey broadcasts to 3 channels
         batch = torch.from_numpy(batch)
     return [i for i, _ in ok], batch, errors
-
-
-def to_unit_float(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, S, S] -> float32 in [0, 1], exactly as torchvision's ToTensor (x / 255)."""
-    return torch.from_numpy(batch.numpy().astype(np.float32) / np.float32(255.0))
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -151,10 +159,8 @@ def _read_done(path: Path, fmt: str, columns: list[str]) -> set[str]:
 
 
 class _Writer:
-    def __init__(self, path: Path, fmt: str, columns: list[str], classes: Sequence[str], names: Sequence[str],
-                 weights: Sequence[float]):
+    def __init__(self, path: Path, fmt: str, columns: list[str], classes: Sequence[str], names: Sequence[str]):
         self.path, self.fmt, self.columns, self.classes, self.names = path, fmt, columns, list(classes), list(names)
-        self.weights = list(weights)
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists() or path.stat().st_size == 0
         self.fh = open(path, "a", newline="", encoding="utf-8")
@@ -162,13 +168,11 @@ class _Writer:
             csv.writer(self.fh).writerow(columns)
             self.commit()
 
-    def rows(self, rel: Sequence[str], ens: np.ndarray | None, members: np.ndarray | None,
-             errors: Sequence[tuple[str, str]]) -> None:
+    def rows(self, rel: Sequence[str], ens: np.ndarray | None, members: np.ndarray | None, ent: np.ndarray | None,
+             js: np.ndarray | None, errors: Sequence[tuple[str, str]]) -> None:
         buf = io.StringIO()
         w = csv.writer(buf) if self.fmt == "csv" else None
         if ens is not None and len(rel):
-            ent = predictive_entropy(ens)
-            js = js_divergence(members, self.weights)
             for i, r in enumerate(rel):
                 pred = self.classes[int(ens[i].argmax())]
                 if w is not None:
@@ -198,63 +202,6 @@ class _Writer:
 
 
 # ---------------------------------------------------------------------------------------------- runners
-class _TorchRunner:
-    def __init__(self, ens: LoadedEnsemble, *, channels_last: bool | None, precision: str, bf16_tol: float,
-                 log_fn):
-        from core.models.backbones import autocast_dtype
-
-        self.ens = ens
-        self.device = ens.device
-        if channels_last is None:
-            channels_last = self.device.type == "cuda"
-        self.channels_last = channels_last
-        if channels_last:
-            ens.module.to(memory_format=torch.channels_last)
-        if precision == "auto":
-            self.amp = autocast_dtype(self.device)
-        elif precision == "bf16":
-            self.amp = torch.bfloat16
-        else:
-            self.amp = None
-        self.bf16_tol = bf16_tol
-        self.checked = self.amp is None
-        self.log = log_fn
-        self.max_prob_diff_vs_fp32: float | None = None
-
-    def _run(self, x: torch.Tensor, amp) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            ens, mem = self.ens.module(x)
-        return ens.float(), mem.float()
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        if x.dtype == torch.uint8:
-            x = to_unit_float(x)
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if not self.checked:
-            ref = self._run(x, None)
-            low = self._run(x, self.amp)
-            diff = float((ref[1] - low[1]).abs().max())
-            self.max_prob_diff_vs_fp32 = diff
-            self.checked = True
-            if diff > self.bf16_tol:
-                self.log(f"{self.amp} changes probabilities by up to {diff:.4f} (> {self.bf16_tol}): using fp32")
-                self.amp = None
-                ens, mem = ref
-            else:
-                self.log(f"{self.amp} autocast: max probability change vs fp32 {diff:.2e} on the first batch")
-                ens, mem = low
-        else:
-            ens, mem = self._run(x, self.amp)
-        return ens.cpu().numpy(), mem.cpu().numpy()
-
-    @property
-    def precision(self) -> str:
-        return "fp32" if self.amp is None else str(self.amp).replace("torch.", "")
-
-
 class OnnxEnsemble:
     """An ensemble exported by :func:`export_onnx`, run with ONNX Runtime."""
 
@@ -262,8 +209,8 @@ class OnnxEnsemble:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError("ONNX Runtime is not installed: pip install onnxruntime "
-                               "(or medssl-studio[onnx])") from None
+            raise RuntimeError("ONNX Runtime is missing from this install (a dependency of medssl-studio): "
+                               "pip install onnx onnxruntime") from None
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -279,7 +226,7 @@ class OnnxEnsemble:
         self.image_size = int(meta["image_size"])
         self.interpolation = meta.get("interpolation", "bicubic")
         self.precision = "fp32 (onnxruntime)"
-        self.max_prob_diff_vs_fp32 = None
+        self.max_diff_vs_fp32 = None
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(x, torch.Tensor):
@@ -368,19 +315,139 @@ def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset
     return out
 
 
+# ------------------------------------------------------------------------------------------- torchrun
+class _Ranks:
+    """This process's place under torchrun (rank, world size, local rank); barriers and sums over gloo
+    (CPU tensors, also when the models run on GPUs)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self._owns_group = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                # ranks wait at the end for the slowest one: a long timeout, torchrun stops them all on a crash
+                dist.init_process_group("gloo", timeout=timedelta(hours=12))
+                self._owns_group = True
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum(self, *values: int) -> list[int]:
+        if self.world == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
+
+    def close(self) -> None:
+        if self._owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def part_files(out: str | Path) -> list[Path]:
+    """The per-rank part files of ``out`` (present while a torchrun prediction runs, or after a kill)."""
+    out = Path(out)
+    return sorted(out.parent.glob(glob.escape(out.name) + ".rank*.part"))
+
+
+def _part_rows(path: Path, fmt: str, columns: list[str]) -> list[tuple[str, str]]:
+    """(image path, serialised row with its newline) of every complete row of a part file."""
+    _repair_tail(path)
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        if fmt == "csv":
+            reader = csv.reader(fh)
+            if next(reader, None) not in (None, columns):
+                raise ValueError(f"{path} was written with other columns; remove it or choose another --out")
+            for row in reader:
+                if row:
+                    buf = io.StringIO()
+                    csv.writer(buf).writerow(row)
+                    rows.append((row[0], buf.getvalue()))
+        else:
+            rows = [(json.loads(line)["path"], line.strip() + "\n") for line in fh if line.strip()]
+    return rows
+
+
+def _merge_parts(out: Path, fmt: str, columns: list[str], order: Sequence[str]) -> int:
+    """Append the rows of ``out``'s part files that ``out`` lacks, in listing order, then delete the parts.
+    Safe to repeat after a kill at any point (rows already in ``out`` are skipped)."""
+    parts = part_files(out)
+    if not parts:
+        return 0
+    done = _read_done(out, fmt, columns)
+    position = {r: i for i, r in enumerate(order)}
+    new: dict[str, str] = {}
+    for part in parts:
+        for rel, text in _part_rows(part, fmt, columns):
+            if rel not in done:
+                new.setdefault(rel, text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = fmt == "csv" and (not out.exists() or out.stat().st_size == 0)
+    with open(out, "a", newline="", encoding="utf-8") as fh:
+        if header:
+            csv.writer(fh).writerow(columns)
+        fh.write("".join(new[r] for r in sorted(new, key=lambda r: (position.get(r, len(position)), r))))
+        fh.flush()
+        os.fsync(fh.fileno())
+    for part in parts:
+        part.unlink()
+    return len(new)
+
+
+class _StoreSink:
+    """Writes each batch's ok rows to the project store as typed records, matched to the store's images
+    by path relative to the predicted folder (or absolute path); rows of images outside the store are
+    skipped."""
+
+    def __init__(self, store, run_id: int, folder: Path, classes: Sequence[str], names: Sequence[str]):
+        self.store, self.run_id, self.folder = store, run_id, folder
+        self.classes, self.names = list(classes), list(names)
+        images = store.images()
+        self.by_rel = {im.rel_path: im.id for im in images}
+        self.by_abs = {str(Path(im.abs_path)): im.id for im in images}
+        self.stored = 0
+
+    def __call__(self, rel: Sequence[str], ens: np.ndarray, members: np.ndarray, ent: np.ndarray,
+                 js: np.ndarray) -> None:
+        keep, ids = [], []
+        for i, r in enumerate(rel):
+            image_id = self.by_rel.get(r) or self.by_abs.get(str(self.folder / r))
+            if image_id is not None:
+                keep.append(i)
+                ids.append(image_id)
+        if keep:
+            self.stored += self.store.add_prediction_arrays(self.run_id, ids, self.classes, self.names, ens[keep],
+                                                            members[:, keep], ent[keep], js[keep])
+
+
 # ------------------------------------------------------------------------------------------------ main
 def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsemble | str | Path | None = None,
                    onnx: "str | Path | OnnxEnsemble | None" = None, backend: str = "auto", fmt: str | None = None,
                    batch_size: int | None = None, num_workers: int | None = None, device: str | None = None,
                    channels_last: bool | None = None, precision: str = "auto", bf16_tol: float = 2e-2,
-                   threads: int | None = None, limit: int | None = None, ctx=None) -> dict:
-    """Classify every image under ``folder``; append rows to ``out``; return a summary dict.
+                   threads: int | None = None, limit: int | None = None, store=None, run_id: int | None = None,
+                   ctx=None) -> dict:
+    """Classify every image under ``folder``; append rows to ``out``; return a summary dict (totals over
+    all ranks under torchrun).
 
     ``backend``: ``torch`` (eager PyTorch), ``onnx`` (export once, cached beside the ensemble file, then
-    ONNX Runtime) or ``auto`` (ONNX Runtime on a CPU when onnx/onnxruntime are installed: about 1.1x the
-    batched PyTorch path for ConvNeXt-Tiny on the 2-core CI CPU; PyTorch otherwise, and always on a GPU).
+    ONNX Runtime) or ``auto`` (ONNX Runtime on a CPU: about 1.1x the batched PyTorch path for
+    ConvNeXt-Tiny on the 2-core CI CPU; PyTorch on a GPU, for bf16, or where onnxruntime has no wheel).
     ``batch_size`` None = 4 on a CPU (ConvNeXt-Tiny's activations of 4 images stay in cache: 0.73 of the
-    sgemm peak vs 0.67 at 16, bench/predict.py), 32 on a GPU."""
+    sgemm peak vs 0.67 at 16, bench/predict.py), 32 on a GPU. ``store`` and ``run_id`` (both): also keep the
+    ok rows as the run's typed predictions in the project store."""
     if backend not in ("auto", "torch", "onnx"):
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
     folder, out = Path(folder), Path(out)
@@ -394,47 +461,70 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
         else:
             log.info(msg)
 
-    if onnx is not None:
-        runner: Any = onnx if isinstance(onnx, OnnxEnsemble) else OnnxEnsemble(onnx, threads)
-        classes, names, weights = runner.classes, runner.names, runner.weights
-        size, interp = runner.image_size, runner.interpolation
-    else:
-        if ensemble is None:
-            raise ValueError("give an ensemble file (or an ONNX export)")
-        ens = ensemble if isinstance(ensemble, LoadedEnsemble) else load_ensemble(ensemble, device)
-        use_onnx = backend == "onnx" or (backend == "auto" and ens.device.type == "cpu" and has_onnxruntime()
-                                         and precision != "bf16")
-        if use_onnx:
-            path = cached_onnx_path(ens)
-            if not path.is_file():
-                say(f"exporting the ensemble to ONNX (once, checked against PyTorch): {path}")
-                export_onnx(ens, path)
-            runner = OnnxEnsemble(path, threads)
+    ranks = _Ranks()
+    try:
+        if device is None and ranks.world > 1 and torch.cuda.is_available():
+            device = f"cuda:{ranks.local_rank}"
+            torch.cuda.set_device(ranks.local_rank)
+        if onnx is not None:
+            runner: Any = onnx if isinstance(onnx, OnnxEnsemble) else OnnxEnsemble(onnx, threads)
+            classes, names, weights = runner.classes, runner.names, runner.weights
+            size, interp, on_gpu = runner.image_size, runner.interpolation, False
             backend = "onnx"
         else:
-            if threads and ens.device.type == "cpu":
-                torch.set_num_threads(threads)
-            runner = _TorchRunner(ens, channels_last=channels_last, precision=precision, bf16_tol=bf16_tol,
-                                  log_fn=say)
-            backend = "torch"
-        classes, names, weights = ens.classes, ens.names, ens.weights
-        size, interp = ens.image_size, ens.configs[0].get("interpolation", "bicubic")
+            if ensemble is None:
+                raise ValueError("give an ensemble file (or an ONNX export)")
+            ens = ensemble if isinstance(ensemble, LoadedEnsemble) else load_ensemble(ensemble, device)
+            on_gpu = ens.device.type == "cuda"
+            use_onnx = backend == "onnx" or (backend == "auto" and not on_gpu and precision != "bf16"
+                                             and has_onnxruntime())
+            if use_onnx:
+                path = cached_onnx_path(ens)
+                if ranks.rank == 0 and not path.is_file():
+                    say(f"exporting the ensemble to ONNX (once, checked against PyTorch): {path}")
+                    export_onnx(ens, path)
+                ranks.barrier()
+                runner = OnnxEnsemble(path, threads)
+                backend = "onnx"
+            else:
+                if threads and not on_gpu:
+                    torch.set_num_threads(threads)
+                runner = ens.inference(precision=precision, channels_last=channels_last, check_tol=bf16_tol,
+                                       log=say)
+                backend = "torch"
+            classes, names, weights = ens.classes, ens.names, ens.weights
+            size, interp = ens.image_size, ens.configs[0].get("interpolation", "bicubic")
+        return _predict_files(folder, out, fmt, runner, backend, classes, names, weights, size, interp,
+                              batch_size or (32 if backend == "torch" and on_gpu else CPU_BATCH_SIZE),
+                              num_workers, limit, store, run_id, ranks, say, ctx)
+    finally:
+        ranks.close()
 
-    if batch_size is None:
-        batch_size = 32 if onnx is None and backend == "torch" and ens.device.type == "cuda" else CPU_BATCH_SIZE
+
+def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, classes, names, weights, size: int,
+                   interp: str, batch_size: int, num_workers: int | None, limit: int | None, store, run_id,
+                   ranks: _Ranks, say, ctx) -> dict:
     columns = output_columns(classes, names)
     all_rel = list_images(folder)
+    if ranks.rank == 0:
+        merged = _merge_parts(out, fmt, columns, all_rel)     # left by an interrupted torchrun prediction
+        if merged:
+            say(f"{out}: {merged} rows of an interrupted run merged from its part files")
+    ranks.barrier()
     done = _read_done(out, fmt, columns)
     pending = [r for r in all_rel if r not in done]
     if limit is not None:
         pending = pending[:limit]
+    mine = pending[ranks.rank::ranks.world]
     total = len(all_rel)
     if done:
         say(f"{out}: {len(done)} images already done, {len(pending)} to go")
-    writer = _Writer(out, fmt, columns, classes, names, weights)
+    target = out if ranks.world == 1 else out.with_name(f"{out.name}.rank{ranks.rank}.part")
+    writer = _Writer(target, fmt, columns, classes, names)
+    sink = _StoreSink(store, run_id, folder, classes, names) if store is not None and run_id is not None else None
     if num_workers is None:
         num_workers = min(2, os.cpu_count() or 1)
-    loader = DataLoader(_FolderImages(folder, pending, size, interp), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_FolderImages(folder, mine, size, interp), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate,
                         prefetch_factor=2 if num_workers > 0 else None,
                         persistent_workers=False, pin_memory=False)
@@ -444,10 +534,14 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
         for idx, x, errors in loader:
             if ctx is not None:
                 ctx.check_cancelled()
-            ens_p = mem_p = None
+            rel = [mine[i] for i in idx]
+            ens_p = mem_p = ent = js = None
             if x is not None:
                 ens_p, mem_p = runner(x)
-            writer.rows([pending[i] for i in idx], ens_p, mem_p, [(pending[i], e) for i, e in errors])
+                ent, js = predictive_entropy(ens_p), js_divergence(mem_p, weights)
+                if sink is not None:
+                    sink(rel, ens_p, mem_p, ent, js)
+            writer.rows(rel, ens_p, mem_p, ent, js, [(mine[i], e) for i, e in errors])
             n_ok += len(idx)
             n_err += len(errors)
             if ctx is not None:
@@ -455,12 +549,21 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
                 ctx.progress(len(done) + n_ok + n_err, total, images_per_s=(n_ok + n_err) / max(dt, 1e-9))
     finally:
         writer.close()
+    stored = sink.stored if sink is not None else 0
+    ranks.barrier()
+    if ranks.world > 1:
+        if ranks.rank == 0:
+            _merge_parts(out, fmt, columns, all_rel)
+        n_ok, n_err, stored = ranks.sum(n_ok, n_err, stored)
+        ranks.barrier()
     dt = time.perf_counter() - t0
     summary = {"out": str(out), "format": fmt, "images_total": total, "already_done": len(done),
                "predicted": n_ok, "errors": n_err, "seconds": round(dt, 3),
                "images_per_s": (n_ok + n_err) / dt if dt > 0 else None, "precision": runner.precision,
-               "backend": "onnxruntime" if onnx is not None or backend == "onnx" else "torch",
-               "bf16_max_prob_diff": runner.max_prob_diff_vs_fp32}
+               "backend": "onnxruntime" if backend == "onnx" else "torch",
+               "bf16_max_prob_diff": runner.max_diff_vs_fp32, "rank": ranks.rank, "world_size": ranks.world}
+    if sink is not None:
+        summary["stored"] = stored
     say(f"predicted {n_ok} images ({n_err} errors) in {dt:.1f} s -> {out}")
     return summary
 
@@ -469,50 +572,3 @@ def predict_job(folder, out, **kwargs):
     from core.jobs import Job
 
     return Job("predict", lambda ctx: predict_folder(folder, out, ctx=ctx, **kwargs))
-
-
-def parse_prediction_header(header: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(classes, member names) from the header of a prediction CSV (see ``output_columns``)."""
-    classes = [c[len("prob_"):] for c in header if c.startswith("prob_")]
-    names: list[str] = []
-    for col in header:
-        if col.startswith("prob_"):
-            continue
-        for c in classes:
-            suffix = f"_prob_{c}"
-            if col.endswith(suffix):
-                name = col[:-len(suffix)]
-                if name not in names:
-                    names.append(name)
-                break
-    return classes, names
-
-
-def store_predictions(store, run_id: int, csv_path: str | Path, folder: str | Path) -> int:
-    """Keep the ok rows of a prediction CSV as the run's predictions in the project store (matched to the
-    store's images by path relative to ``folder``; rows of other images and error rows are skipped).
-
-    probs = {"ensemble": {class: p}, "members": {member: {class: p}}}; uncertainty = {"entropy": nats,
-    "disagreement": JS divergence in nats}; label = the predicted class. Returns the number stored."""
-    folder = Path(folder)
-    images = store.images()
-    by_rel = {im.rel_path: im.id for im in images}
-    by_abs = {str(Path(im.abs_path)): im.id for im in images}
-    rows = []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        classes, names = parse_prediction_header(reader.fieldnames or [])
-        for r in reader:
-            if r.get("status", "ok") not in ("ok", ""):
-                continue
-            rel = r["path"].replace("\\", "/")
-            image_id = by_rel.get(rel) or by_abs.get(str(folder / rel))
-            if image_id is None:
-                continue
-            ens = {c: float(r[f"prob_{c}"]) for c in classes}
-            members = {n: {c: float(r[f"{n}_prob_{c}"]) for c in classes} for n in names}
-            rows.append({"image_id": image_id, "label": r.get("predicted") or max(ens, key=ens.get),
-                         "probs": {"ensemble": ens, "members": members},
-                         "uncertainty": {"entropy": float(r.get("entropy") or 0.0),
-                                         "disagreement": float(r.get("disagreement_js") or 0.0)}})
-    return store.add_predictions(run_id, rows)

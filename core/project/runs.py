@@ -157,19 +157,19 @@ def _predict_job(store: "ProjectStore", run: Run, resume: bool) -> Job:
     config, run_dir = run.config, run.folder
 
     def predict_fn(ctx):
-        from core.inference.predict import predict_folder, store_predictions
+        from core.inference.predict import predict_folder
 
         out = run_dir / "predictions.csv"
-        summary = predict_folder(config["folder"], out, ensemble=config["ensemble"], backend="torch",
-                                 batch_size=config.get("batch_size"), num_workers=0,
-                                 device=config.get("device"), ctx=ctx)
-        if config.get("store", True):
-            try:
-                n = store_predictions(store, run.id, out, Path(config["folder"]))
-            finally:
-                store.release_thread()
-            ctx.log(f"{n} predictions stored in the project")
-            summary["stored"] = n
+        keep = config.get("store", True)
+        try:       # the CPU fast path (ONNX Runtime) where it applies: what the command line gets too
+            summary = predict_folder(config["folder"], out, ensemble=config["ensemble"], backend="auto",
+                                     batch_size=config.get("batch_size"), num_workers=0,
+                                     device=config.get("device"), ctx=ctx, store=store if keep else None,
+                                     run_id=run.id)
+        finally:
+            store.release_thread()
+        if keep:
+            ctx.log(f"{summary['stored']} predictions stored in the project")
         return summary
 
     return Job("predict", predict_fn, state_dir=run_dir)

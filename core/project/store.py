@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ProjectStore", "StoreVersionError", "MIGRATIONS", "ImageRow", "LabelEvent", "MaskEvent", "Run",
-    "Checkpoint", "Prediction", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
+    "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
 ]
 
 MASK_SOURCES = ("dataset", "app")
@@ -268,6 +268,30 @@ class Prediction:
     probs: Any
     uncertainty: Any
     time: float
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One image's ensemble prediction, typed (what the desktop reads). Stored as ``label`` = predicted,
+    ``probs`` = {"ensemble": {class: p}, "members": {member: {class: p}}}, ``uncertainty`` =
+    {"entropy": nats, "disagreement": JS divergence in nats}; a flat {class: p} ``probs`` (one model,
+    written through :meth:`ProjectStore.add_predictions`) reads as the ensemble's with no members."""
+    image_id: int
+    predicted: str | None
+    probs: dict[str, float]
+    members: dict[str, dict[str, float]]
+    entropy: float | None
+    disagreement: float | None
+
+    @classmethod
+    def from_row(cls, p: Prediction) -> "PredictionRecord":
+        probs = p.probs if isinstance(p.probs, dict) else {}
+        ens = probs["ensemble"] if isinstance(probs.get("ensemble"), dict) else probs
+        members = probs["members"] if isinstance(probs.get("members"), dict) else {}
+        unc = p.uncertainty if isinstance(p.uncertainty, dict) else {}
+        return cls(p.image_id, p.label, {c: float(v) for c, v in ens.items() if isinstance(v, (int, float))},
+                   {n: {c: float(v) for c, v in d.items()} for n, d in members.items()},
+                   _opt_float(unc.get("entropy")), _opt_float(unc.get("disagreement")))
 
 
 def _json(value: Any) -> str:
@@ -984,9 +1008,43 @@ class ProjectStore:
                            r["time"])
                 for r in self._read("SELECT * FROM predictions WHERE run_id = ? ORDER BY image_id", (run_id,))]
 
+    def has_predictions(self, run_id: int) -> bool:
+        return bool(self._read("SELECT 1 FROM predictions WHERE run_id = ? LIMIT 1", (run_id,)))
+
+    def add_prediction_arrays(self, run_id: int, image_ids: Sequence[int], classes: Sequence[str],
+                              members: Sequence[str], probs_nc, member_probs_mnc, entropy_n,
+                              disagreement_n) -> int:
+        """Store a batch of ensemble predictions straight from the predictor's arrays (one transaction):
+        ensemble probabilities [N, C], member probabilities [M, N, C], entropy and member disagreement [N]
+        (nats), in the layout :class:`PredictionRecord` reads. Returns the number of rows written."""
+        import numpy as np
+
+        n, classes, members = len(image_ids), list(classes), list(members)
+        if n == 0:
+            return 0
+        p, mp = np.asarray(probs_nc, np.float64), np.asarray(member_probs_mnc, np.float64)
+        ent, dis = np.asarray(entropy_n, np.float64), np.asarray(disagreement_n, np.float64)
+        for name, arr, shape in (("probs_nc", p, (n, len(classes))), ("member_probs_mnc", mp, (len(members), n, len(classes))),
+                                 ("entropy_n", ent, (n,)), ("disagreement_n", dis, (n,))):
+            if arr.shape != shape:
+                raise ValueError(f"add_prediction_arrays: {name} has shape {arr.shape}, expected {shape}")
+        rows = [(int(image_id), classes[int(p[i].argmax())],
+                 {"ensemble": dict(zip(classes, p[i].tolist())),
+                  "members": {m: dict(zip(classes, mp[j, i].tolist())) for j, m in enumerate(members)}},
+                 {"entropy": float(ent[i]), "disagreement": float(dis[i])})
+                for i, image_id in enumerate(image_ids)]
+        return self.add_predictions(run_id, rows)
+
+    def prediction_records(self, run_id: int) -> list[PredictionRecord]:
+        return [PredictionRecord.from_row(p) for p in self.predictions(run_id)]
+
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _part(value: Any) -> str | int:

@@ -44,28 +44,19 @@ class PredRow:
 def load_rows(store, run_id: int, items_by_id: dict) -> tuple[list[PredRow], list[str], list[str]]:
     """Rows of a prediction run, its classes and member names; labels are the images' current labels."""
     rows, classes, members = [], [], []
-    for p in store.predictions(run_id):
-        probs = p.probs or {}
-        ens = probs.get("ensemble") if isinstance(probs.get("ensemble"), dict) else probs
-        mem = probs.get("members") if isinstance(probs.get("members"), dict) else {}
-        for c in ens:
+    for p in store.prediction_records(run_id):
+        for c in p.probs:
             if c not in classes:
                 classes.append(c)
-        for n in mem:
+        for n in p.members:
             if n not in members:
                 members.append(n)
-        unc = p.uncertainty if isinstance(p.uncertainty, dict) else {}
         it = items_by_id.get(p.image_id)
         rows.append(PredRow(p.image_id, it.name if it is not None else str(p.image_id),
                             it.rel_path if it is not None else "", it.label if it is not None else None,
-                            p.label, {k: float(v) for k, v in ens.items() if isinstance(v, (int, float))},
-                            {n: {k: float(v) for k, v in d.items()} for n, d in mem.items()},
-                            _num(unc.get("entropy")), _num(unc.get("disagreement", unc.get("disagreement_js")))))
+                            p.predicted, dict(p.probs), {n: dict(d) for n, d in p.members.items()},
+                            p.entropy, p.disagreement))
     return rows, classes, members
-
-
-def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) else None
 
 
 class PredictionsModel(QtCore.QAbstractTableModel):

@@ -451,12 +451,8 @@ class ViewerPage(QtWidgets.QWidget):
         chosen = store.get_meta(self.CAM_META)
         if chosen and Path(chosen).exists():
             return chosen
-        try:
-            runs = store.list_runs()
-        except Exception:
-            return None
-        for run in reversed(runs):
-            if run.ensemble_file and Path(run.ensemble_file).exists() and store.predictions(run.id):
+        for run in reversed(store.list_runs()):
+            if run.ensemble_file and Path(run.ensemble_file).is_file() and store.has_predictions(run.id):
                 return run.ensemble_file
         return None
 
@@ -505,18 +501,18 @@ class ViewerPage(QtWidgets.QWidget):
             if ens is None:
                 ensembles.clear()
                 ens = ensembles[ens_path] = engine.load_ensemble(ens_path)
-            return key, ens.cam(ens.load_image(item.path))   # {'class', 'members': {name: [S,S]}, 'ensemble'}
+            return key, ens.cam(ens.load_image(item.path))   # a core.inference.ensemble.CamResult
 
         self.caller.submit(compute, lambda res: self._show_cam(*res),
                            lambda msg: self.ov_cam.set_status(f"Failed: {msg}"), key="viewer-cam")
 
-    def _show_cam(self, key: tuple, cam: dict) -> None:
+    def _show_cam(self, key: tuple, cam) -> None:
         self._cam_cache[key] = cam
         while len(self._cam_cache) > 16:
             self._cam_cache.popitem(last=False)
         if self.loaded is None or self.loaded.item.path != key[1]:
             return
-        names = list(cam.get("members", {}))
+        names = list(cam.members)
         have = [self.cam_member.itemData(i) for i in range(1, self.cam_member.count())]
         if have != names:
             self.cam_member.blockSignals(True)
@@ -526,7 +522,7 @@ class ViewerPage(QtWidgets.QWidget):
                 self.cam_member.addItem(n, n)
             self.cam_member.blockSignals(False)
         member = self.cam_member.currentData() or ""
-        values = cam["members"][member] if member else cam["ensemble"]
+        values = cam.members[member] if member else cam.ensemble
         from core.analysis.entropy import colormap_lut
 
         rgb = colormap_lut("viridis")
@@ -538,7 +534,7 @@ class ViewerPage(QtWidgets.QWidget):
                                      self.ov_cam.opacity, self.ov_cam.enabled_overlay)
         self.canvas.layers["gradcam"].setRect(QtCore.QRectF(0, 0, w, h))   # the model saw a squashed square
         who = member or "ensemble"
-        self.ov_cam.set_status(f"Evidence for “{cam.get('class')}” ({who})")
+        self.ov_cam.set_status(f"Evidence for “{cam.class_name}” ({who})")
 
     # -- showing an image -------------------------------------------------------------------------------
     def show_item(self, item: Item | None, position: tuple[int, int] | None = None) -> None:

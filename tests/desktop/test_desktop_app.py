@@ -424,8 +424,9 @@ def test_gradcam_overlay_of_a_chosen_member(qtbot, window, project_dir, tmp_path
 
         def cam(self, x):
             yy, xx = np.mgrid[0:64, 0:64] / 63.0
-            return {"class": "malignant", "class_index": 1, "ensemble": (xx * yy).astype(np.float32),
-                    "members": {"A-imagenet": xx.astype(np.float32), "B-mae": yy.astype(np.float32)}}
+            return core.inference.ensemble.CamResult(
+                "malignant", 1, {"A-imagenet": xx.astype(np.float32), "B-mae": yy.astype(np.float32)},
+                (xx * yy).astype(np.float32))
 
     monkeypatch.setattr(core.inference.ensemble, "load_ensemble", lambda path, *a, **k: FakeEnsemble())
     open_and_scan(qtbot, window, project_dir)

@@ -143,26 +143,53 @@ def test_confusion_and_roc(qtbot, window):
     assert auc == pytest.approx(0.0)
 
 
-def test_import_prediction_csv(qtbot, window, tmp_path):
-    from core.inference.predict import output_columns
-    from core.inference.predict import parse_prediction_header, store_predictions
+def _tiny_ensemble(root: Path, names: list[str]) -> Path:
+    """Untrained tiny members (storing predictions does not care whether they learned anything)."""
+    import torch
 
-    cols = output_columns(CLASSES, ["m0", "m1"])
-    assert parse_prediction_header(cols) == (CLASSES, ["m0", "m1"])
+    from core.inference.ensemble import create_spec
+    from core.train.config import FinetuneConfig
+    from core.train.finetune import build_classifier, save_checkpoint
+
+    for i, name in enumerate(names):
+        torch.manual_seed(i)
+        model, ccfg = build_classifier(FinetuneConfig(backbone="convnext_atto", tiny=True, init="random",
+                                                      image_size=32), CLASSES, lambda m: None)
+        save_checkpoint(root / f"member{i}" / "checkpoint-best", model, ccfg)
+    return create_spec(root / "ens.json", [root / f"member{i}" for i in range(len(names))], names=names).path
+
+
+def test_prediction_run_stores_typed_records_from_arrays(qtbot, window, tmp_path):
+    """`medssl predict` rows reach the store from the arrays (no CSV parsed back), also for a member whose
+    name looks like a CSV column (``x_prob_y``), and the page reads them as typed records."""
+    from core.inference.predict import output_columns, predict_folder
+
+    ens_file = _tiny_ensemble(tmp_path, ["m0", "x_prob_y"])
     items = window.project.items
-    path = tmp_path / "p.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        for it in items:
-            row = {c: "" for c in cols}
-            row.update(path=it.rel_path, status="ok", predicted="normal", entropy="0.5", disagreement_js="0.1")
-            for c in CLASSES:
-                row[f"prob_{c}"] = row[f"m0_prob_{c}"] = row[f"m1_prob_{c}"] = "0.3333"
-            w.writerow(row)
     store = window.project.store
-    rid = store.add_run("predict", "csv", {}, state="finished")
-    assert store_predictions(store, rid, path, window.project.paths.folder) == len(items)
+    rid = store.add_run("predict", "arrays", {"ensemble": str(ens_file)}, state="finished")
+    out = tmp_path / "p.csv"
+    s = predict_folder(window.project.paths.folder, out, ensemble=ens_file, backend="torch", precision="fp32",
+                       num_workers=0, store=store, run_id=rid)
+    assert s["stored"] == len(items) == len(store.predictions(rid))
     p = store.predictions(rid)[0]
-    assert p.label == "normal" and set(p.probs["members"]) == {"m0", "m1"}
-    assert p.uncertainty == {"entropy": 0.5, "disagreement": 0.1}
+    assert set(p.probs["members"]) == {"m0", "x_prob_y"}
+    assert set(p.uncertainty) == {"entropy", "disagreement"}
+    with open(out, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == output_columns(CLASSES, ["m0", "x_prob_y"])
+        csv_rows = {r["path"]: r for r in reader}
+    by_id = {it.image_id: it for it in items}
+    for rec in store.prediction_records(rid):
+        row = csv_rows[by_id[rec.image_id].rel_path]
+        assert rec.predicted == row["predicted"] == max(rec.probs, key=rec.probs.get)
+        for c in CLASSES:
+            assert rec.probs[c] == pytest.approx(float(row[f"prob_{c}"]), abs=1e-6)
+            assert rec.members["x_prob_y"][c] == pytest.approx(float(row[f"x_prob_y_prob_{c}"]), abs=1e-6)
+        assert rec.entropy == pytest.approx(float(row["entropy"]), abs=1e-6)
+        assert rec.disagreement == pytest.approx(float(row["disagreement_js"]), abs=1e-6)
+    page = window.predictions
+    page.refresh()
+    page.run_combo.setCurrentIndex(page.run_combo.findData(rid))
+    qtbot.waitUntil(lambda: len(page.model.rows) == len(items), timeout=20000)
+    assert page.model.members == ["m0", "x_prob_y"] and page.model.classes == CLASSES

@@ -78,10 +78,11 @@ def test_ensemble_of_identical_members_equals_the_member(runs, tmp_path):
     torch.testing.assert_close(p_ens, single, atol=1e-6, rtol=0)
     assert js_divergence(p_mem.numpy()) == pytest.approx(np.zeros(4), abs=1e-7)
     rep = evaluate_ensemble(spec)
-    assert rep["members"][0]["temperature"] == pytest.approx(rep["members"][1]["temperature"])
+    assert rep.members[0].temperature == pytest.approx(rep.members[1].temperature)
     for stage in ("before", "after"):
         for key in ("accuracy", "balanced_accuracy", "ece", "nll"):
-            assert rep["ensemble"][stage][key] == pytest.approx(rep["members"][0][stage][key], abs=1e-6)
+            assert getattr(rep, f"ensemble_{stage}")[key] == pytest.approx(getattr(rep.members[0], stage)[key],
+                                                                           abs=1e-6)
     # temperatures were written back into the file
     saved = load_spec(tmp_path / "same.json")
     assert all(m.temperature is not None for m in saved.members)
@@ -91,14 +92,14 @@ def test_ensemble_of_identical_members_equals_the_member(runs, tmp_path):
 def test_evaluate_two_members_per_image_and_cam(runs, tmp_path):
     spec = create_spec(tmp_path / "ens.json", [runs / "a", runs / "b"], names=["A", "B"])
     rep = evaluate_ensemble(spec, per_image=tmp_path / "per_image.csv", cam_dir=tmp_path / "cams", cam_limit=2)
-    assert rep["n"] > 0 and len(rep["members"]) == 2
-    for r in rep["members"]:
-        assert 0.05 <= r["temperature"] <= 20
-        assert r["after"]["accuracy"] == r["before"]["accuracy"]      # scaling keeps every argmax
+    assert rep.n > 0 and len(rep.members) == 2
+    for r in rep.members:
+        assert 0.05 <= r.temperature <= 20
+        assert r.after["accuracy"] == r.before["accuracy"]      # scaling keeps every argmax
     table = format_table(rep)
     assert "| ensemble | after |" in table and "| A | before |" in table
     lines = (tmp_path / "per_image.csv").read_text().splitlines()
-    assert len(lines) == rep["n"] + 1
+    assert len(lines) == rep.n + 1
     assert "entropy" in lines[0] and "disagreement_js" in lines[0] and "A_prob_benign" in lines[0]
     cams = sorted((tmp_path / "cams").glob("*.png"))
     assert len(cams) == 2
@@ -110,9 +111,9 @@ def test_evaluate_two_members_per_image_and_cam(runs, tmp_path):
 def test_grad_cam_on_last_stage(runs):
     ens = load_ensemble(create_spec(runs / "cam.json", [runs / "a"]))
     out = ens.cam(torch.rand(3, 32, 32))
-    heat = out["ensemble"]
+    heat = out.ensemble
     assert heat.shape == (32, 32) and heat.min() >= 0 and heat.max() <= 1 + 1e-6
-    assert out["class"] in CLASSES and set(out["members"]) == {ens.names[0]}
+    assert out.class_name in CLASSES and set(out.members) == {ens.names[0]}
     from core.inference.ensemble import cam_for_file
 
     split = json.loads((runs / "a" / "split.json").read_text())
@@ -121,7 +122,7 @@ def test_grad_cam_on_last_stage(runs):
     from PIL import Image
 
     with Image.open(path) as im:
-        assert full["ensemble"].shape == (im.height, im.width)
+        assert full.ensemble.shape == (im.height, im.width)
     model = ens.module.members[0]
     maps = grad_cam(model, torch.rand(2, 3, 32, 32), target=[0, 1], size=(16, 16))
     assert maps.shape == (2, 16, 16) and np.isfinite(maps).all()
@@ -152,3 +153,26 @@ def test_ensemble_module_normalises_per_member():
     torch.testing.assert_close(mem[0], ref1)
     torch.testing.assert_close(mem[1], ref2)
     torch.testing.assert_close(p, (ref1 + ref2) / 2)
+
+
+def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_path, capsys):
+    """evaluate_ensemble returns an EnsembleReport (per-image arrays as fields, no side channel in the
+    report); the JSON report written by `medssl ensemble` is its to_dict()."""
+    from core.cli import main
+    from core.inference.ensemble import EnsembleReport
+
+    spec = create_spec(tmp_path / "ens.json", [runs / "a", runs / "b"], names=["A", "B"], weights=[1, 3])
+    rep = evaluate_ensemble(spec)
+    assert isinstance(rep, EnsembleReport)
+    n = rep.n
+    assert rep.labels_n.shape == (n,) and rep.probs_nc.shape == (n, 3) and rep.member_probs_mnc.shape == (2, n, 3)
+    np.testing.assert_allclose(rep.probs_nc, combine(rep.member_probs_mnc, [1, 3]))
+    assert rep.mean_js == pytest.approx(float(js_divergence(rep.member_probs_mnc, [1, 3]).mean()))
+    d = rep.to_dict()
+    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty"}
+    assert [m["name"] for m in d["members"]] == ["A", "B"] and set(d["ensemble"]) == {"before", "after"}
+    json.dumps(d)
+    assert main(["ensemble", str(tmp_path / "ens.json"), "--report", str(tmp_path / "r.json")]) == 0
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert set(written) == set(d) and written["n"] == n and "_probs" not in written
+    assert "A: T=" in capsys.readouterr().out

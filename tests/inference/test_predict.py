@@ -164,7 +164,8 @@ def test_export_onnx_matches_torch(ensemble_file, folder, tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
     np.testing.assert_allclose(got_m, ref_m, atol=1e-5)
     out_t, out_o = tmp_path / "t.csv", tmp_path / "o.csv"
-    predict_folder(folder, out_t, ensemble=ensemble_file, num_workers=0, backend="torch")
+    predict_folder(folder, out_t, ensemble=ensemble_file, num_workers=0, backend="torch",
+                   precision="fp32")  # ONNX Runtime runs fp32; "auto" may pick bf16 on a CPU with AMX
     predict_folder(folder, out_o, onnx=path, num_workers=0)
     # backend="auto" exports once into a cache beside the ensemble file and reuses it
     out_a = tmp_path / "a.csv"
@@ -186,3 +187,194 @@ def test_predict_cli(ensemble_file, folder, tmp_path, capsys):
                  "--backend", "torch", "--quiet"]) == 0
     assert len(_rows(out)) == 26
     assert "24 predicted, 2 errors" in capsys.readouterr().out
+
+
+def test_channels_last_gives_the_same_probabilities(ensemble_file, folder, tmp_path):
+    """EnsembleModel's per-member mean/std are 4-D buffers, so channels_last (the GPU default) works."""
+    x = torch.rand(3, 3, 32, 32)
+    ref_p, ref_m = load_ensemble(ensemble_file, "cpu").inference(precision="fp32", channels_last=False)(x)
+    run = load_ensemble(ensemble_file, "cpu").inference(precision="fp32", channels_last=True)
+    assert run.channels_last
+    got_p, got_m = run(x)
+    np.testing.assert_allclose(got_p, ref_p, atol=1e-6)
+    np.testing.assert_allclose(got_m, ref_m, atol=1e-6)
+    out_cl, out_ref = tmp_path / "cl.csv", tmp_path / "ref.csv"
+    for out, cl in ((out_cl, True), (out_ref, False)):
+        predict_folder(folder, out, ensemble=ensemble_file, backend="torch", precision="fp32", channels_last=cl,
+                       num_workers=0)
+    ref = {r["path"]: r for r in _rows(out_ref)}
+    for r in _rows(out_cl):
+        assert r["status"] == ref[r["path"]]["status"]
+        for c in (CLASSES if r["status"] == "ok" else []):
+            assert abs(float(r[f"prob_{c}"]) - float(ref[r["path"]][f"prob_{c}"])) < 1e-5
+
+
+def test_low_precision_is_dropped_when_it_moves_the_outputs(ensemble_file):
+    from core.inference.logits import Inference
+
+    ens = load_ensemble(ensemble_file, "cpu")
+    x = torch.rand(2, 3, 32, 32)
+    ref = ens.inference(precision="fp32")(x)
+    strict = Inference(ens.module, "cpu", precision="bf16", check_tol=0.0, log=lambda _m: None)
+    got = strict(x)
+    assert strict.precision == "fp32" and strict.max_diff_vs_fp32 > 0
+    np.testing.assert_array_equal(got[1], ref[1])
+    lax = Inference(ens.module, "cpu", precision="bf16", check_tol=1.0)
+    lax(x)
+    assert lax.precision == "bfloat16" and 0 < lax.max_diff_vs_fp32 <= 1.0
+
+
+def test_predict_logits_runs_the_model_over_the_loader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from core.inference.logits import predict_logits
+
+    cfg = FinetuneConfig(backbone="convnext_atto", tiny=True, init="random", image_size=32)
+    model, _ = build_classifier(cfg, CLASSES, lambda m: None)
+    x, y = torch.rand(5, 3, 32, 32), torch.tensor([0, 1, 2, 1, 0])
+    logits, labels = predict_logits(model, DataLoader(TensorDataset(x, y, torch.arange(5)), batch_size=2),
+                                    torch.device("cpu"), None)
+    with torch.inference_mode():
+        ref = model.eval()(x).numpy()
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
+    np.testing.assert_array_equal(labels, y.numpy())
+
+
+def test_one_softmax():
+    import core.inference.ensemble as ensemble
+    import core.inference.logits as logits
+
+    assert ensemble.softmax is logits.softmax is logits.softmax_np
+    p = logits.softmax(np.array([[1.0, 2.0, 3.0]]), 2.0)
+    np.testing.assert_allclose(p, np.exp([[0.5, 1.0, 1.5]]) / np.exp([[0.5, 1.0, 1.5]]).sum())
+
+
+def test_parts_of_an_interrupted_torchrun_run_are_merged_once(ensemble_file, folder, tmp_path):
+    """Rows a killed rank left in its part file (last line cut) end up in OUT once, in listing order."""
+    from core.inference.predict import part_files
+
+    ref_out = tmp_path / "ref.csv"
+    predict_folder(folder, ref_out, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0)
+    ref = _rows(ref_out)
+    out = tmp_path / "preds.csv"
+    predict_folder(folder, out, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0, limit=6)
+    header, lines = ref_out.read_text().splitlines()[0], ref_out.read_text().splitlines()[1:]
+    # rank 1 had finished rows 4..11 (4, 5 also already in OUT) and was killed while writing row 12
+    (tmp_path / "preds.csv.rank1.part").write_text("\n".join([header] + lines[4:12]) + "\n" + lines[12][:15])
+    (tmp_path / "preds.csv.rank0.part").write_text(header + "\n")
+    s = predict_folder(folder, out, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0)
+    rows = _rows(out)
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 26 and set(paths) == {r["path"] for r in ref}
+    listing = list_images(folder)
+    from_part = sorted({r["path"] for r in ref[4:12]} - set(paths[:6]), key=listing.index)
+    assert len(from_part) == 6 and paths[6:12] == from_part          # OUT's 6, then the part's new ones in order
+    assert s["already_done"] == 12 and s["predicted"] + s["errors"] == 26 - 12
+    assert part_files(out) == []
+    by_path = {r["path"]: r for r in ref}
+    for r in rows:
+        assert r["status"] == by_path[r["path"]]["status"] and r["prob_benign"] == by_path[r["path"]]["prob_benign"]
+
+
+def _run_group(cmd: list[str], timeout: float = 300) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group (torchrun and its workers); kill the whole group if it runs past
+    ``timeout``."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{cmd[:6]} ran past {timeout} s:\n{output[-4000:]}")
+    return proc.returncode, output
+
+
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def _torchrun_predict(folder: Path, ensemble: Path, out: Path, *extra: str) -> str:
+    """`medssl predict` under torchrun with 2 gloo processes on the CPU."""
+    rc, output = _run_group(TORCHRUN_2 + ["-m", "core.cli", "predict", str(folder), "--ensemble", str(ensemble),
+                                          "--out", str(out), "--backend", "torch", "--precision", "fp32",
+                                          "--workers", "0", *extra])
+    assert rc == 0, output[-4000:]
+    return output
+
+
+@pytest.mark.slow   # two torchrun launches: ~40 s on the 2-core CI CPU
+def test_predict_under_torchrun_two_processes_one_merged_resumable_output(ensemble_file, folder, tmp_path):
+    """Each rank predicts its shard; OUT is one file with the rows of a 1-process run (fp32, 1e-5), and a
+    second run after a partial one (--limit) adds exactly the missing rows."""
+    from core.inference.predict import part_files
+
+    one = tmp_path / "one.csv"
+    predict_folder(folder, one, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0)
+    out = tmp_path / "two.csv"
+    _torchrun_predict(folder, ensemble_file, out, "--limit", "9", "--batch-size", "2")
+    first = _rows(out)
+    assert len(first) == 9 and len({r["path"] for r in first}) == 9 and part_files(out) == []
+    text = _torchrun_predict(folder, ensemble_file, out, "--batch-size", "3")
+    import re
+
+    summary = re.search(r"(\d+) predicted, (\d+) errors, (\d+) already done;.*2 processes", text)
+    assert summary, text[-2000:]
+    assert int(summary[1]) + int(summary[2]) == 26 - 9 and int(summary[3]) == 9   # each file on one rank only
+    rows, ref = _rows(out), {r["path"]: r for r in _rows(one)}
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 26 and set(paths) == set(ref)
+    assert list(rows[0].keys()) == output_columns(CLASSES, ["A", "B"]) and part_files(out) == []
+    for r in rows:
+        q = ref[r["path"]]
+        assert r["status"] == q["status"]
+        if r["status"] == "ok":
+            assert r["predicted"] == q["predicted"]
+            cols = [f"prob_{c}" for c in CLASSES] + [f"{n}_prob_{c}" for n in ("A", "B") for c in CLASSES]
+            np.testing.assert_allclose([float(r[c]) for c in cols + ["entropy", "disagreement_js"]],
+                                       [float(q[c]) for c in cols + ["entropy", "disagreement_js"]], atol=1e-5)
+
+
+_KILL_RANK1 = """
+import os, signal, sys
+from core.inference.predict import predict_folder
+
+class Ctx:   # rank 1 dies (SIGKILL) when asked for its third batch, after two were written
+    calls = 0
+    def check_cancelled(self):
+        Ctx.calls += 1
+        if os.environ["RANK"] == "1" and Ctx.calls == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def progress(self, *a, **k):
+        pass
+    def log(self, msg):
+        pass
+
+predict_folder(sys.argv[1], sys.argv[2], ensemble=sys.argv[3], backend="torch", precision="fp32", num_workers=0,
+               batch_size=2, ctx=Ctx())
+"""
+
+
+@pytest.mark.slow   # three torchrun launches
+def test_torchrun_prediction_survives_a_killed_rank(ensemble_file, folder, tmp_path):
+    """A rank killed mid-run leaves part files; the next torchrun run merges them into one complete OUT."""
+    from core.inference.predict import part_files
+
+    script = tmp_path / "kill_rank1.py"
+    script.write_text(_KILL_RANK1)
+    out = tmp_path / "two.csv"
+    rc, output = _run_group(TORCHRUN_2 + [str(script), str(folder), str(out), str(ensemble_file)])
+    assert rc != 0, output[-2000:]
+    parts = part_files(out)
+    assert parts and sum(len(_rows(p)) for p in parts) >= 4          # rank 1's two batches are kept
+    _torchrun_predict(folder, ensemble_file, out)
+    one = tmp_path / "one.csv"
+    predict_folder(folder, one, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0)
+    rows, ref = _rows(out), {r["path"]: r for r in _rows(one)}
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 26 and set(paths) == set(ref) and part_files(out) == []
+    for r in rows:
+        if r["status"] == "ok":
+            assert abs(float(r["prob_benign"]) - float(ref[r["path"]]["prob_benign"])) < 1e-5
