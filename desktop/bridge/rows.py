@@ -59,28 +59,12 @@ class OpenResult:
 
 
 # -- reading rows (worker thread) -------------------------------------------------------------------
-def _scalar_uncertainty(value) -> float | None:
-    """A prediction's uncertainty as one number (the store keeps whatever JSON the predictor wrote)."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("total", "entropy", "predictive_entropy", "uncertainty", "std"):
-            if isinstance(value.get(key), (int, float)):
-                return float(value[key])
-        for v in value.values():
-            if isinstance(v, (int, float)):
-                return float(v)
-    return None
-
-
 def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
-    """{image_id: (predicted class, uncertainty)} of the newest run that stored predictions."""
+    """{image_id: (predicted class, predictive entropy)} of the newest run that stored predictions."""
     for run in reversed(store.list_runs()):
-        preds = store.predictions(run.id)
-        if preds:
-            return {p.image_id: (p.label, _scalar_uncertainty(p.uncertainty)) for p in preds}
+        records = store.prediction_records(run.id)
+        if records:
+            return {r.image_id: (r.predicted, r.entropy) for r in records}
     return {}
 
 

@@ -501,7 +501,7 @@ class PredictionsPage(QtWidgets.QWidget):
     # -- actions --------------------------------------------------------------------------------------
     def ensemble_file(self) -> str:
         run = self.run()
-        return str((run.config or {}).get("ensemble", "")) if run is not None else ""
+        return (run.ensemble_file or "") if run is not None else ""
 
     def _open(self, index: QtCore.QModelIndex) -> None:
         row = self.model.rows[self.proxy.mapToSource(index).row()]
