@@ -28,18 +28,30 @@ def register_cli(subparsers) -> None:
         description="Manage the ImageNet weights fine-tuning starts from (--init imagenet).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION")
-    ls = sub.add_parser("list", help="known architectures, which are installed, size, source, licence")
+    ls = sub.add_parser("list", help="known architectures, which are installed, size, source, licence",
+                        description="List the ImageNet weights the app knows (and any other installed file): "
+                                    "installed or not, size (download size when not installed), Hugging Face "
+                                    "source and licence. Uses no network.")
     ls.set_defaults(handler=_list)
-    get = sub.add_parser("get", help="download weights from the Hugging Face hub (resumable, sha256-checked)")
+    get = sub.add_parser("get", help="download weights from the Hugging Face hub (resumable, sha256-checked)",
+                         description="Download public ImageNet weights from the Hugging Face hub into the weights "
+                                     "folder: resumable after an interruption, refused when the file's sha256 "
+                                     "differs from the hub's, installed atomically. Only the public model file is "
+                                     "requested; no image or label leaves this computer.")
     get.add_argument("name", nargs="?", default=DEFAULT_WEIGHTS,
                      help="timm name with its tag (default %(default)s)")
     get.add_argument("--quiet", action="store_true")
     get.set_defaults(handler=_get)
-    imp = sub.add_parser("import", help="install a weights file you brought (no internet needed)")
+    imp = sub.add_parser("import", help="install a weights file you brought (no internet needed)",
+                         description="Copy a weights file into the weights folder after checking that it loads "
+                                     "into its timm model (for computers without internet). The original file is "
+                                     "left where it is.")
     imp.add_argument("file", help=".safetensors, .pth or .bin in timm's (or the original) layout")
     imp.add_argument("--name", help="timm name with its tag (default: from the file name)")
     imp.set_defaults(handler=_import)
-    ver = sub.add_parser("verify", help="check every installed file: present, same sha256, loads into its model")
+    ver = sub.add_parser("verify", help="check every installed file: present, same sha256, loads into its model",
+                         description="Check every installed weights file: still there, the same sha256 as when it "
+                                     "was installed, and loadable into its model. Exit status 1 when one is not.")
     ver.set_defaults(handler=_verify)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
