@@ -67,7 +67,9 @@ def register_cli(subparsers) -> None:
     r.add_argument("--resume", action="store_true", help="continue the run in --out (finished folds are kept)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     r.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 when cached)")
-    r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast: auto = bf16 where the hardware has it natively (CUDA 8.0+, AMX/AVX512-BF16 "
+                        "CPUs), fp16 on older GPUs, else fp32 (default %(default)s)")
     r.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_finetune)
 
@@ -98,7 +100,7 @@ def _finetune(args) -> int:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, drop_path=args.drop_path,
         balance=args.balance, patience=args.patience, val_fraction=args.val_fraction,
         test_fraction=0.0 if args.kfold else args.test_fraction, seed=args.seed, num_workers=args.workers,
-        device=args.device, amp=not args.no_amp,
+        device=args.device, precision=args.precision,
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
     job = finetune_job(cfg, args.out, folder=args.data, project=args.project, kfold=args.kfold,
                        resume=args.resume, folds=args.folds, split_name=args.split_name,

@@ -60,7 +60,8 @@ def _add_trainer_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision,
-                   help="autocast: auto = bf16 on CUDA, fp32 on CPU (default %(default)s)")
+                   help="autocast: auto = bf16 where the hardware has it natively (CUDA 8.0+, AMX/AVX512-BF16 "
+                        "CPUs), fp16 on older GPUs, else fp32 (default %(default)s)")
     g.add_argument("--resume", type=Path, default=None, metavar="CKPT",
                    help="continue a run from its checkpoint (weights, optimizer, schedule, RNG); the settings "
                         "must match. Rerunning the same command with the same --out also continues.")
@@ -131,8 +132,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise ValueError("give --out RUN_DIR (or --resume CKPT to continue a run)")
     config = config_from_args(args)
     if not config.out:
-        from core.pretrain.trainer import resolve_checkpoint
-        config.out = str(resolve_checkpoint(args.resume).parent)
+        from core.train.checkpoint import resolve_pretrain_checkpoint
+        config.out = str(resolve_pretrain_checkpoint(args.resume).parent)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     job = make_job(config, resume=args.resume if args.resume else "auto",
                    state_dir=config.out if main_rank else None)

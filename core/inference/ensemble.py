@@ -279,7 +279,7 @@ def load_ensemble(spec: EnsembleSpec | str | Path, device: str | torch.device | 
                   *, require_calibrated: bool = False) -> LoadedEnsemble:
     """Load every member of an ensemble file (single checkpoints; k-fold runs are for evaluation only)."""
     from core.train.finetune import is_kfold_run, load_classifier
-    from core.models.backbones import pick_device
+    from core.train.distributed import pick_device
 
     if not isinstance(spec, EnsembleSpec):
         spec = load_spec(spec)
@@ -401,11 +401,12 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                       cam_limit: int = 32) -> dict:
     """Calibrate each member on its validation split, evaluate members and ensemble on ``split`` of the
     members' runs, before and after calibration. Temperatures are written back to the file (``save``)."""
-    from core.train.finetune import read_split, resolve_checkpoint
-    from core.models.backbones import pick_device
+    from core.train.finetune import read_split
+    from core.train.checkpoint import resolve_classifier_checkpoint
+    from core.train.distributed import pick_device
 
     device = pick_device(str(device) if device else None)
-    ckpts = [resolve_checkpoint(spec.resolve(m)) for m in spec.members]
+    ckpts = [resolve_classifier_checkpoint(spec.resolve(m)) for m in spec.members]
     splits = [read_split(c.parent if c.name.startswith("checkpoint-") else c) for c in ckpts]
     classes = splits[0]["classes"]
     for m, s in zip(spec.members, splits):

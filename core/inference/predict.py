@@ -12,7 +12,7 @@ cannot be read becomes a row with ``status=error`` and the reason, and is not re
 Fast path (all on by default, each measured in ``bench/predict.py``): ``torch.inference_mode``; batched
 forward passes; decode in worker processes; ``channels_last`` on CUDA (on this kind of CPU the
 NCHW kernels are faster for ConvNeXt, so the default is ``auto``); bf16 autocast only where
-``core.models.backbones.autocast_dtype`` says the hardware does it natively, with a check on the first batch
+``core.train.precision.autocast_dtype`` says the hardware does it natively, with a check on the first batch
 against fp32 (falls back to fp32 when probabilities move by more than ``bf16_tol``). ``export_onnx``
 writes the whole ensemble (normalisation, members, temperatures, averaging) as one ONNX graph that
 ``predict_folder(onnx=...)`` runs with ONNX Runtime.
@@ -225,7 +225,7 @@ class _Writer:
 class _TorchRunner:
     def __init__(self, ens: LoadedEnsemble, *, channels_last: bool | None, precision: str, bf16_tol: float,
                  log_fn):
-        from core.models.backbones import autocast_dtype
+        from core.train.precision import autocast_dtype
 
         self.ens = ens
         self.device = ens.device

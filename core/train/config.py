@@ -34,7 +34,7 @@ class FinetuneConfig:
     num_workers: int | None = None        # None: min(2, cpus) (augmentation in worker processes)
     cache_mb: float = 2048
     device: str | None = None
-    amp: bool = True
+    precision: str = "auto"              # auto | fp32 | bf16 | fp16 (core.train.precision)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
@@ -45,6 +45,8 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
         d = dict(d)
+        if "amp" in d and "precision" not in d:   # configs written before the precision setting
+            d["precision"] = "auto" if d["amp"] else "fp32"
         d["aug"] = AugmentConfig.from_dict(d.get("aug"))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 

@@ -24,19 +24,17 @@ folder that already has a checkpoint is never silently overwritten.
 
 Training: AdamW, layer-wise lr decay (timm's layer groups), per-iteration cosine schedule with linear
 warm-up, label smoothing, class-balanced sampling (or class-weighted loss), early stopping on validation
-balanced accuracy, NaN guard, bf16 autocast where ``core.models.backbones.autocast_dtype`` allows (CUDA; never on
-this kind of CPU). Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP and every rank
-draws its slice of the same global sample order; rank 0 writes files.
+balanced accuracy, the NaN guard, ``--precision`` and the distributed set-up of ``core.train`` (shared with
+pretraining). Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank runs on ``cuda:LOCAL_RANK`` (or the CPU with
+gloo), the model is wrapped in DDP and every rank draws its slice of the same global sample order; rank 0
+writes files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +46,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.analysis.metrics import classification_metrics, summarize_folds
-from core.train.rng import capture_rng_state, restore_rng_state
-from core.models.backbones import autocast_dtype, create_backbone, pick_device
+from core.models.backbones import create_backbone
+from core.train.checkpoint import (REQUIRED, find_checkpoint_dir, repair_checkpoint_dir,
+                                   resolve_classifier_checkpoint, write_checkpoint_dir)
+from core.train.distributed import barrier, setup_distributed, teardown_distributed, unwrap
+from core.train.nan_guard import NanGuard
+from core.train.precision import Precision, make_grad_scaler, resolve_precision
+from core.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from core.train.schedule import lr_at, param_groups, set_lr
 from core.inference.logits import predict_logits, read_logits, softmax_np, write_logits
 from core.train.config import FinetuneConfig
 from core.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, TrainTransform, load_rgb, normalize,
@@ -62,7 +66,7 @@ CKPT_VERSION = 1
 INIT_CHOICES = ("imagenet", "pretrained", "random")
 
 __all__ = ["Sample", "LabeledData", "load_labeled_data", "finetune", "run_kfold",
-           "finetune_job", "load_classifier", "resolve_checkpoint", "read_split", "build_classifier",
+           "finetune_job", "load_classifier", "read_split", "build_classifier",
            "is_kfold_run", "fold_dirs", "CKPT_FORMAT"]
 
 
@@ -241,18 +245,6 @@ class _EpochSampler(torch.utils.data.Sampler):
 
 
 # -------------------------------------------------------------------------------------------------- model
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (config.json + model.safetensors), or a run folder -> its checkpoint-best."""
-    path = Path(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return path
-    for sub in ("checkpoint-best", "checkpoint-last"):
-        if (path / sub / "model.safetensors").is_file():
-            return path / sub
-    raise FileNotFoundError(f"{path}: no classifier checkpoint (config.json + model.safetensors) here "
-                            f"or in checkpoint-best/")
-
-
 def _check_config(cfg: dict, where: Path) -> None:
     if cfg.get("format") != CKPT_FORMAT:
         raise ValueError(f"{where}: not a MedSSL classifier checkpoint (format {cfg.get('format')!r})")
@@ -269,7 +261,7 @@ def load_classifier(ckpt: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild a fine-tuned classifier from its checkpoint folder (or run folder); eval mode."""
     from safetensors.torch import load_file
 
-    ckpt = resolve_checkpoint(ckpt)
+    ckpt = resolve_classifier_checkpoint(ckpt)
     cfg = json.loads((ckpt / "config.json").read_text())
     _check_config(cfg, ckpt)
     model = create_backbone(cfg["backbone"], num_classes=int(cfg["num_classes"]),
@@ -343,7 +335,7 @@ def _load_pretrained_init(model: nn.Module, path: Path) -> dict:
     project (its backbone; the head too when the class count matches)."""
     info: dict[str, Any] = {"path": str(path)}
     try:
-        cls_ckpt = resolve_checkpoint(path)
+        cls_ckpt = resolve_classifier_checkpoint(path)
         cls_cfg = json.loads((cls_ckpt / "config.json").read_text())
     except (FileNotFoundError, ValueError):
         cls_cfg = None
@@ -416,50 +408,11 @@ def _reset_head(model: nn.Module) -> None:
             nn.init.zeros_(head.bias)
 
 
-def _param_groups(model: nn.Module, cfg: FinetuneConfig, layer_decay: float | None) -> list[dict]:
-    from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
-
-    no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    if layer_decay and layer_decay < 1.0:
-        groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=no_wd,
-                                          layer_decay=layer_decay)
-    else:
-        groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_wd)
-    for g in groups:
-        g["base_lr"] = cfg.lr * float(g.get("lr_scale", 1.0))
-        g["lr"] = g["base_lr"]
-    return groups
-
-
-def lr_factor(it: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up to 1 over ``warmup`` iterations, then cosine down to ``min_ratio``."""
-    if warmup > 0 and it < warmup:
-        return (it + 1) / warmup
-    t = (it - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def save_checkpoint(dirpath: Path, model: nn.Module, ckpt_cfg: dict, state: dict | None = None) -> None:
+    """A classifier checkpoint folder (model.safetensors, config.json, optimizer.pt = resume state), atomically."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
 
     def write(tmp: Path) -> None:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -467,7 +420,7 @@ def save_checkpoint(dirpath: Path, model: nn.Module, ckpt_cfg: dict, state: dict
         if state is not None:
             torch.save(state, tmp / "optimizer.pt")
 
-    _atomic_dir_write(dirpath, write)
+    write_checkpoint_dir(dirpath, write)
 
 
 def _same_model(a: dict, b: dict) -> list[str]:
@@ -475,27 +428,6 @@ def _same_model(a: dict, b: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and torch.distributed.is_available():
-        if not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def write_split(run_dir: Path, data: LabeledData, parts: dict[str, list[Sample]], extra: dict | None = None) -> None:
     d = {"root": str(data.root) if data.root else None, "classes": data.classes, **(extra or {})}
     for name, samples in parts.items():
@@ -513,6 +445,163 @@ def read_split(run_dir: str | Path) -> dict:
     raise FileNotFoundError(f"{run_dir}: no split.json (not a fine-tuning run folder?)")
 
 
+RESUME_FILES = REQUIRED + ("optimizer.pt",)
+NAN_HINT = "lower --lr, or try --precision fp32"
+
+
+@dataclass
+class EarlyStopping:
+    """Best validation key (balanced accuracy, -NLL) so far and the epochs since it improved."""
+    best: list | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, key: tuple | None) -> bool:
+        """Record epoch ``epoch`` (1-based); ``key`` None (no validation set): every epoch counts as better."""
+        improved = key is None or self.best is None or key > tuple(self.best)
+        if key is not None and improved:
+            self.best = list(key)
+        if improved:
+            self.best_epoch, self.bad_epochs = epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+@dataclass
+class _Pace:
+    """This process's steps per second since it started (or resumed), for the ETA."""
+    start: float
+    steps: int = 0
+
+    def eta_s(self, steps_left: int) -> float:
+        return (time.perf_counter() - self.start) / max(1, self.steps) * steps_left
+
+
+def _check_run_folder(run_dir: Path, resume: bool) -> dict | None:
+    """The metrics of a finished run being resumed; refuses to start over a run without ``resume``."""
+    last_dir, best_dir = run_dir / "checkpoint-last", run_dir / "checkpoint-best"
+    if (run_dir / "metrics.json").is_file() and find_checkpoint_dir(best_dir) is not None:
+        if not resume:
+            raise FileExistsError(f"{run_dir} holds a finished run; use --resume to reuse it or a new --out")
+        return json.loads((run_dir / "metrics.json").read_text())
+    if (last_dir.exists() or find_checkpoint_dir(last_dir) is not None) and not resume:
+        raise FileExistsError(f"{run_dir} already has a checkpoint; pass --resume to continue it, "
+                              f"or choose another --out")
+    return None
+
+
+def _default_parts(cfg: FinetuneConfig, data: LabeledData) -> dict[str, list[Sample]]:
+    from core.data.splits import split_indices
+
+    idx = split_indices(data.labels(), data.groups(), val_fraction=cfg.val_fraction,
+                        test_fraction=cfg.test_fraction, seed=cfg.seed)
+    return {k: data.subset(v) for k, v in idx.items()}
+
+
+def _check_same_split(run_dir: Path, parts: dict[str, list[Sample]]) -> None:
+    """A resumed run keeps the images it started with."""
+    if not (run_dir / "split.json").is_file():
+        return
+    before = json.loads((run_dir / "split.json").read_text())
+    changed = [k for k in ("train", "val", "test")
+               if sorted(map(tuple, before.get(k) or [])) != sorted((s.rel_path, s.label) for s in parts.get(k, []))]
+    if changed:
+        raise ValueError(f"{run_dir}: the {'/'.join(changed)} split differs from the one this run started with "
+                         f"(labels changed, or another stored split): start a new run instead of resuming")
+
+
+def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device: torch.device) -> nn.Module:
+    if cfg.balance == "loss":
+        counts = np.bincount(train_y, minlength=n_classes).astype(np.float64)
+        weight = torch.tensor(len(train_y) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
+        return nn.CrossEntropyLoss(weight=weight.to(device), label_smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: dict,
+                  stopper: EarlyStopping) -> tuple[int, dict | None]:
+    """Weights, optimizer, scaler, RNG and early-stopping state from ``checkpoint-last``: (epochs done,
+    best weights)."""
+    from safetensors.torch import load_file
+
+    prev_cfg = json.loads((last_dir / "config.json").read_text())
+    diff = _same_model(prev_cfg, ckpt_cfg)
+    if diff:
+        raise ValueError(f"{last_dir}: cannot resume, the model differs in {diff}; use a new --out")
+    model.load_state_dict(load_file(str(last_dir / "model.safetensors")))
+    try:
+        st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:   # written by an older version with pickled numpy state: never unpickle it
+        raise ValueError(f"{last_dir / 'optimizer.pt'}: not a safe resume state ({type(e).__name__}); "
+                         f"start a new --out, or --init-weights {best_dir}") from e
+    optimizer.load_state_dict(st["optimizer"])
+    if scaler is not None and st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
+    stopper.best, stopper.best_epoch, stopper.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
+    ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
+    best_state = load_file(str(best_dir / "model.safetensors")) if find_checkpoint_dir(best_dir) else None
+    restore_rng_state(st["rng"])
+    return st["epoch"], best_state
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scaler,
+                    precision: Precision, device: torch.device, *, epoch: int, cfg: FinetuneConfig,
+                    schedule: dict, guard: NanGuard, pace: _Pace, world: int, ctx=None,
+                    say: Callable[[str], None] = log.info, is_main: bool = True) -> dict[str, float]:
+    """One pass over the training loader: train loss, train accuracy, the last lr."""
+    model.train()
+    iters, total_iters = schedule["iters"], schedule["total"]
+    tot_loss, n_seen, correct, lr = 0.0, 0, 0, optimizer.param_groups[-1]["lr"]
+    step_start = time.perf_counter()
+    for i, (x, y, _) in enumerate(loader):
+        if ctx is not None:
+            ctx.check_cancelled()
+        it = epoch * iters + i
+        lr = lr_at(it, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=schedule["warmup"], total_steps=total_iters)
+        set_lr(optimizer, lr)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+            out = model(x)
+            loss = criterion(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if not guard.step_ok(loss.detach(), where=f"epoch {epoch + 1} step {i + 1}"):
+            say(f"non-finite loss at epoch {epoch + 1} step {i + 1}: step skipped")
+            continue
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if cfg.grad_clip:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        tot_loss += float(loss.detach()) * len(y)
+        n_seen += len(y)
+        correct += int((out.argmax(1) == y).sum())
+        pace.steps += 1
+        if ctx is not None and is_main:
+            ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: training",
+                         phase="training", epoch=epoch + 1, loss=float(loss.detach()), lr=lr,
+                         images_per_s=len(y) * world / max(time.perf_counter() - step_start, 1e-9),
+                         eta_s=pace.eta_s(total_iters - it - 1))
+        step_start = time.perf_counter()
+    return {"train_loss": tot_loss / max(1, n_seen), "train_acc": correct / max(1, n_seen),
+            "lr": optimizer.param_groups[-1]["lr"]}
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision,
+             classes: Sequence[str]) -> tuple[dict, np.ndarray]:
+    """Metrics (``core.analysis.metrics.classification_metrics``) and logits of a loader."""
+    logits, y = predict_logits(model, loader, device, precision.dtype)
+    return classification_metrics(y, softmax_np(logits), classes), logits
+
+
 def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, parts: dict[str, list[Sample]]
              | None = None, resume: bool = False, ctx=None, cache: ImageCache | None = None,
              split_extra: dict | None = None) -> dict:
@@ -522,58 +611,41 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     config's fractions and seed (stratified, grouped by case).
     """
     run_dir = Path(run_dir)
-    rank, world = _dist_info()
-    is_main = rank == 0
+    dd = setup_distributed(cfg.device)
+    is_main, world, device = dd.is_main, dd.world_size, dd.device
 
     def say(msg: str) -> None:
-        if not is_main:
-            return
-        if ctx is not None:
-            ctx.log(msg)
-        else:
-            log.info(msg)
+        if is_main:
+            ctx.log(msg) if ctx is not None else log.info(msg)
 
+    # -- the run folder and the split
     last_dir, best_dir = run_dir / "checkpoint-last", run_dir / "checkpoint-best"
-    if (run_dir / "metrics.json").is_file() and (best_dir / "model.safetensors").is_file():
-        if not resume:
-            raise FileExistsError(f"{run_dir} holds a finished run; use --resume to reuse it or a new --out")
+    finished = _check_run_folder(run_dir, resume)
+    if finished is not None:
         say(f"{run_dir}: already finished, reusing its results")
-        return json.loads((run_dir / "metrics.json").read_text())
-    if last_dir.exists() and not resume:
-        raise FileExistsError(f"{run_dir} already has a checkpoint; pass --resume to continue it, "
-                              f"or choose another --out")
-
-    if parts is None:
-        from core.data.splits import split_indices
-
-        idx = split_indices(data.labels(), data.groups(), val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction, seed=cfg.seed)
-        parts = {k: data.subset(v) for k, v in idx.items()}
+        return finished
+    parts = parts if parts is not None else _default_parts(cfg, data)
     if not parts.get("train"):
         raise ValueError("the training split is empty")
-    if resume and (run_dir / "split.json").is_file():   # a resumed run keeps the images it started with
-        before = json.loads((run_dir / "split.json").read_text())
-        changed = [k for k in ("train", "val", "test")
-                   if sorted(map(tuple, before.get(k) or [])) != sorted((s.rel_path, s.label) for s in parts.get(k, []))]
-        if changed:
-            raise ValueError(f"{run_dir}: the {'/'.join(changed)} split differs from the one this run started with "
-                             f"(labels changed, or another stored split): start a new run instead of resuming")
+    if resume:
+        _check_same_split(run_dir, parts)
     if is_main:
         write_split(run_dir, data, parts, split_extra)
-    _barrier()
+        if resume:      # a kill between a checkpoint's two renames left it as .old/.tmp
+            repair_checkpoint_dir(last_dir, RESUME_FILES)
+            repair_checkpoint_dir(best_dir)
+    barrier()
 
-    _seed_everything(cfg.seed + rank)
-    device = pick_device(cfg.device)
-    amp = autocast_dtype(device) if cfg.amp else None
+    # -- model, data, optimizer
+    seed_everything(cfg.seed + dd.rank)
+    precision = resolve_precision(cfg.precision, device)
     classes = data.classes
     cidx = {c: i for i, c in enumerate(classes)}
-
     model, ckpt_cfg = build_classifier(cfg, classes, say)
+    layer_decay = cfg.layer_decay
     if cfg.init == "random" and cfg.layer_decay and cfg.layer_decay < 1:
         say("layer-wise lr decay is off for random init (nothing pretrained to protect)")
         layer_decay = None
-    else:
-        layer_decay = cfg.layer_decay
     ckpt_cfg["train"] = cfg.to_dict()
     model.to(device)
     if device.type == "cuda":
@@ -587,7 +659,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     train_ds = ClassifierDataset(parts["train"], cidx, cache, train=True, mean=mean, std=std, aug=cfg.aug)
     train_y = np.asarray([cidx[s.label] for s in parts["train"]])
     sampler = _EpochSampler(train_y, len(classes), balanced=cfg.balance == "sampler", seed=cfg.seed,
-                            rank=rank, world=world)
+                            rank=dd.rank, world=world)
     per_rank_bs = max(1, cfg.batch_size // world)
     # Augmentation runs in worker processes (one torch thread each): in the main process, every small
     # tensor op would be an OpenMP parallel region, which costs milliseconds when the CPU is shared.
@@ -596,168 +668,105 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
                               drop_last=len(train_ds) // world > per_rank_bs, persistent_workers=nw > 0,
                               pin_memory=device.type == "cuda")
 
-    def eval_loader(samples):
+    def eval_loader(samples, persistent: bool = False):
         ds = ClassifierDataset(samples, cidx, cache, train=False, mean=mean, std=std)
         return DataLoader(ds, batch_size=max(cfg.batch_size, 32), shuffle=False, num_workers=nw,
                           persistent_workers=persistent and nw > 0)
 
-    persistent = True
-    val_loader = eval_loader(parts.get("val") or [])
-    persistent = False
-
-    if cfg.balance == "loss":
-        counts = np.bincount(train_y, minlength=len(classes)).astype(np.float64)
-        weight = torch.tensor(len(train_y) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
-        criterion = nn.CrossEntropyLoss(weight=weight.to(device), label_smoothing=cfg.label_smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    groups = _param_groups(model, cfg, layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    val_loader = eval_loader(parts.get("val") or [], persistent=True)
+    criterion = _criterion(cfg, train_y, len(classes), device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, layer_decay), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    scaler = make_grad_scaler(precision, device)
     train_model: nn.Module = model
-    if world > 1:
+    if dd.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     iters = len(train_loader)
-    total_iters = iters * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * iters))
-    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-    start_epoch, best, best_epoch, bad_epochs = 0, None, -1, 0
-    best_state: dict[str, torch.Tensor] | None = None
-
-    if resume and (last_dir / "optimizer.pt").is_file():
-        prev_cfg = json.loads((last_dir / "config.json").read_text())
-        diff = _same_model(prev_cfg, ckpt_cfg)
-        if diff:
-            raise ValueError(f"{last_dir}: cannot resume, the model differs in {diff}; use a new --out")
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(last_dir / "model.safetensors")))
-        try:
-            st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=True)
-        except Exception as e:   # written by an older version with pickled numpy state: never unpickle it
-            raise ValueError(f"{last_dir / 'optimizer.pt'}: not a safe resume state ({type(e).__name__}); "
-                             f"start a new --out, or --init-weights {best_dir}") from e
-        optimizer.load_state_dict(st["optimizer"])
-        start_epoch, best, best_epoch, bad_epochs = st["epoch"], st["best"], st["best_epoch"], st["bad_epochs"]
-        ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
-        if (best_dir / "model.safetensors").is_file():
-            best_state = load_file(str(best_dir / "model.safetensors"))
-        restore_rng_state(st["rng"])
+    schedule = {"iters": iters, "total": iters * cfg.epochs, "warmup": int(round(cfg.warmup_epochs * iters))}
+    stopper = EarlyStopping()
+    start_epoch, best_state = 0, None
+    if resume and find_checkpoint_dir(last_dir, RESUME_FILES) == last_dir:
+        start_epoch, best_state = _resume_state(last_dir, best_dir, model, optimizer, scaler, ckpt_cfg, stopper)
         say(f"resumed from {last_dir} after epoch {start_epoch}")
 
-    history_path = run_dir / "history.jsonl"
+    # -- the loop
+    guard = NanGuard(hint=NAN_HINT, device=device)
     stop_reason = "epochs"
-    n_bad_steps = 0
     t0 = time.time()
-    session_start, session_steps = time.perf_counter(), 0   # this process's pace, for the ETA
+    pace = _Pace(time.perf_counter())
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        if bad_epochs >= cfg.patience:
+        if stopper.bad_epochs >= cfg.patience:
             stop_reason = "early stopping"
             break
         sampler.set_epoch(epoch)
-        train_model.train()
-        tot_loss, n_seen, correct = 0.0, 0, 0
-        step_start = time.perf_counter()
-        for i, (x, y, _) in enumerate(train_loader):
-            if ctx is not None:
-                ctx.check_cancelled()
-            it = epoch * iters + i
-            f = lr_factor(it, total_iters, warmup, min_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * f
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = train_model(x)
-                loss = criterion(out.float(), y)
-            if not torch.isfinite(loss):
-                n_bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                say(f"non-finite loss at epoch {epoch + 1} step {i + 1}: step skipped")
-                if n_bad_steps > 5:
-                    raise FloatingPointError("loss was not finite for more than 5 steps: lower --lr")
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            tot_loss += float(loss.detach()) * len(y)
-            n_seen += len(y)
-            correct += int((out.argmax(1) == y).sum())
-            session_steps += 1
-            if ctx is not None and is_main:
-                now = time.perf_counter()
-                per_step = (now - session_start) / session_steps
-                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: training",
-                             loss=float(loss.detach()), lr=optimizer.param_groups[-1]["lr"], epoch=epoch + 1,
-                             images_per_s=len(y) * world / max(now - step_start, 1e-9),
-                             eta_s=per_step * (total_iters - it - 1))
-            step_start = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, n_seen),
-                               "train_acc": correct / max(1, n_seen), "lr": optimizer.param_groups[-1]["lr"],
-                               "time_s": round(time.time() - t0, 1)}
-        improved = True
+        row: dict[str, Any] = {"epoch": epoch + 1, **train_one_epoch(
+            train_model, train_loader, criterion, optimizer, scaler, precision, device, epoch=epoch, cfg=cfg,
+            schedule=schedule, guard=guard, pace=pace, world=world, ctx=ctx, say=say, is_main=is_main),
+            "time_s": round(time.time() - t0, 1)}
+        key = None
         if len(val_loader.dataset):
             if ctx is not None and is_main:
-                ctx.progress(it + 1, total_iters, message=f"epoch {epoch + 1}/{cfg.epochs}: validating",
-                             eta_s=(time.perf_counter() - session_start) / max(1, session_steps) * (total_iters - it - 1))
-            logits, yv = predict_logits(model, val_loader, device, amp)
-            m = classification_metrics(yv, softmax_np(logits), classes)
+                done = (epoch + 1) * iters
+                ctx.progress(done, schedule["total"], message=f"epoch {epoch + 1}/{cfg.epochs}: validating",
+                             phase="validating", epoch=epoch + 1, eta_s=pace.eta_s(schedule["total"] - done))
+            m, _ = evaluate(model, val_loader, device, precision, classes)
             row.update({f"val_{k}": m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "nll")})
             key = (m["balanced_accuracy"], -m["nll"])
-            improved = best is None or key > tuple(best)
-            if improved:
-                best = list(key)
+        improved = stopper.update(epoch + 1, key)
         if improved:
-            best_epoch, bad_epochs = epoch + 1, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if is_main:
-                save_checkpoint(best_dir, model, {**ckpt_cfg, "epoch": epoch + 1,
-                                                  "metric": {"val_balanced_accuracy": best[0] if best else None}})
-        else:
-            bad_epochs += 1
-        row["best_epoch"] = best_epoch
+        row["best_epoch"] = stopper.best_epoch
         if is_main:
-            with open(history_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-            state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best": best,
-                     "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                     "rng": capture_rng_state()}
-            save_checkpoint(last_dir, model, {**ckpt_cfg, "epoch": epoch + 1}, state)
-            msg = f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
-            if "val_balanced_accuracy" in row:
-                msg += (f", val bal. acc {row['val_balanced_accuracy']:.3f} acc {row['val_accuracy']:.3f}"
-                        f"{' *' if improved else ''}")
-            say(msg)
+            _end_of_epoch(run_dir, model, optimizer, scaler, ckpt_cfg, stopper, row, improved, cfg.epochs, ctx, say)
     else:
-        if bad_epochs >= cfg.patience:
+        if stopper.bad_epochs >= cfg.patience:
             stop_reason = "early stopping"
 
+    # -- the best model on val and test
     if best_state is not None:
         model.load_state_dict(best_state)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "best_epoch": best_epoch, "epochs_run": epoch + 1,
+    result: dict[str, Any] = {"run_dir": str(run_dir), "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
                               "stop": stop_reason, "init": ckpt_cfg["init"], "classes": classes,
                               "train_time_s": round(time.time() - t0, 1), "n_train": len(parts["train"])}
     for part in ("val", "test"):
         samples = parts.get(part) or []
         if not samples:
             continue
-        logits, yv = predict_logits(model, eval_loader(samples), device, amp)
-        result[part] = classification_metrics(yv, softmax_np(logits), classes)
+        result[part], logits = evaluate(model, eval_loader(samples), device, precision, classes)
         if is_main:
             write_logits(run_dir / f"logits_{part}.csv", samples, logits, classes)
     if is_main:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
-        say(f"done: best epoch {best_epoch}" + "".join(
+        say(f"done: best epoch {stopper.best_epoch}" + "".join(
             f", {p} acc {result[p]['accuracy']:.3f} bal. acc {result[p]['balanced_accuracy']:.3f}"
             for p in ("val", "test") if p in result))
     return result
+
+
+def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: dict, stopper: EarlyStopping,
+                  row: dict, improved: bool, epochs: int, ctx, say: Callable[[str], None]) -> None:
+    """Rank 0: checkpoint-best (when better), the history row, checkpoint-last, the epoch-end event."""
+    epoch = row["epoch"]
+    if improved:
+        save_checkpoint(run_dir / "checkpoint-best", model, {**ckpt_cfg, "epoch": epoch, "metric": {
+            "val_balanced_accuracy": stopper.best[0] if stopper.best else None}})
+    with open(run_dir / "history.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {},
+             "epoch": epoch, "best": stopper.best, "best_epoch": stopper.best_epoch,
+             "bad_epochs": stopper.bad_epochs, "rng": capture_rng_state()}
+    save_checkpoint(run_dir / "checkpoint-last", model, {**ckpt_cfg, "epoch": epoch}, state)
+    msg = f"epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}"
+    if "val_balanced_accuracy" in row:
+        msg += (f", val bal. acc {row['val_balanced_accuracy']:.3f} acc {row['val_accuracy']:.3f}"
+                f"{' *' if improved else ''}")
+    say(msg)
+    if ctx is not None:
+        ctx.epoch_end(epoch, epochs, row)
+
 
 
 # ------------------------------------------------------------------------------------------------- k-fold
@@ -781,7 +790,7 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
     from core.data.splits import kfold_indices, split_indices
 
     run_dir = Path(run_dir)
-    rank, _ = _dist_info()
+    rank = setup_distributed(cfg.device).rank
     marker = run_dir / "kfold.json"
     n_in_folds = len(data.samples) if fold_of is None else sum(f is not None for f in fold_of)
     spec = {"k": k, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "n": n_in_folds, "classes": data.classes}
@@ -791,12 +800,12 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
             raise ValueError(f"{run_dir} holds a different k-fold run ({prev}); use another --out")
         if not resume:
             raise FileExistsError(f"{run_dir} already holds a k-fold run; pass --resume to continue it")
-    _barrier()   # every rank has checked the marker before rank 0 writes it
+    barrier()   # every rank has checked the marker before rank 0 writes it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(spec, indent=1))
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    _barrier()
+    barrier()
     labels, groups = data.labels(), data.groups()
     if fold_of is None:
         splits = kfold_indices(labels, groups, k=k, seed=cfg.seed)
@@ -821,7 +830,7 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
         res = finetune(fold_cfg, data, run_dir / f"fold{f}", parts=parts, resume=resume, ctx=ctx, cache=cache,
                        split_extra={"fold": f, "k": k})
         results.append(res)
-    _barrier()
+    barrier()
     return summarize_cv(run_dir) if rank == 0 else {"run_dir": str(run_dir), "k": k, "rank": rank}
 
 
@@ -946,6 +955,13 @@ def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path
     run_dir = Path(run_dir)
 
     def fn(ctx):
+        dd = setup_distributed(cfg.device)
+        try:
+            return run(ctx)
+        finally:
+            teardown_distributed(dd)
+
+    def run(ctx):
         data = load_labeled_data(folder, project=project, ctx=ctx)
         ctx.log(f"{len(data.samples)} labelled images, classes {data.classes}")
         if project and not resume and any((run_dir / f).exists() for f in ("split.json", "kfold.json")):

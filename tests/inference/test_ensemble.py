@@ -22,7 +22,7 @@ CLASSES = ["benign", "malignant", "normal"]
 def tiny_cfg(**kw) -> FinetuneConfig:
     base = dict(backbone="convnext_atto", tiny=True, init="random", image_size=32, epochs=1, batch_size=16,
                 lr=3e-3, warmup_epochs=0.5, val_fraction=0.2, test_fraction=0.2, seed=0, num_workers=0,
-                amp=False)  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
+                precision="fp32")  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
     base.update(kw)
     return FinetuneConfig(**base)
 

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from core.jobs import Job, JobCancelled
 from core.models.backbones import TINY_CONVNEXT
 from core.pretrain import PretrainMethod, get_method, list_methods, register_method
-from core.pretrain.trainer import export_encoder, load_encoder_weights, lr_at, read_checkpoint_config, train
+from core.pretrain.trainer import export_encoder, load_encoder_weights, read_checkpoint_config, train
+from core.train.schedule import lr_at
 from core.pretrain.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,7 +233,7 @@ def test_ddp_two_cpu_processes_match_one_process(demo_dir, tmp_path):
     """torchrun --nproc-per-node 2 (gloo) with global batch 16 == one process with batch 16."""
     args = ["pretrain", "mae", str(demo_dir), "--tiny", "--backbone", "convnext_atto", "--image-size", "64",
             "--epochs", "2", "--batch-size", "16", "--lr", "2e-3", "--warmup-epochs", "0.5",
-            "--decoder-width", "32", "--device", "cpu", "--json"]
+            "--decoder-width", "32", "--device", "cpu", "--precision", "fp32", "--json"]   # bf16 on AMX CPUs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc-per-node", "2", "-m", "core.cli", *args, "--out", str(tmp_path / "ddp")],
