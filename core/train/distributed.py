@@ -93,11 +93,28 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _grouped() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _collective_device(device: torch.device | str) -> torch.device:
+    dev = torch.device(device)
+    return dev if dev.type == "cuda" else torch.device("cpu")   # nccl needs CUDA tensors, gloo CPU ones
+
+
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank when ``flag`` is true on at least one (one all-reduce; the flag itself otherwise)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _grouped():
         return bool(flag)
-    dev = torch.device(device)
-    t = torch.tensor([1.0 if flag else 0.0], device=dev if dev.type == "cuda" else "cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Each value summed over all ranks (the values themselves without a process group)."""
+    if not _grouped():
+        return list(values)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device(device))
+    dist.all_reduce(t)
+    return t.cpu().tolist()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from core.analysis.metrics import classification_metrics, summarize_folds
 from core.models.backbones import create_backbone
 from core.train.checkpoint import (REQUIRED, find_checkpoint_dir, repair_checkpoint_dir,
                                    resolve_classifier_checkpoint, write_checkpoint_dir)
-from core.train.distributed import barrier, setup_distributed, teardown_distributed, unwrap
+from core.train.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
 from core.train.precision import Precision, make_grad_scaler, resolve_precision
 from core.train.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -201,10 +202,17 @@ class ClassifierDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, str]):
+        """``item``: an index, or (index, draw seed) from :class:`_EpochSampler` for training draws."""
+        i, draw_seed = item if isinstance(item, tuple) else (item, None)
         s = self.samples[i]
         x = to_float_tensor(self.cache.get(s, self.train))
-        x = self.tf(x) if self.train else normalize(x, self.mean, self.std)
+        if self.train:
+            if draw_seed is not None:   # the augmentation of a draw does not depend on rank or worker
+                random.seed(draw_seed)
+            x = self.tf(x)
+        else:
+            x = normalize(x, self.mean, self.std)
         return x, self.class_index[s.label], i
 
 
@@ -217,7 +225,9 @@ def balanced_order(labels: np.ndarray, n_classes: int, n_draws: int, seed: int) 
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """Per-epoch order (shuffled or class-balanced), identical on every rank; rank r takes r::world."""
+    """Per-epoch order (shuffled or class-balanced), identical on every rank; rank r takes r::world. Each
+    draw carries a seed from (seed, epoch, position in the global order) for its augmentation, so that N
+    processes train on exactly the images one process with the same global batch sees."""
 
     def __init__(self, labels: np.ndarray, n_classes: int, *, balanced: bool, seed: int, rank: int = 0,
                  world: int = 1):
@@ -234,11 +244,12 @@ class _EpochSampler(torch.utils.data.Sampler):
             order = balanced_order(self.labels, self.n_classes, n, seed)
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-        usable = (n // self.world) * self.world
-        return order[:usable][self.rank::self.world]
+        return order[:(n // self.world) * self.world]
 
     def __iter__(self):
-        return iter(self._order().tolist())
+        order = self._order()
+        return iter((int(order[pos]), f"{self.seed}:{self.epoch}:{pos}")
+                    for pos in range(self.rank, len(order), self.world))
 
     def __len__(self) -> int:
         return len(self.labels) // self.world
@@ -591,6 +602,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                          images_per_s=len(y) * world / max(time.perf_counter() - step_start, 1e-9),
                          eta_s=pace.eta_s(total_iters - it - 1))
         step_start = time.perf_counter()
+    tot_loss, n_seen, correct = all_reduce_sum([tot_loss, n_seen, correct], device)   # over all ranks
     return {"train_loss": tot_loss / max(1, n_seen), "train_acc": correct / max(1, n_seen),
             "lr": optimizer.param_groups[-1]["lr"]}
 
@@ -730,7 +742,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         model.load_state_dict(best_state)
     result: dict[str, Any] = {"run_dir": str(run_dir), "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
                               "stop": stop_reason, "init": ckpt_cfg["init"], "classes": classes,
-                              "train_time_s": round(time.time() - t0, 1), "n_train": len(parts["train"])}
+                              "train_time_s": round(time.time() - t0, 1), "n_train": len(parts["train"]),
+                              "world_size": world}
     for part in ("val", "test"):
         samples = parts.get(part) or []
         if not samples:

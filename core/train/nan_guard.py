@@ -36,8 +36,8 @@ class NanGuard:
             self.in_a_row = 0
             return True
         self.in_a_row += 1
-        self.skipped += 1
         if self.in_a_row > self.max_in_a_row:
             raise FloatingPointError(f"{self.in_a_row} non-finite steps in a row"
                                      f"{' at ' + where if where else ''}; {self.hint}")
+        self.skipped += 1
         return False
