@@ -75,7 +75,8 @@ def register_cli(subparsers) -> None:
 
 
 def _finetune(args) -> int:
-    from core.train.finetune import finetune_job, pretrained_metadata
+    from core.models.classifier import pretrained_metadata
+    from core.train.finetune import finetune_job
     from core.train.config import FinetuneConfig
     from core.data.transforms import AugmentConfig
 

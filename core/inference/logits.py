@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
-    from core.train.finetune import Sample
+    from core.train.data import Sample
 
 
 @torch.inference_mode()

@@ -12,7 +12,10 @@ import torch
 from core.inference.ensemble import (EnsembleModel, combine, create_spec, evaluate_ensemble, evaluate_ensemble_cv,
                            fit_temperature, format_table, grad_cam, js_divergence, load_ensemble, load_spec,
                            predictive_entropy, softmax)
-from core.train.finetune import build_classifier, finetune, load_labeled_data, run_kfold
+from core.models.classifier import build_classifier
+from core.train.data import load_labeled_data
+from core.train.finetune import finetune
+from core.train.kfold import run_kfold
 from core.train.config import FinetuneConfig
 from core.analysis.metrics import expected_calibration_error
 

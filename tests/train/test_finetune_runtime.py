@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from core.jobs import EventKind, Job, JobCancelled
 from core.train.config import FinetuneConfig
-from core.train.finetune import finetune, load_labeled_data
+from core.train.data import load_labeled_data
+from core.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
