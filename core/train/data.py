@@ -117,7 +117,7 @@ class ImageCache:
                 if ctx is not None:
                     ctx.check_cancelled()
                     if i % 25 == 0:
-                        ctx.progress(i, n, message="decoding images")
+                        ctx.progress(i, n, message="decoding images", phase="decoding images")
                 self._decode(s)
 
     @staticmethod

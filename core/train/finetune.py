@@ -129,6 +129,38 @@ def _check_same_split(run_dir: Path, parts: dict[str, list[Sample]]) -> None:
                          f"(labels changed, or another stored split): start a new run instead of resuming")
 
 
+class _Loaders:
+    """The training loader (this rank's slice of every global batch) and evaluation loaders, over one
+    image cache."""
+
+    def __init__(self, cfg: FinetuneConfig, parts: dict[str, list[Sample]], cidx: dict[str, int],
+                 cache: ImageCache | None, mean, std, dd, ctx=None):
+        if cfg.batch_size % dd.world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {dd.world_size} processes")
+        if cache is None:
+            all_samples = [s for p in parts.values() for s in p]
+            fits = len(all_samples) * 3 * (cfg.image_size ** 2) * 2.4 <= cfg.cache_mb * 2**20
+            cache = ImageCache(all_samples, cfg.image_size, keep=fits, ctx=ctx)
+        self.cfg, self.cidx, self.cache, self.mean, self.std = cfg, cidx, cache, mean, std
+        # Augmentation runs in worker processes (one torch thread each): in the main process, every small
+        # tensor op would be an OpenMP parallel region, which costs milliseconds when the CPU is shared.
+        self.workers = cfg.num_workers if cfg.num_workers is not None else min(2, os.cpu_count() or 1)
+        world = dd.world_size
+        train_ds = ClassifierDataset(parts["train"], cidx, cache, train=True, mean=mean, std=std, aug=cfg.aug)
+        self.train_y = np.asarray([cidx[s.label] for s in parts["train"]])
+        self.sampler = EpochSampler(self.train_y, len(cidx), balanced=cfg.balance == "sampler", seed=cfg.seed,
+                                    rank=dd.rank, world=world)
+        per_rank_bs = cfg.batch_size // world
+        self.train = DataLoader(train_ds, batch_size=per_rank_bs, sampler=self.sampler, num_workers=self.workers,
+                                drop_last=len(train_ds) // world > per_rank_bs, persistent_workers=self.workers > 0,
+                                pin_memory=dd.device.type == "cuda")
+
+    def evaluation(self, samples: Sequence[Sample], persistent: bool = False) -> DataLoader:
+        ds = ClassifierDataset(samples, self.cidx, self.cache, train=False, mean=self.mean, std=self.std)
+        return DataLoader(ds, batch_size=max(self.cfg.batch_size, 32), shuffle=False, num_workers=self.workers,
+                          persistent_workers=persistent and self.workers > 0)
+
+
 def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device: torch.device) -> nn.Module:
     if cfg.balance == "loss":
         counts = np.bincount(train_y, minlength=n_classes).astype(np.float64)
@@ -270,29 +302,9 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    all_samples = [s for p in parts.values() for s in p]
-    if cache is None:
-        fits = len(all_samples) * 3 * (cfg.image_size ** 2) * 2.4 <= cfg.cache_mb * 2**20
-        cache = ImageCache(all_samples, cfg.image_size, keep=fits, ctx=ctx)
-    mean, std = ckpt_cfg["mean"], ckpt_cfg["std"]
-    train_ds = ClassifierDataset(parts["train"], cidx, cache, train=True, mean=mean, std=std, aug=cfg.aug)
-    train_y = np.asarray([cidx[s.label] for s in parts["train"]])
-    sampler = EpochSampler(train_y, len(classes), balanced=cfg.balance == "sampler", seed=cfg.seed,
-                            rank=dd.rank, world=world)
-    per_rank_bs = max(1, cfg.batch_size // world)
-    # Augmentation runs in worker processes (one torch thread each): in the main process, every small
-    # tensor op would be an OpenMP parallel region, which costs milliseconds when the CPU is shared.
-    nw = cfg.num_workers if cfg.num_workers is not None else min(2, os.cpu_count() or 1)
-    train_loader = DataLoader(train_ds, batch_size=per_rank_bs, sampler=sampler, num_workers=nw,
-                              drop_last=len(train_ds) // world > per_rank_bs, persistent_workers=nw > 0,
-                              pin_memory=device.type == "cuda")
-
-    def eval_loader(samples, persistent: bool = False):
-        ds = ClassifierDataset(samples, cidx, cache, train=False, mean=mean, std=std)
-        return DataLoader(ds, batch_size=max(cfg.batch_size, 32), shuffle=False, num_workers=nw,
-                          persistent_workers=persistent and nw > 0)
-
-    val_loader = eval_loader(parts.get("val") or [], persistent=True)
+    loaders = _Loaders(cfg, parts, cidx, cache, ckpt_cfg["mean"], ckpt_cfg["std"], dd, ctx)
+    train_loader, sampler, train_y = loaders.train, loaders.sampler, loaders.train_y
+    val_loader = loaders.evaluation(parts.get("val") or [], persistent=True)
     criterion = _criterion(cfg, train_y, len(classes), device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, layer_decay), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
@@ -355,7 +367,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         samples = parts.get(part) or []
         if not samples:
             continue
-        result[part], logits = evaluate(model, eval_loader(samples), device, precision, classes)
+        result[part], logits = evaluate(model, loaders.evaluation(samples), device, precision, classes)
         if is_main:
             write_logits(run_dir / f"logits_{part}.csv", samples, logits, classes)
     if is_main:

@@ -120,3 +120,15 @@ def test_ddp_two_cpu_processes_match_one_process(demo_dir, tmp_path):
     assert diff / sum(float(wa[k].pow(2).sum()) for k in wa) ** 0.5 < 1e-4
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("ddp", "one")]
     assert [m["world_size"] for m in metrics] == [2, 1]
+
+
+def test_global_batch_must_split_evenly_over_the_processes(demo_data):
+    from core.train.distributed import DistInfo
+    from core.train.finetune import _Loaders
+
+    parts = {"train": demo_data.samples[:32]}
+    cidx = {c: i for i, c in enumerate(demo_data.classes)}
+    with pytest.raises(ValueError, match="--batch-size 16 must be divisible by the 3 processes"):
+        _Loaders(tiny_cfg(), parts, cidx, None, (0.5,) * 3, (0.5,) * 3, DistInfo(rank=0, world_size=3))
+    loaders = _Loaders(tiny_cfg(), parts, cidx, None, (0.5,) * 3, (0.5,) * 3, DistInfo(rank=1, world_size=2))
+    assert loaders.train.batch_size == 8 and len(loaders.sampler) == 16
