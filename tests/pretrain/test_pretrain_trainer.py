@@ -140,6 +140,22 @@ def test_stop_at_max_steps_then_rerun_continues(demo_dir, tmp_path):
     assert again["step_losses"] == [] and again["finished"]
 
 
+def test_resume_after_kill_between_checkpoint_renames(demo_dir, tmp_path):
+    """Only checkpoint-last.old and a complete checkpoint-last.tmp left: the run continues from the newer one."""
+    full = losses(train(tiny_config(demo_dir, tmp_path / "full")))
+    out = tmp_path / "killed"
+    first = train(tiny_config(demo_dir, out, max_steps=8))
+    last = out / "checkpoint-last"
+    shutil.copytree(last, out / "checkpoint-last.tmp")
+    last.rename(out / "checkpoint-last.old")
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train(tiny_config(demo_dir, out))
+    rest = train(tiny_config(demo_dir, out), resume="auto")
+    assert rest["step_losses"][0][0] == 8
+    assert losses(first) + losses(rest) == pytest.approx(full, abs=1e-6)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-last"]
+
+
 def test_resume_refuses_changed_settings_or_data(demo_dir, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(demo_dir, out, max_steps=2))

@@ -4,6 +4,7 @@ typed epoch-end events, and ``torchrun --nproc-per-node 2`` (gloo, CPU) == one p
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -132,3 +133,36 @@ def test_global_batch_must_split_evenly_over_the_processes(demo_data):
         _Loaders(tiny_cfg(), parts, cidx, None, (0.5,) * 3, (0.5,) * 3, DistInfo(rank=0, world_size=3))
     loaders = _Loaders(tiny_cfg(), parts, cidx, None, (0.5,) * 3, (0.5,) * 3, DistInfo(rank=1, world_size=2))
     assert loaders.train.batch_size == 8 and len(loaders.sampler) == 16
+
+
+def test_fp16_step_unscales_before_clipping(demo_data, monkeypatch):
+    """fp16 (a GradScaler): the gradient is unscaled before clipping, and training moves the weights."""
+    import time
+
+    import torch
+
+    from core.models.classifier import build_classifier
+    from core.train.distributed import DistInfo
+    from core.train.finetune import _criterion, _Loaders, _Pace, train_one_epoch
+    from core.train.nan_guard import NanGuard
+    from core.train.precision import Precision
+    from core.train.schedule import param_groups
+
+    cfg = tiny_cfg(grad_clip=1.0)
+    cidx = {c: i for i, c in enumerate(demo_data.classes)}
+    model, ccfg = build_classifier(cfg, demo_data.classes, lambda m: None)
+    loaders = _Loaders(cfg, {"train": demo_data.samples[:32]}, cidx, None, ccfg["mean"], ccfg["std"], DistInfo())
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)     # no overflow in these two steps
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: norms.append(
+        float(clip(params, max_norm))))
+    before = [p.detach().clone() for p in model.parameters()]
+    row = train_one_epoch(model, loaders.train, _criterion(cfg, loaders.train_y, 3, torch.device("cpu")), optimizer,
+                          scaler, Precision(torch.float16, grad_scaler=True), torch.device("cpu"), epoch=0, cfg=cfg,
+                          schedule={"iters": 2, "total": 4, "warmup": 1}, guard=NanGuard(),
+                          pace=_Pace(time.perf_counter()), world=1)
+    assert len(norms) == 2 and all(0 < n < 100 for n in norms)      # still scaled by 2**8 they would be > 1000
+    assert math.isfinite(row["train_loss"]) and scaler.state_dict()["scale"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
