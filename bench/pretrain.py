@@ -35,7 +35,7 @@ from core.models.backbones import create_backbone  # noqa: E402
 from core.pretrain import StepContext, get_method  # noqa: E402
 from core.pretrain.data import load_grey_resized  # noqa: E402
 from core.train.distributed import pick_device  # noqa: E402
-from core.train.precision import resolve_precision  # noqa: E402
+from core.train.precision import PRECISIONS, resolve_precision  # noqa: E402
 from core.train.schedule import param_groups  # noqa: E402
 from core.pretrain.config import TrainConfig
 
@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="what training uses (auto: bf16 on AMX/AVX512-BF16 CPUs; the figures in "
+                         "docs/pretrain-mae.md are --precision fp32)")
     ap.add_argument("--data", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(backbone=args.backbone, image_size=args.image_size,
                       options={**method.default_options(), "decoder_width": args.decoder_width})
     method.check_options(cfg.options, cfg)
-    amp = resolve_precision("auto", device).dtype
+    amp = resolve_precision(args.precision, device).dtype
     torch.manual_seed(0)
     mae = method.build(cfg).to(device).train()
     mae_opt = torch.optim.AdamW(param_groups(mae, 0.05), lr=1e-4)
