@@ -79,6 +79,23 @@ def test_run_writes_checkpoint_encoder_and_log(demo_dir, tmp_path):
     assert result["global_step"] == 12 == len(result["step_losses"])      # 96 // 16 = 6 steps x 2 epochs
 
 
+def test_epoch_end_events_carry_the_log_lines(demo_dir, tmp_path):
+    from core.jobs import EventKind
+
+    run = tmp_path / "run"
+    job = Job("mae", lambda ctx: train(tiny_config(demo_dir, run, probe_size=0), ctx))
+    events = []
+    job.subscribe(events.append)
+    job.run()
+    ends = [e for e in events if e.kind == EventKind.EPOCH_END]
+    lines = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
+    assert [e.epoch for e in ends] == [1, 2] and all(e.total == 2 for e in ends)
+    for e, line in zip(ends, lines):
+        assert e.metrics == pytest.approx({k: v for k, v in line.items() if isinstance(v, (int, float))})
+    progress = [e for e in events if e.kind == EventKind.PROGRESS and e.epoch]
+    assert progress and all(e.phase == "training" for e in progress)
+
+
 def test_resume_after_cancel_gives_identical_losses(demo_dir, tmp_path):
     """Uninterrupted run vs. a run cancelled mid-epoch and resumed: the same losses (to 1e-6)."""
     cfg = dict(epochs=2, accum_steps=2, batch_size=8)                     # 6 optimizer steps per epoch
