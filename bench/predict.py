@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from core.inference.ensemble import create_spec, load_ensemble  # noqa: E402
-from core.train.finetune import build_classifier, save_checkpoint  # noqa: E402
+from core.models.classifier import build_classifier, save_classifier_checkpoint  # noqa: E402
 from core.train.config import FinetuneConfig
 from core.inference.predict import (CPU_BATCH_SIZE, cached_onnx_path, export_onnx, has_onnxruntime, list_images,  # noqa: E402
                           predict_folder)
@@ -67,7 +67,7 @@ def make_members(work: Path, backbone: str, size: int) -> Path:
         model, ccfg = build_classifier(cfg, CLASSES, lambda m: None)
         with torch.no_grad():
             model.get_classifier().weight.mul_(40.0)   # peaky probabilities: a meaningful diff test
-        save_checkpoint(work / name / "checkpoint-best", model, ccfg)
+        save_classifier_checkpoint(work / name / "checkpoint-best", model, ccfg)
     spec = create_spec(work / "ensemble.json", [work / "A", work / "B"], names=["A", "B"])
     spec.members[0].temperature, spec.members[1].temperature = 1.3, 0.9
     spec.save()
@@ -97,7 +97,7 @@ def plain_way(folder: Path, ens_file: Path, files: list[str]) -> tuple[float, np
     from PIL import Image
     from timm.data import create_transform
 
-    from core.train.finetune import load_classifier
+    from core.models.classifier import load_classifier
     from core.inference.ensemble import load_spec
 
     spec = load_spec(ens_file)

@@ -31,10 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.analysis.entropy import cell_entropy  # noqa: E402
-from core.models.backbones import create_backbone, pick_device  # noqa: E402
+from core.models.backbones import create_backbone  # noqa: E402
 from core.pretrain import StepContext, get_method  # noqa: E402
 from core.pretrain.data import load_grey_resized  # noqa: E402
-from core.pretrain.trainer import _param_groups, _resolve_precision  # noqa: E402
+from core.train.distributed import pick_device  # noqa: E402
+from core.train.precision import PRECISIONS, resolve_precision  # noqa: E402
+from core.train.schedule import param_groups  # noqa: E402
 from core.pretrain.config import TrainConfig
 
 
@@ -62,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="what training uses (auto: bf16 on AMX/AVX512-BF16 CPUs; the figures in "
+                         "docs/pretrain-mae.md are --precision fp32)")
     ap.add_argument("--data", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -79,12 +84,12 @@ def main(argv=None) -> int:
     cfg = TrainConfig(backbone=args.backbone, image_size=args.image_size,
                       options={**method.default_options(), "decoder_width": args.decoder_width})
     method.check_options(cfg.options, cfg)
-    amp = _resolve_precision("auto", device)
+    amp = resolve_precision(args.precision, device).dtype
     torch.manual_seed(0)
     mae = method.build(cfg).to(device).train()
-    mae_opt = torch.optim.AdamW(_param_groups(mae, 0.05), lr=1e-4)
+    mae_opt = torch.optim.AdamW(param_groups(mae, 0.05), lr=1e-4)
     clf = create_backbone(args.backbone, num_classes=3).to(device).train()
-    clf_opt = torch.optim.AdamW(_param_groups(clf, 0.05), lr=1e-4)
+    clf_opt = torch.optim.AdamW(param_groups(clf, 0.05), lr=1e-4)
     labels = torch.randint(0, 3, (args.batch_size,), generator=torch.Generator().manual_seed(0)).to(device)
     counter = [0]
 

@@ -71,7 +71,7 @@ def _check_prediction(work: Path, folder: Path) -> str:
     from core.inference.ensemble import create_spec
     from core.inference.predict import list_images, predict_folder
     from core.train.config import FinetuneConfig
-    from core.train.finetune import build_classifier, save_checkpoint
+    from core.models.classifier import build_classifier, save_classifier_checkpoint
 
     classes = ["benign", "malignant", "normal"]
     members = []
@@ -79,7 +79,7 @@ def _check_prediction(work: Path, folder: Path) -> str:
         torch.manual_seed(seed)
         cfg = FinetuneConfig(backbone="convnext_atto", tiny=True, init="random", image_size=32)
         model, ccfg = build_classifier(cfg, classes, lambda msg: None)
-        save_checkpoint(work / f"member{seed}" / "checkpoint-best", model, ccfg)
+        save_classifier_checkpoint(work / f"member{seed}" / "checkpoint-best", model, ccfg)
         members.append(work / f"member{seed}")
     spec = create_spec(work / "ensemble.json", members, names=["A", "B"])
     subset = work / "images"

@@ -34,7 +34,7 @@ def register_cli(subparsers) -> None:
 
 def _ensemble(args) -> int:
     from core.inference.ensemble import (create_spec, evaluate_ensemble, evaluate_ensemble_cv, format_table, load_spec)
-    from core.train.finetune import is_kfold_run
+    from core.train.kfold import is_kfold_run
     from core.jobs import Job
 
     if args.members:

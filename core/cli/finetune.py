@@ -63,13 +63,14 @@ def register_cli(subparsers) -> None:
     r.add_argument("--resume", action="store_true", help="continue the run in --out (finished folds are kept)")
     F.add_argument(r, "device")
     F.add_argument(r, "num_workers", "--workers")
-    r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    F.add_argument(r, "precision")
     r.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_finetune)
 
 
 def _finetune(args) -> int:
-    from core.train.finetune import finetune_job, pretrained_metadata
+    from core.models.classifier import pretrained_metadata
+    from core.train.finetune import finetune_job
     from core.train.config import FinetuneConfig
     from core.data.transforms import AugmentConfig
 
@@ -98,7 +99,7 @@ def _finetune(args) -> int:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, drop_path=args.drop_path,
         balance=args.balance, patience=args.patience, val_fraction=args.val_fraction,
         test_fraction=0.0 if args.kfold else args.test_fraction, seed=args.seed, num_workers=args.workers,
-        device=args.device, amp=not args.no_amp,
+        device=args.device, precision=args.precision,
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.project and main_rank:     # recorded in the project's runs table, like a run from the window

@@ -120,8 +120,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise ValueError("give --out RUN_DIR (or --resume CKPT to continue a run)")
     config = config_from_args(args)
     if not config.out and args.resume is not None:
-        from core.pretrain.trainer import resolve_checkpoint
-        config.out = str(resolve_checkpoint(args.resume).parent)
+        from core.train.checkpoint import resolve_pretrain_checkpoint
+        config.out = str(resolve_pretrain_checkpoint(args.resume).parent)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     store = None
     try:

@@ -27,10 +27,10 @@ def register_cli(subparsers) -> None:
 
 def _reconstruct(args: argparse.Namespace) -> int:
     from core.analysis.reconstruct import load_mae, reconstruct, save_panel
-    from core.pretrain.trainer import resolve_checkpoint
+    from core.train.checkpoint import resolve_pretrain_checkpoint
 
     model, config = load_mae(args.checkpoint, args.device)
-    out = args.out or resolve_checkpoint(args.checkpoint).parent / "reconstructions"
+    out = args.out or resolve_pretrain_checkpoint(args.checkpoint).parent / "reconstructions"
     for path in args.images:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image")

@@ -288,8 +288,9 @@ def cam_for_file(ens: "LoadedEnsemble", path: str | Path, target: int | None = N
 def load_ensemble(spec: EnsembleSpec | str | Path, device: str | torch.device | None = None,
                   *, require_calibrated: bool = False) -> LoadedEnsemble:
     """Load every member of an ensemble file (single checkpoints; k-fold runs are for evaluation only)."""
-    from core.train.finetune import is_kfold_run, load_classifier
-    from core.models.backbones import pick_device
+    from core.models.classifier import load_classifier
+    from core.train.kfold import is_kfold_run
+    from core.train.distributed import pick_device
 
     if not isinstance(spec, EnsembleSpec):
         spec = load_spec(spec)
@@ -382,7 +383,7 @@ def save_cam_png(path: Path, x01: torch.Tensor, cam: CamResult) -> None:
 def _member_logits(ckpt: Path, rel_paths: Sequence[str], root: Path, part: str, device, ctx=None,
                    batch_size: int = 32) -> np.ndarray:
     """fp32 logits of one checkpoint on images (cached ``logits_<part>.csv`` of its run when it matches)."""
-    from core.train.finetune import load_classifier
+    from core.models.classifier import load_classifier
     from core.inference.logits import read_logits
 
     run_dir = ckpt.parent if ckpt.name.startswith("checkpoint-") else ckpt
@@ -451,11 +452,12 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                       cam_limit: int = 32) -> EnsembleReport:
     """Calibrate each member on its validation split, evaluate members and ensemble on ``split`` of the
     members' runs, before and after calibration. Temperatures are written back to the file (``save``)."""
-    from core.train.finetune import read_split, resolve_checkpoint
-    from core.models.backbones import pick_device
+    from core.train.data import read_split
+    from core.train.checkpoint import resolve_classifier_checkpoint
+    from core.train.distributed import pick_device
 
     device = pick_device(str(device) if device else None)
-    ckpts = [resolve_checkpoint(spec.resolve(m)) for m in spec.members]
+    ckpts = [resolve_classifier_checkpoint(spec.resolve(m)) for m in spec.members]
     splits = [read_split(c.parent if c.name.startswith("checkpoint-") else c) for c in ckpts]
     classes = splits[0]["classes"]
     for m, s in zip(spec.members, splits):
@@ -536,7 +538,7 @@ def evaluate_ensemble_cv(spec: EnsembleSpec, *, calibrate: bool = True, data_roo
                          ctx=None) -> dict:
     """Members are k-fold run folders with the same k and folds: evaluate fold by fold on the held-out
     fold (calibrating on each fold's validation part), then mean ± std over folds and pooled metrics."""
-    from core.train.finetune import fold_dirs
+    from core.train.kfold import fold_dirs
 
     dirs = [fold_dirs(spec.resolve(m)) for m in spec.members]
     if not all(dirs) or len({len(d) for d in dirs}) != 1:

@@ -17,14 +17,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
-    from core.train.finetune import Sample
+    from core.train.data import Sample
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_autocast(device: torch.device, precision: str | torch.dtype | None) -> torch.dtype | None:
     """``auto`` = bf16/fp16 only where the hardware does it natively; ``fp32``/None = no autocast."""
-    from core.models.backbones import autocast_dtype
+    from core.train.precision import autocast_dtype
 
     if isinstance(precision, torch.dtype):
         return precision
@@ -121,7 +121,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-softmax_np = softmax   # the name core.train.finetune imports
 
 
 def write_logits(path: Path, samples: Sequence["Sample"], logits: np.ndarray, classes: Sequence[str]) -> None:

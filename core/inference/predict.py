@@ -12,7 +12,7 @@ cannot be read becomes a row with ``status=error`` and the reason, and is not re
 Fast path (all on by default, each measured in ``bench/predict.py``): ``torch.inference_mode``; batched
 forward passes; decode in worker processes; ``channels_last`` on CUDA (on this kind of CPU the
 NCHW kernels are faster for ConvNeXt, so the default is ``auto``); bf16 autocast only where
-``core.models.backbones.autocast_dtype`` says the hardware does it natively, with a check on the first batch
+``core.train.precision.autocast_dtype`` says the hardware does it natively, with a check on the first batch
 against fp32 (falls back to fp32 when probabilities move by more than ``bf16_tol``). ``export_onnx``
 writes the whole ensemble (normalisation, members, temperatures, averaging) as one ONNX graph that
 ``predict_folder(onnx=...)`` runs with ONNX Runtime.
@@ -49,6 +49,7 @@ from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble
 from core.inference.logits import to_unit_float
 from core.data.transforms import load_8bit, resize_pil
 from core.data.walk import walk_folder
+from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
 
 log = logging.getLogger(__name__)
 
@@ -316,45 +317,6 @@ def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset
 
 
 # ------------------------------------------------------------------------------------------- torchrun
-class _Ranks:
-    """This process's place under torchrun (rank, world size, local rank); barriers and sums over gloo
-    (CPU tensors, also when the models run on GPUs)."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self._owns_group = False
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                # ranks wait at the end for the slowest one: a long timeout, torchrun stops them all on a crash
-                dist.init_process_group("gloo", timeout=timedelta(hours=12))
-                self._owns_group = True
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def sum(self, *values: int) -> list[int]:
-        if self.world == 1:
-            return list(values)
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.int64)
-        dist.all_reduce(t)
-        return [int(v) for v in t.tolist()]
-
-    def close(self) -> None:
-        if self._owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 def part_files(out: str | Path) -> list[Path]:
     """The per-rank part files of ``out`` (present while a torchrun prediction runs, or after a kill)."""
     out = Path(out)
@@ -461,11 +423,9 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
         else:
             log.info(msg)
 
-    ranks = _Ranks()
+    # ranks wait at the end for the slowest one: a long timeout (torchrun stops them all on a crash)
+    ranks = setup_distributed(device, timeout=timedelta(hours=12))
     try:
-        if device is None and ranks.world > 1 and torch.cuda.is_available():
-            device = f"cuda:{ranks.local_rank}"
-            torch.cuda.set_device(ranks.local_rank)
         if onnx is not None:
             runner: Any = onnx if isinstance(onnx, OnnxEnsemble) else OnnxEnsemble(onnx, threads)
             classes, names, weights = runner.classes, runner.names, runner.weights
@@ -474,16 +434,16 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
         else:
             if ensemble is None:
                 raise ValueError("give an ensemble file (or an ONNX export)")
-            ens = ensemble if isinstance(ensemble, LoadedEnsemble) else load_ensemble(ensemble, device)
+            ens = ensemble if isinstance(ensemble, LoadedEnsemble) else load_ensemble(ensemble, ranks.device)
             on_gpu = ens.device.type == "cuda"
             use_onnx = backend == "onnx" or (backend == "auto" and not on_gpu and precision != "bf16"
                                              and has_onnxruntime())
             if use_onnx:
                 path = cached_onnx_path(ens)
-                if ranks.rank == 0 and not path.is_file():
+                if ranks.is_main and not path.is_file():
                     say(f"exporting the ensemble to ONNX (once, checked against PyTorch): {path}")
                     export_onnx(ens, path)
-                ranks.barrier()
+                barrier()
                 runner = OnnxEnsemble(path, threads)
                 backend = "onnx"
             else:
@@ -498,28 +458,28 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
                               batch_size or (32 if backend == "torch" and on_gpu else CPU_BATCH_SIZE),
                               num_workers, limit, store, run_id, ranks, say, ctx)
     finally:
-        ranks.close()
+        teardown_distributed(ranks)
 
 
 def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, classes, names, weights, size: int,
                    interp: str, batch_size: int, num_workers: int | None, limit: int | None, store, run_id,
-                   ranks: _Ranks, say, ctx) -> dict:
+                   ranks: DistInfo, say, ctx) -> dict:
     columns = output_columns(classes, names)
     all_rel = list_images(folder)
     if ranks.rank == 0:
         merged = _merge_parts(out, fmt, columns, all_rel)     # left by an interrupted torchrun prediction
         if merged:
             say(f"{out}: {merged} rows of an interrupted run merged from its part files")
-    ranks.barrier()
+    barrier()
     done = _read_done(out, fmt, columns)
     pending = [r for r in all_rel if r not in done]
     if limit is not None:
         pending = pending[:limit]
-    mine = pending[ranks.rank::ranks.world]
+    mine = pending[ranks.rank::ranks.world_size]
     total = len(all_rel)
     if done:
         say(f"{out}: {len(done)} images already done, {len(pending)} to go")
-    target = out if ranks.world == 1 else out.with_name(f"{out.name}.rank{ranks.rank}.part")
+    target = out if ranks.world_size == 1 else out.with_name(f"{out.name}.rank{ranks.rank}.part")
     writer = _Writer(target, fmt, columns, classes, names)
     sink = _StoreSink(store, run_id, folder, classes, names) if store is not None and run_id is not None else None
     if num_workers is None:
@@ -550,18 +510,18 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
     finally:
         writer.close()
     stored = sink.stored if sink is not None else 0
-    ranks.barrier()
-    if ranks.world > 1:
+    barrier()
+    if ranks.world_size > 1:
         if ranks.rank == 0:
             _merge_parts(out, fmt, columns, all_rel)
-        n_ok, n_err, stored = ranks.sum(n_ok, n_err, stored)
-        ranks.barrier()
+        n_ok, n_err, stored = (int(v) for v in all_reduce_sum([n_ok, n_err, stored], ranks.device))
+        barrier()
     dt = time.perf_counter() - t0
     summary = {"out": str(out), "format": fmt, "images_total": total, "already_done": len(done),
                "predicted": n_ok, "errors": n_err, "seconds": round(dt, 3),
                "images_per_s": (n_ok + n_err) / dt if dt > 0 else None, "precision": runner.precision,
                "backend": "onnxruntime" if backend == "onnx" else "torch",
-               "bf16_max_prob_diff": runner.max_diff_vs_fp32, "rank": ranks.rank, "world_size": ranks.world}
+               "bf16_max_prob_diff": runner.max_diff_vs_fp32, "rank": ranks.rank, "world_size": ranks.world_size}
     if sink is not None:
         summary["stored"] = stored
     say(f"predicted {n_ok} images ({n_err} errors) in {dt:.1f} s -> {out}")

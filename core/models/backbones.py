@@ -21,29 +21,3 @@ def create_backbone(name: str, *, num_classes: int = 0, in_chans: int = 3, tiny:
         timm_kwargs = {**TINY_CONVNEXT, **timm_kwargs}
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                              **timm_kwargs)
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """bf16 matmul on a CPU without AVX512-BF16/AMX is ~100x slower than fp32: only use it when native."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (and on CPUs with native bf16); None means plain fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None

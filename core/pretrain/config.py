@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from core.train.options import ConfigOptions, Option
+from core.train.precision import PRECISION_HELP, PRECISIONS
 
 # Runs written before the option names were aligned with fine-tuning's: old name -> new name.
 RENAMED_KEYS = {"backbone_kwargs": "timm_kwargs", "clip_grad": "grad_clip", "workers": "num_workers"}
@@ -42,7 +43,7 @@ class TrainConfig:
     options: dict = field(default_factory=dict)          # the method's own options
     # run settings (may change between a run and its resume)
     device: str | None = None
-    precision: str = "auto"             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"             # auto | fp32 | bf16 | fp16 (core.train.precision)
     num_workers: int = 0
     cache_mb: float = 2048
     checkpoint_epochs: int = 1          # save every N epochs (and at the end, on cancel)
@@ -81,7 +82,7 @@ TRAIN_OPTIONS = ConfigOptions(TrainConfig, {
     "grad_clip": Option("clip the gradient L2 norm; 0 = off", min=0.0),
     "seed": Option("seed of the data order, the masks and the initialisation", min=0),
     "device": Option("cpu, cuda, cuda:1 (default: CUDA when present)"),
-    "precision": Option("autocast: auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16")),
+    "precision": Option(PRECISION_HELP, choices=PRECISIONS),
     "checkpoint_epochs": Option("save a checkpoint every N epochs", min=1),
     "checkpoint_steps": Option("also save every N optimizer steps; 0 = off", min=0),
     "max_steps": Option("stop (with a checkpoint) after this many optimizer steps in total; resume later", min=1),

@@ -1,12 +1,15 @@
 """The shared pretraining loop: every registered method (``core.pretrain.get_method``) trains through it.
 
-What it does, in order: folder scan and data fingerprint; dataset of the kind the method names; model
-from ``method.build``; AdamW (no weight decay on norms, biases, layer scales, mask tokens) with a
-per-iteration schedule (linear warm-up, then cosine to ``min_lr``); gradient accumulation; gradient
-clipping; autocast (bf16 on CUDA by default, fp32 on CPU); a NaN guard (a step whose gradient norm is
-not finite is skipped; too many in a row stop the run); progress events (loss, images/s, ETA) and
-cancellation through ``core.jobs``; a JSON-lines log per epoch (with encoder collapse metrics);
-checkpoints; resume; DistributedDataParallel under ``torchrun``.
+What it does, in order (set-up in ``_setup``, then ``train_one_epoch`` and ``_end_of_epoch`` per epoch):
+folder scan and data fingerprint; dataset of the kind the method names; model from ``method.build``;
+AdamW (``core.train.schedule.param_groups``: no weight decay on norms, biases, layer scales, mask tokens)
+with a per-iteration schedule (``lr_at``: linear warm-up, then cosine to ``min_lr``); gradient
+accumulation; gradient clipping; ``--precision`` (``core.train.precision``; fp16 with a GradScaler); the
+NaN guard (``core.train.nan_guard``: a step whose loss or gradient norm is not finite is skipped; too
+many in a row stop the run); progress and epoch-end events (loss, images/s, ETA) and cancellation
+through ``core.jobs``; a JSON-lines log per epoch (with encoder collapse metrics); atomic checkpoints
+(``core.train.checkpoint``); resume; DistributedDataParallel under ``torchrun``
+(``core.train.distributed``).
 
 Run folder (``config.out``)::
 
@@ -36,51 +39,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
-import random
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from core.pretrain import StepContext, get_method
 from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
-from core.train.rng import capture_rng_state, restore_rng_state
+from core.train.checkpoint import resolve_pretrain_checkpoint, write_checkpoint_dir
+from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
+from core.train.nan_guard import NanGuard
+from core.train.precision import Precision, make_grad_scaler, resolve_precision
+from core.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from core.train.schedule import lr_at, param_groups, set_lr
 
-__all__ = ["train", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
-           "read_checkpoint_config", "resolve_checkpoint", "load_checkpoint_model", "lr_at",
-           "collapse_metrics", "CHECKPOINT_FORMAT"]
+__all__ = ["train", "train_one_epoch", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
+           "read_checkpoint_config", "load_checkpoint_model", "collapse_metrics", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "medssl-pretrain/1"
 CKPT_DIR = "checkpoint-last"
-
-
-# -- schedule and optimizer ---------------------------------------------------------------------------
-def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps`` then half-cosine from ``lr`` to ``min_lr`` at ``total_steps``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or "mask_token" in name or name.endswith(".gamma"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 # -- collapse metrics ---------------------------------------------------------------------------------
@@ -97,59 +78,10 @@ def collapse_metrics(features: torch.Tensor) -> dict[str, float]:
             "feat_dead_frac": float((std < 1e-4).float().mean())}
 
 
-# -- distributed ----------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device_request: str | None) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and (device_request is None or device_request.startswith("cuda"))
-        if use_cuda:
-            torch.cuda.set_device(d.local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        d.owns_group = True
-    return d
-
-
-def _barrier(d: _Dist) -> None:
-    if d.enabled:
-        import torch.distributed as dist
-        dist.barrier()
-
-
 # -- checkpoints ----------------------------------------------------------------------------------------
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint folder or a run folder (checkpoint-last inside)."""
-    p = Path(path)
-    for cand in (p, p / CKPT_DIR, p / (CKPT_DIR + ".old")):
-        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
-            return cand
-    raise FileNotFoundError(f"{path}: no checkpoint here (expected config.json and model.safetensors, "
-                            f"or a run folder with {CKPT_DIR}/)")
-
-
 def read_checkpoint_config(path: str | Path) -> dict:
     """The config.json of a checkpoint (``{"format", "config", "data", "progress", ...}``)."""
-    return json.loads((resolve_checkpoint(path) / "config.json").read_text())
+    return json.loads((resolve_pretrain_checkpoint(path) / "config.json").read_text())
 
 
 def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[str, str]:
@@ -170,27 +102,22 @@ def _save_encoder(encoder_sd: dict, path: Path, metadata: dict[str, str]) -> Pat
 
 def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config: TrainConfig,
                      data: dict, progress: dict, extra: dict) -> Path:
-    """Write checkpoint-last atomically (tmp folder, then rename) and encoder.safetensors."""
+    """Write checkpoint-last atomically (``core.train.checkpoint``) and encoder.safetensors."""
     from safetensors.torch import save_file
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final, tmp, old = run_dir / CKPT_DIR, run_dir / (CKPT_DIR + ".tmp"), run_dir / (CKPT_DIR + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
-    torch.save({"optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": capture_rng_state(), "progress": progress}, tmp / "optimizer.pt")
-    meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data, "progress": progress,
-            "versions": {"torch": torch.__version__, "timm": _timm_version(), "medssl": _medssl_version()},
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
-    (tmp / "config.json").write_text(json.dumps(meta, indent=1))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
+        torch.save({"optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "rng": capture_rng_state(), "progress": progress}, tmp / "optimizer.pt")
+        meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data, "progress": progress,
+                "versions": {"torch": torch.__version__, "timm": _timm_version(), "medssl": _medssl_version()},
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+
+    final = write_checkpoint_dir(run_dir / CKPT_DIR, write)
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     _save_encoder(enc, run_dir / "encoder.safetensors", _encoder_metadata(config, data, progress))
     return final
@@ -231,7 +158,7 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
     """Rebuild a checkpoint's model (eval mode) with its weights: (model, config, config.json dict)."""
     from safetensors.torch import load_file
 
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_pretrain_checkpoint(path)
     meta = json.loads((ckpt / "config.json").read_text())
     config = TrainConfig.from_dict(meta["config"])
     model = get_method(config.method).build(config)
@@ -256,7 +183,7 @@ def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
         if (p / "encoder.safetensors").is_file():
             p = p / "encoder.safetensors"
         else:
-            p = resolve_checkpoint(p) / "model.safetensors"
+            p = resolve_pretrain_checkpoint(p) / "model.safetensors"
     if not p.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     meta: dict[str, str] = {}
@@ -309,7 +236,7 @@ def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the encoder of a checkpoint as timm-keyed safetensors (default: RUN_DIR/encoder.safetensors)."""
     from safetensors.torch import load_file
 
-    ckpt = resolve_checkpoint(ckpt_dir)
+    ckpt = resolve_pretrain_checkpoint(ckpt_dir)
     meta = json.loads((ckpt / "config.json").read_text())
     sd = load_file(str(ckpt / "model.safetensors"))
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
@@ -322,30 +249,9 @@ def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 # -- the loop -----------------------------------------------------------------------------------------
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    from core.models.backbones import autocast_dtype
-
-    if precision == "auto":
-        return autocast_dtype(device) if device.type == "cuda" else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
-        return torch.float16
-    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) \
-        else model
-
-
 @torch.no_grad()
 def _probe(model: nn.Module, probe: torch.Tensor, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    enc = _unwrap(model).encoder
+    enc = unwrap(model).encoder
     was_training = enc.training
     enc.eval()
     mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
@@ -370,19 +276,70 @@ def train(config: TrainConfig, ctx=None, *, resume: str | Path | None = None) ->
     already holds a checkpoint is refused. Returns ``{"run_dir", "checkpoint", "encoder", "global_step",
     "total_steps", "epochs_done", "step_losses": [(global_step, loss), ...] (this call's steps), ...}``.
     """
-    dist_info = _setup_distributed(config.device)
+    dd = setup_distributed(config.device)
     try:
-        return _train(config, ctx, resume, dist_info)
+        run = _setup(config, ctx, resume, dd)
+        while run.progress["epoch"] < run.config.epochs and run.stop_reason is None:
+            epoch_start = time.perf_counter()
+            lr = train_one_epoch(run)
+            if run.stop_reason is not None and run.progress["step_in_epoch"] < run.steps_per_epoch:
+                break
+            _end_of_epoch(run, lr, epoch_start)
+        if run.saved_at_step != run.progress["global_step"]:    # stopped between scheduled checkpoints
+            run.save()
+        p = run.progress
+        run.result.update(checkpoint=str(run.run_dir / CKPT_DIR), encoder=str(run.run_dir / "encoder.safetensors"),
+                          global_step=p["global_step"], epochs_done=p["epoch"], finished=p["finished"],
+                          stop_reason=run.stop_reason)
+        return run.result
     finally:
-        if dist_info.owns_group:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+        teardown_distributed(dd)
 
 
-def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
-    config = TrainConfig.from_dict(config.to_dict())        # private copy
-    method = get_method(config.method)
-    config.options = {**method.default_options(), **(config.options or {})}
+@dataclass
+class _Run:
+    """Everything one training call holds between its set-up, its epochs and its end."""
+    config: TrainConfig
+    method: Any
+    ctx: Any
+    dd: DistInfo
+    run_dir: Path
+    dataset: Any
+    data: dict
+    model: nn.Module                # DDP-wrapped under torchrun
+    optimizer: Any
+    scaler: Any
+    precision: Precision
+    guard: NanGuard
+    progress: dict
+    result: dict
+    extra_meta: dict
+    probe: torch.Tensor | None
+    steps_per_epoch: int
+    warmup_steps: int
+    saved_at_step: int
+    stop_reason: str | None = None
+    pace_start: float = field(default_factory=time.perf_counter)
+    pace_steps: int = 0
+    last_event: float = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.dd.device
+
+    def log(self, msg: str) -> None:
+        if self.ctx is not None:
+            self.ctx.log(msg)
+
+    def save(self) -> None:
+        if self.dd.is_main:
+            _save_checkpoint(self.run_dir, unwrap(self.model), self.optimizer, self.scaler, self.config, self.data,
+                             self.progress, self.extra_meta)
+        barrier()
+        self.saved_at_step = self.progress["global_step"]
+
+
+def _validate(config: TrainConfig, method) -> None:
     method.check_options(config.options, config)
     if config.image_size % config.cell:
         raise ValueError(f"image size {config.image_size} must be a multiple of {config.cell}")
@@ -390,34 +347,45 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
         raise ValueError("epochs, batch size and accumulation steps must be >= 1")
     if config.warmup_epochs > config.epochs:
         raise ValueError(f"warm-up ({config.warmup_epochs} epochs) is longer than the run ({config.epochs})")
-    log = ctx.log if ctx is not None else (lambda msg: None)
 
-    # -- where we start from
+
+def _starting_checkpoint(config: TrainConfig, resume) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue from (and its config.json), refusing to start over an existing run."""
     ckpt: Path | None = None
     if resume == "auto":
         try:
-            ckpt = resolve_checkpoint(config.out)
+            ckpt = resolve_pretrain_checkpoint(config.out)
         except FileNotFoundError:
             ckpt = None
     elif resume is not None:
-        ckpt = resolve_checkpoint(resume)
+        ckpt = resolve_pretrain_checkpoint(resume)
     saved = json.loads((ckpt / "config.json").read_text()) if ckpt is not None else None
     if saved is not None and not config.out:
         config.out = str(ckpt.parent)
     if not config.out:
         raise ValueError("no run folder given (--out)")
-    run_dir = Path(config.out)
     if saved is None:
         try:
-            existing = resolve_checkpoint(run_dir)
+            existing = resolve_pretrain_checkpoint(config.out)
         except FileNotFoundError:
             existing = None
         if existing is not None:
-            raise ValueError(f"{run_dir} already holds a checkpoint; continue it with --resume {run_dir} "
+            raise ValueError(f"{config.out} already holds a checkpoint; continue it with --resume {config.out} "
                              f"or choose a new --out")
+    return ckpt, saved
+
+
+def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
+    config = TrainConfig.from_dict(config.to_dict())        # private copy
+    method = get_method(config.method)
+    config.options = {**method.default_options(), **(config.options or {})}
+    _validate(config, method)
+    log = ctx.log if ctx is not None else (lambda msg: None)
+    ckpt, saved = _starting_checkpoint(config, resume)
+    run_dir = Path(config.out)
 
     # -- data (the settings are checked before the scan, the images after it)
-    from core.pretrain.data import EpochBatchSampler, build_dataset, fingerprint, make_loader, scan_images
+    from core.pretrain.data import build_dataset, fingerprint, scan_images
 
     if saved is not None:
         _check_resumable(ckpt, saved, config, None)
@@ -428,33 +396,25 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
         _check_resumable(ckpt, saved, config, data["fingerprint"])
     dataset = build_dataset(method.dataset, records, config, ctx)
     n = len(dataset)
-    micro_per_epoch = n // config.batch_size
-    steps_per_epoch = micro_per_epoch // config.accum_steps
+    steps_per_epoch = n // config.batch_size // config.accum_steps
     if steps_per_epoch < 1:
         raise ValueError(f"{n} images give no full optimizer step of {config.batch_size} x "
                          f"{config.accum_steps} images; lower --batch-size or --accum-steps")
     if config.batch_size % dd.world_size:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {dd.world_size} processes")
     total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
 
     # -- model, optimizer
-    if dd.enabled and torch.cuda.is_available() and (config.device is None or config.device.startswith("cuda")):
-        device = torch.device("cuda", dd.local_rank)
-    else:
-        from core.models.backbones import pick_device
-        device = pick_device(config.device)
-    amp_dtype = _resolve_precision(config.precision, device)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    random.seed(config.seed)
+    device = dd.device
+    precision = resolve_precision(config.precision, device)
+    seed_everything(config.seed)
     model = method.build(config)
     if config.init_weights and saved is None:
-        report = load_encoder_weights(_unwrap(model).encoder, config.init_weights)
+        report = load_encoder_weights(unwrap(model).encoder, config.init_weights)
         log(f"encoder initialised from {config.init_weights} ({report['loaded']} tensors)")
     model.to(device)
-    optimizer = method.build_optimizer(_param_groups(model, config.weight_decay), config)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    optimizer = method.build_optimizer(param_groups(model, config.weight_decay), config)
+    scaler = make_grad_scaler(precision, device)
 
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch, "finished": False, "epoch_sums": {}, "epoch_count": 0,
@@ -478,148 +438,148 @@ def _train(config: TrainConfig, ctx, resume, dd: _Dist) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    probe = _probe_batch(dataset, config.probe_size) if dd.is_main and config.probe_size > 0 else None
     result: dict[str, Any] = {"run_dir": str(run_dir), "step_losses": [], "total_steps": total_steps,
-                              "steps_per_epoch": steps_per_epoch, "n_images": n, "resumed_from": str(ckpt) if ckpt else None}
-    extra_meta = {"world_size": dd.world_size, "device": str(device),
-                  "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}
+                              "steps_per_epoch": steps_per_epoch, "n_images": n,
+                              "resumed_from": str(ckpt) if ckpt else None}
+    extra_meta = {"world_size": dd.world_size, "device": str(device), "precision": precision.name}
     if config.init_weights:
         extra_meta["init_weights"] = str(config.init_weights)
-
-    saved_at_step = [progress["global_step"] if saved is not None else -1]
-
-    def save() -> None:
-        if dd.is_main:
-            _save_checkpoint(run_dir, _unwrap(model), optimizer, scaler, config, data, progress, extra_meta)
-        _barrier(dd)
-        saved_at_step[0] = progress["global_step"]
-
     if progress["finished"]:
         log(f"{run_dir}: training already finished ({total_steps} steps)")
-    model.train()
-    session_start, session_steps, last_event = time.perf_counter(), 0, 0.0
-    consecutive_bad = 0
-    stop_reason = None
+    guard = NanGuard(config.max_nan_skips, device=device,
+                     hint=f"lower --lr, or resume from the last good checkpoint in {run_dir}")
+    probe = _probe_batch(dataset, config.probe_size) if dd.is_main and config.probe_size > 0 else None
+    return _Run(config, method, ctx, dd, run_dir, dataset, data, model, optimizer, scaler, precision, guard,
+                progress, result, extra_meta, probe, steps_per_epoch,
+                warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
+                saved_at_step=progress["global_step"] if saved is not None else -1)
+
+
+def train_one_epoch(run: _Run) -> float:
+    """Optimizer steps until the epoch ends (or a cancel / --max-steps stop); returns the last lr."""
+    from core.pretrain.data import EpochBatchSampler, make_loader
+
+    config, progress, dd, device, model = run.config, run.progress, run.dd, run.device, run.model
+    epoch, total_steps = progress["epoch"], progress["total_steps"]
+    sampler = EpochBatchSampler(len(run.dataset), config.batch_size, rank=dd.rank, world_size=dd.world_size,
+                                seed=config.seed, epoch=epoch, start=progress["step_in_epoch"] * config.accum_steps)
+    batches = iter(make_loader(run.dataset, sampler, workers=config.num_workers, pin_memory=device.type == "cuda"))
+    params = [p for p in model.parameters() if p.requires_grad]
     images_per_step = config.batch_size * config.accum_steps
-    while progress["epoch"] < config.epochs and stop_reason is None:
-        epoch = progress["epoch"]
-        sampler = EpochBatchSampler(n, config.batch_size, rank=dd.rank, world_size=dd.world_size,
-                                    seed=config.seed, epoch=epoch,
-                                    start=progress["step_in_epoch"] * config.accum_steps)
-        loader = make_loader(dataset, sampler, workers=config.num_workers, pin_memory=device.type == "cuda")
-        batches = iter(loader)
-        epoch_start = time.perf_counter()
-        while progress["step_in_epoch"] < steps_per_epoch:
-            step_start = time.perf_counter()
-            g = progress["global_step"]
-            lr = lr_at(g, lr=config.lr, min_lr=config.min_lr, warmup_steps=warmup_steps, total_steps=total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            step_ctx = StepContext(epoch=epoch, global_step=g, total_steps=total_steps, seed=config.seed,
-                                   device=device, autocast_dtype=amp_dtype, rank=dd.rank,
-                                   world_size=dd.world_size, options=config.options)
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            metric_sums: dict[str, float] = {}
-            for micro in range(config.accum_steps):
-                batch = next(batches)
-                sync = micro == config.accum_steps - 1
-                with (model.no_sync() if dd.enabled and not sync else contextlib.nullcontext()):
-                    loss, metrics = method.loss(model, batch, step_ctx)
-                    scaled = loss / config.accum_steps
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_sum += loss.detach().double().cpu() / config.accum_steps
-                for k, v in metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / config.accum_steps
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            max_norm = config.grad_clip if config.grad_clip and config.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            cancel = bool(ctx is not None and ctx.cancel_requested)
-            step_loss = float(loss_sum)
-            if dd.enabled:   # one all-reduce: mean loss and metrics for the log + any rank's cancel
-                import torch.distributed as dist
-                keys = sorted(metric_sums)
-                t = torch.tensor([step_loss, float(cancel)] + [metric_sums[k] for k in keys],
-                                 dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
-                dist.all_reduce(t)
-                t = t.cpu() / dd.world_size
-                step_loss, cancel = float(t[0]), bool(t[1] > 0)
-                metric_sums = {k: float(v) for k, v in zip(keys, t[2:])}
-            finite = math.isfinite(grad_norm) and math.isfinite(step_loss)
-            if scaler is not None:
-                scaler.step(optimizer)      # skips by itself when gradients are inf/NaN
-                scaler.update()
-            elif finite:
-                optimizer.step()
-            if finite:
-                consecutive_bad = 0
-                sums = progress["epoch_sums"]
-                for k, v in {"loss": step_loss, "grad_norm": grad_norm, **metric_sums}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                progress["epoch_count"] += 1
-            else:
-                consecutive_bad += 1
-                progress["skipped_steps"] += 1
-                optimizer.zero_grad(set_to_none=True)
-                log(f"step {g}: non-finite loss/gradient (loss {step_loss}, grad norm {grad_norm}); step skipped")
-                if consecutive_bad > config.max_nan_skips:
-                    raise FloatingPointError(
-                        f"{consecutive_bad} non-finite steps in a row at step {g}; lower --lr, or resume from "
-                        f"the last good checkpoint in {run_dir}")
-            progress["global_step"] += 1
-            progress["step_in_epoch"] += 1
-            session_steps += 1
-            result["step_losses"].append((g, step_loss))
-            now = time.perf_counter()
-            step_time = now - step_start
-            per_step = (now - session_start) / session_steps
-            if ctx is not None and (now - last_event > 0.25 or progress["step_in_epoch"] == steps_per_epoch):
-                last_event = now
-                ctx.progress(progress["global_step"], total_steps, message=f"epoch {epoch + 1}/{config.epochs}",
-                             loss=step_loss, lr=lr, images_per_s=images_per_step / max(step_time, 1e-9),
-                             eta_s=per_step * (total_steps - progress["global_step"]), epoch=epoch + 1)
-            if cancel:
-                save()
-                log(f"cancelled at step {progress['global_step']}; checkpoint saved in {run_dir / CKPT_DIR}")
-                ctx.check_cancelled()
-                stop_reason = "cancelled"   # cancel requested on another rank
-                break
-            if config.max_steps is not None and progress["global_step"] >= config.max_steps:
-                stop_reason = "max_steps"
-                break
-            if config.checkpoint_steps and progress["global_step"] % config.checkpoint_steps == 0 \
-                    and progress["step_in_epoch"] < steps_per_epoch:
-                save()
-        if stop_reason is not None and progress["step_in_epoch"] < steps_per_epoch:
+    lr = run.optimizer.param_groups[0]["lr"]
+    model.train()
+    while progress["step_in_epoch"] < run.steps_per_epoch:
+        step_start = time.perf_counter()
+        g = progress["global_step"]
+        lr = lr_at(g, lr=config.lr, min_lr=config.min_lr, warmup_steps=run.warmup_steps, total_steps=total_steps)
+        set_lr(run.optimizer, lr)
+        run.optimizer.zero_grad(set_to_none=True)
+        step_loss, metric_sums, grad_norm, cancel = _accumulate(run, batches, params, epoch, g)
+        ok = run.guard.step_ok(grad_norm, step_loss, where=f"step {g}")
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)      # skips by itself when gradients are inf/NaN
+            run.scaler.update()
+        elif ok:
+            run.optimizer.step()
+        if ok:
+            sums = progress["epoch_sums"]
+            for k, v in {"loss": step_loss, "grad_norm": grad_norm, **metric_sums}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            progress["epoch_count"] += 1
+        else:
+            progress["skipped_steps"] += 1
+            run.optimizer.zero_grad(set_to_none=True)
+            run.log(f"step {g}: non-finite loss/gradient (loss {step_loss}, grad norm {grad_norm}); step skipped")
+        progress["global_step"] += 1
+        progress["step_in_epoch"] += 1
+        run.pace_steps += 1
+        run.result["step_losses"].append((g, step_loss))
+        now = time.perf_counter()
+        if run.ctx is not None and (now - run.last_event > 0.25 or progress["step_in_epoch"] == run.steps_per_epoch):
+            run.last_event = now
+            per_step = (now - run.pace_start) / run.pace_steps
+            run.ctx.progress(progress["global_step"], total_steps, message=f"epoch {epoch + 1}/{config.epochs}",
+                             phase="training", epoch=epoch + 1, loss=step_loss, lr=lr,
+                             images_per_s=images_per_step / max(now - step_start, 1e-9),
+                             eta_s=per_step * (total_steps - progress["global_step"]))
+        if cancel:
+            run.save()
+            run.log(f"cancelled at step {progress['global_step']}; checkpoint saved in {run.run_dir / CKPT_DIR}")
+            run.ctx.check_cancelled()
+            run.stop_reason = "cancelled"   # cancel requested on another rank
             break
-        # -- end of epoch
-        sums, count = progress["epoch_sums"], max(1, progress["epoch_count"])
-        line = {"epoch": epoch + 1, "epochs": config.epochs, "global_step": progress["global_step"],
-                **{k: v / count for k, v in sums.items()},
-                "lr": lr, "skipped_steps": progress["skipped_steps"],
-                "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
-                "images_per_s": round(images_per_step * progress["step_in_epoch"] /
-                                      max(1e-9, time.perf_counter() - epoch_start), 3)}
-        if probe is not None:
-            line.update(_probe(model, probe, config, device))
-        progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums={}, epoch_count=0)
-        progress["finished"] = progress["epoch"] >= config.epochs
-        if dd.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line) + "\n")
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
-        result.setdefault("epoch_logs", []).append(line)
-        if progress["finished"] or (epoch + 1) % max(1, config.checkpoint_epochs) == 0:
-            save()
-    if saved_at_step[0] != progress["global_step"]:    # stopped between scheduled checkpoints
-        save()
-    result.update(checkpoint=str(run_dir / CKPT_DIR), encoder=str(run_dir / "encoder.safetensors"),
-                  global_step=progress["global_step"], epochs_done=progress["epoch"],
-                  finished=progress["finished"], stop_reason=stop_reason)
-    return result
+        if config.max_steps is not None and progress["global_step"] >= config.max_steps:
+            run.stop_reason = "max_steps"
+            break
+        if config.checkpoint_steps and progress["global_step"] % config.checkpoint_steps == 0 \
+                and progress["step_in_epoch"] < run.steps_per_epoch:
+            run.save()
+    return lr
+
+
+def _accumulate(run: _Run, batches, params, epoch: int, g: int) -> tuple[float, dict[str, float], float, bool]:
+    """The micro-steps of one optimizer step: (mean loss, mean metrics, gradient norm, any rank cancelled);
+    loss, metrics and cancel are averaged over ranks in one all-reduce."""
+    config, dd, device, model = run.config, run.dd, run.device, run.model
+    step_ctx = StepContext(epoch=epoch, global_step=g, total_steps=run.progress["total_steps"], seed=config.seed,
+                           device=device, autocast_dtype=run.precision.dtype, rank=dd.rank,
+                           world_size=dd.world_size, options=config.options)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    metric_sums: dict[str, float] = {}
+    for micro in range(config.accum_steps):
+        batch = next(batches)
+        sync = micro == config.accum_steps - 1
+        with (model.no_sync() if dd.enabled and not sync else contextlib.nullcontext()):
+            loss, metrics = run.method.loss(model, batch, step_ctx)
+            scaled = loss / config.accum_steps
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        loss_sum += loss.detach().double().cpu() / config.accum_steps
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / config.accum_steps
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    max_norm = config.grad_clip if config.grad_clip and config.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    cancel = bool(run.ctx is not None and run.ctx.cancel_requested)
+    step_loss = float(loss_sum)
+    if dd.enabled:
+        import torch.distributed as dist
+        keys = sorted(metric_sums)
+        t = torch.tensor([step_loss, float(cancel)] + [metric_sums[k] for k in keys],
+                         dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        t = t.cpu() / dd.world_size
+        step_loss, cancel = float(t[0]), bool(t[1] > 0)
+        metric_sums = {k: float(v) for k, v in zip(keys, t[2:])}
+    return step_loss, metric_sums, grad_norm, cancel
+
+
+def _end_of_epoch(run: _Run, lr: float, epoch_start: float) -> None:
+    """The epoch's log line (log.jsonl + epoch-end event), then the scheduled checkpoint."""
+    config, progress = run.config, run.progress
+    epoch = progress["epoch"]
+    sums, count = progress["epoch_sums"], max(1, progress["epoch_count"])
+    elapsed = time.perf_counter() - epoch_start
+    line = {"epoch": epoch + 1, "epochs": config.epochs, "global_step": progress["global_step"],
+            **{k: v / count for k, v in sums.items()},
+            "lr": lr, "skipped_steps": progress["skipped_steps"],
+            "epoch_time_s": round(elapsed, 3),
+            "images_per_s": round(config.batch_size * config.accum_steps * progress["step_in_epoch"] /
+                                  max(1e-9, elapsed), 3)}
+    if run.probe is not None:
+        line.update(_probe(run.model, run.probe, config, run.device))
+    progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums={}, epoch_count=0)
+    progress["finished"] = progress["epoch"] >= config.epochs
+    if run.dd.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        run.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+        if run.ctx is not None:
+            run.ctx.epoch_end(epoch + 1, config.epochs, line)
+    run.result.setdefault("epoch_logs", []).append(line)
+    if progress["finished"] or (epoch + 1) % max(1, config.checkpoint_epochs) == 0:
+        run.save()
 
 
 def make_job(config: TrainConfig, *, resume: str | Path | None = None, state_dir: str | Path | None = None):

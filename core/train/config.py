@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from core.data.transforms import AugmentConfig
 from core.models.backbones import TINY_CONVNEXT
 from core.train.options import ConfigOptions, Option
+from core.train.precision import PRECISION_HELP, PRECISIONS
 
 
 @dataclass
@@ -41,7 +42,7 @@ class FinetuneConfig:
     num_workers: int | None = None        # None: min(2, cpus) (augmentation in worker processes)
     cache_mb: float = 2048
     device: str | None = None
-    amp: bool = True
+    precision: str = "auto"              # auto | fp32 | bf16 | fp16 (core.train.precision)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
@@ -52,6 +53,8 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
         d = dict(d)
+        if "amp" in d and "precision" not in d:   # configs written before the precision setting
+            d["precision"] = "auto" if d["amp"] else "fp32"
         d["aug"] = AugmentConfig.from_dict(d.get("aug"))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
@@ -84,6 +87,7 @@ FINETUNE_OPTIONS = ConfigOptions(FinetuneConfig, {
                             "fold)", min=0.0, max=0.5),
     "num_workers": Option("DataLoader worker processes (none given: min(2, CPU count))", min=0),
     "device": Option("cpu, cuda, cuda:1 (default: CUDA when present)"),
+    "precision": Option(PRECISION_HELP, choices=PRECISIONS),
 })
 
 AUGMENT_OPTIONS = ConfigOptions(AugmentConfig, {

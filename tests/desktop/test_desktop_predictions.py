@@ -149,13 +149,13 @@ def _tiny_ensemble(root: Path, names: list[str]) -> Path:
 
     from core.inference.ensemble import create_spec
     from core.train.config import FinetuneConfig
-    from core.train.finetune import build_classifier, save_checkpoint
+    from core.models.classifier import build_classifier, save_classifier_checkpoint
 
     for i, name in enumerate(names):
         torch.manual_seed(i)
         model, ccfg = build_classifier(FinetuneConfig(backbone="convnext_atto", tiny=True, init="random",
                                                       image_size=32), CLASSES, lambda m: None)
-        save_checkpoint(root / f"member{i}" / "checkpoint-best", model, ccfg)
+        save_classifier_checkpoint(root / f"member{i}" / "checkpoint-best", model, ccfg)
     return create_spec(root / "ens.json", [root / f"member{i}" for i in range(len(names))], names=names).path
 
 

@@ -12,7 +12,10 @@ import torch
 from core.inference.ensemble import (EnsembleModel, combine, create_spec, evaluate_ensemble, evaluate_ensemble_cv,
                            fit_temperature, format_table, grad_cam, js_divergence, load_ensemble, load_spec,
                            predictive_entropy, softmax)
-from core.train.finetune import build_classifier, finetune, load_labeled_data, run_kfold
+from core.models.classifier import build_classifier
+from core.train.data import load_labeled_data
+from core.train.finetune import finetune
+from core.train.kfold import run_kfold
 from core.train.config import FinetuneConfig
 from core.analysis.metrics import expected_calibration_error
 
@@ -22,7 +25,7 @@ CLASSES = ["benign", "malignant", "normal"]
 def tiny_cfg(**kw) -> FinetuneConfig:
     base = dict(backbone="convnext_atto", tiny=True, init="random", image_size=32, epochs=1, batch_size=16,
                 lr=3e-3, warmup_epochs=0.5, val_fraction=0.2, test_fraction=0.2, seed=0, num_workers=0,
-                amp=False)  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
+                precision="fp32")  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
     base.update(kw)
     return FinetuneConfig(**base)
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from core.inference.ensemble import create_spec, load_ensemble
-from core.train.finetune import build_classifier, save_checkpoint
+from core.models.classifier import build_classifier, save_classifier_checkpoint
 from core.train.config import FinetuneConfig
 from core.inference.predict import list_images, output_columns, predict_folder
 
@@ -35,7 +35,7 @@ def ensemble_file(tmp_path_factory) -> Path:
         torch.manual_seed(i)
         cfg = FinetuneConfig(backbone="convnext_atto", tiny=True, init="random", image_size=32)
         model, ccfg = build_classifier(cfg, CLASSES, lambda m: None)
-        save_checkpoint(root / name / "checkpoint-best", model, ccfg)
+        save_classifier_checkpoint(root / name / "checkpoint-best", model, ccfg)
     spec = create_spec(root / "ens.json", [root / "a", root / "b"], names=["A", "B"])
     spec.members[0].temperature, spec.members[1].temperature = 1.5, 0.8
     spec.save()
@@ -244,7 +244,7 @@ def test_one_softmax():
     import core.inference.ensemble as ensemble
     import core.inference.logits as logits
 
-    assert ensemble.softmax is logits.softmax is logits.softmax_np
+    assert ensemble.softmax is logits.softmax
     p = logits.softmax(np.array([[1.0, 2.0, 3.0]]), 2.0)
     np.testing.assert_allclose(p, np.exp([[0.5, 1.0, 1.5]]) / np.exp([[0.5, 1.0, 1.5]]).sum())
 

@@ -157,7 +157,7 @@ def test_loss_falls_and_checkpoint_loads_for_finetuning(method, demo_dir, tmp_pa
         assert logs[-1]["loss"] < logs[0]["loss"]
 
     # what `medssl finetune --init pretrained --init-weights RUN` does
-    from core.train.finetune import build_classifier
+    from core.models.classifier import build_classifier
     from core.train.config import FinetuneConfig
 
     fcfg = FinetuneConfig(backbone="convnext_atto", tiny=True, init="pretrained", init_weights=result["run_dir"],

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from core.jobs import Job, JobCancelled
 from core.models.backbones import TINY_CONVNEXT
 from core.pretrain import PretrainMethod, get_method, list_methods, register_method
-from core.pretrain.trainer import export_encoder, load_encoder_weights, lr_at, read_checkpoint_config, train
+from core.pretrain.trainer import export_encoder, load_encoder_weights, read_checkpoint_config, train
+from core.train.schedule import lr_at
 from core.pretrain.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,23 @@ def test_run_writes_checkpoint_encoder_and_log(demo_dir, tmp_path):
     assert [ln["epoch"] for ln in lines] == [1, 2]
     assert {"loss", "lr", "images_per_s", "feat_std", "feat_eff_rank"} <= set(lines[0])
     assert result["global_step"] == 12 == len(result["step_losses"])      # 96 // 16 = 6 steps x 2 epochs
+
+
+def test_epoch_end_events_carry_the_log_lines(demo_dir, tmp_path):
+    from core.jobs import EventKind
+
+    run = tmp_path / "run"
+    job = Job("mae", lambda ctx: train(tiny_config(demo_dir, run, probe_size=0), ctx))
+    events = []
+    job.subscribe(events.append)
+    job.run()
+    ends = [e for e in events if e.kind == EventKind.EPOCH_END]
+    lines = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
+    assert [e.epoch for e in ends] == [1, 2] and all(e.total == 2 for e in ends)
+    for e, line in zip(ends, lines):
+        assert e.metrics == pytest.approx({k: v for k, v in line.items() if isinstance(v, (int, float))})
+    progress = [e for e in events if e.kind == EventKind.PROGRESS and e.epoch]
+    assert progress and all(e.phase == "training" for e in progress)
 
 
 def test_resume_after_cancel_gives_identical_losses(demo_dir, tmp_path):
@@ -137,6 +155,22 @@ def test_stop_at_max_steps_then_rerun_continues(demo_dir, tmp_path):
     assert losses(first) + losses(rest) == pytest.approx(full, abs=1e-6)
     again = train(tiny_config(demo_dir, out), resume="auto")              # finished: nothing to do
     assert again["step_losses"] == [] and again["finished"]
+
+
+def test_resume_after_kill_between_checkpoint_renames(demo_dir, tmp_path):
+    """Only checkpoint-last.old and a complete checkpoint-last.tmp left: the run continues from the newer one."""
+    full = losses(train(tiny_config(demo_dir, tmp_path / "full")))
+    out = tmp_path / "killed"
+    first = train(tiny_config(demo_dir, out, max_steps=8))
+    last = out / "checkpoint-last"
+    shutil.copytree(last, out / "checkpoint-last.tmp")
+    last.rename(out / "checkpoint-last.old")
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train(tiny_config(demo_dir, out))
+    rest = train(tiny_config(demo_dir, out), resume="auto")
+    assert rest["step_losses"][0][0] == 8
+    assert losses(first) + losses(rest) == pytest.approx(full, abs=1e-6)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-last"]
 
 
 def test_resume_refuses_changed_settings_or_data(demo_dir, tmp_path):
@@ -232,7 +266,7 @@ def test_ddp_two_cpu_processes_match_one_process(demo_dir, tmp_path):
     """torchrun --nproc-per-node 2 (gloo) with global batch 16 == one process with batch 16."""
     args = ["pretrain", "mae", str(demo_dir), "--tiny", "--backbone", "convnext_atto", "--image-size", "64",
             "--epochs", "2", "--batch-size", "16", "--lr", "2e-3", "--warmup-epochs", "0.5",
-            "--decoder-width", "32", "--device", "cpu", "--json"]
+            "--decoder-width", "32", "--device", "cpu", "--precision", "fp32", "--json"]   # bf16 on AMX CPUs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc-per-node", "2", "-m", "core.cli", *args, "--out", str(tmp_path / "ddp")],

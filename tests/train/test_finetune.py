@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.train.finetune import build_classifier, finetune, load_classifier, load_labeled_data, save_checkpoint
+from core.models.classifier import build_classifier, load_classifier, save_classifier_checkpoint
+from core.train.data import load_labeled_data
+from core.train.finetune import finetune
 from core.train.config import FinetuneConfig
 from core.analysis.metrics import classification_metrics, expected_calibration_error, summarize_folds
 
@@ -18,7 +20,7 @@ CLASSES = ["benign", "malignant", "normal"]
 def tiny_cfg(**kw) -> FinetuneConfig:
     base = dict(backbone="convnext_atto", tiny=True, init="random", image_size=48, epochs=2, batch_size=16,
                 lr=3e-3, warmup_epochs=0.5, patience=100, val_fraction=0.2, test_fraction=0.2, seed=0,
-                num_workers=0, amp=False)  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
+                num_workers=0, precision="fp32")  # fp32 on every CPU (bf16 autocast where a CPU has AMX)
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -142,7 +144,7 @@ def test_init_from_pretraining_encoder_and_classifier(demo_data, tmp_path):
     model, ccfg = build_classifier(cfg, CLASSES, lambda m: None)
     assert ccfg["init"]["source"] == "pretrained"
     assert torch.equal(model.stages[0].blocks[0].conv_dw.weight, enc.stages[0].blocks[0].conv_dw.weight)
-    save_checkpoint(tmp_path / "ck", model, ccfg)
+    save_classifier_checkpoint(tmp_path / "ck", model, ccfg)
     model2, ccfg2 = build_classifier(tiny_cfg(init="pretrained", init_weights=str(tmp_path / "ck")), CLASSES,
                                      lambda m: None)
     assert ccfg2["init"]["kind"] == "classifier"
@@ -154,7 +156,7 @@ def test_init_from_pretraining_encoder_and_classifier(demo_data, tmp_path):
 
 def test_load_classifier_checks_config(tmp_path):
     model, ccfg = build_classifier(tiny_cfg(), CLASSES, lambda m: None)
-    save_checkpoint(tmp_path / "ck", model, ccfg)
+    save_classifier_checkpoint(tmp_path / "ck", model, ccfg)
     m2, _ = load_classifier(tmp_path / "ck")
     x = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
