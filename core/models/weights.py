@@ -38,7 +38,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 __all__ = ["WeightsNotFoundError", "WeightsSource", "find_imagenet_weights", "load_imagenet_weights",
-           "load_state_dict_file", "weights_dir", "split_name"]
+           "load_state_dict_file", "weights_dir", "split_name", "default_weights_name"]
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -142,6 +142,16 @@ def _resolve_file(path: Path) -> Path:
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file not found: {path}")
     return path
+
+
+def default_weights_name(name: str) -> str:
+    """``arch.tag`` of the ImageNet weights used for ``name`` when it names no tag: the app's choice for the
+    architecture (the paper's ``convnext_tiny.fb_in1k``), else timm's default tag."""
+    arch, tag = split_name(name)
+    if tag:
+        return name
+    cfgs = _pretrained_cfgs(arch, None)
+    return f"{arch}.{cfgs[0][0]}" if cfgs and cfgs[0][0] else arch
 
 
 def find_imagenet_weights(name: str, weights_file: str | Path | None = None) -> WeightsSource | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from PySide6 import QtCore, QtWidgets
 
 from desktop import theme
+from desktop.widgets.weights_offer import WeightsOffer
 
 BACKBONES = ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny",
              "convnext_small", "convnextv2_atto", "convnextv2_femto", "convnextv2_nano", "convnextv2_tiny"]
@@ -354,10 +355,12 @@ class FinetuneDialog(TrainingDialog):
 
     def __init__(self, project, settings=None, parent=None):
         super().__init__(project, settings, parent)
-        self.init_imagenet = QtWidgets.QRadioButton("ImageNet weights file")
+        self.init_imagenet = QtWidgets.QRadioButton("ImageNet weights")
         self.init_pretrained = QtWidgets.QRadioButton("A pretraining run of this project")
         self.init_random = QtWidgets.QRadioButton("Random (no pretraining)")
         self.weights_file = PathPicker("ImageNet weights", filt="Weights (*.safetensors *.pth *.bin);;All files (*)")
+        self.weights_file.setToolTip("Optional: a weights file of your own. Empty: the installed weights below.")
+        self.weights_offer = WeightsOffer(self.backbone.currentText(), self)
         self.pretrain_run = QtWidgets.QComboBox()
         for r in runs_of(project, "pretrain"):
             self.pretrain_run.addItem(f"#{r.id} {r.name} ({r.config.get('method', '')}, {r.config.get('backbone', '')})",
@@ -371,9 +374,10 @@ class FinetuneDialog(TrainingDialog):
         bl = QtWidgets.QGridLayout(box)
         bl.addWidget(self.init_imagenet, 0, 0)
         bl.addWidget(self.weights_file, 0, 1)
-        bl.addWidget(self.init_pretrained, 1, 0)
-        bl.addWidget(self.pretrain_run, 1, 1)
-        bl.addWidget(self.init_random, 2, 0)
+        bl.addWidget(self.weights_offer, 1, 1)
+        bl.addWidget(self.init_pretrained, 2, 0)
+        bl.addWidget(self.pretrain_run, 2, 1)
+        bl.addWidget(self.init_random, 3, 0)
         bl.setColumnStretch(1, 1)
         f = self.form
         f.addRow(box)
@@ -385,6 +389,7 @@ class FinetuneDialog(TrainingDialog):
         for b in (self.init_imagenet, self.init_pretrained, self.init_random):
             b.toggled.connect(self._init_changed)
         self.pretrain_run.currentIndexChanged.connect(self._run_changed)
+        self.backbone.currentTextChanged.connect(lambda text: self.weights_offer.set_name(text.strip()))
         self._restore()
         self._init_changed()
         self.note.setText("Uses the labelled images of this project. The first run saves its split (stratified by "
@@ -414,6 +419,7 @@ class FinetuneDialog(TrainingDialog):
     def _init_changed(self) -> None:
         mode = self.init_mode()
         self.weights_file.setEnabled(mode == "imagenet")
+        self.weights_offer.setVisible(mode == "imagenet")
         self.pretrain_run.setEnabled(mode == "pretrained")
         self._run_changed()
 
@@ -443,6 +449,12 @@ class FinetuneDialog(TrainingDialog):
             return "Choose a finished pretraining run, or another kind of initial weights."
         if mode == "imagenet" and self.weights_file.text() and not Path(self.weights_file.text()).is_file():
             return f"{self.weights_file.text()}: no such file."
+        if mode == "imagenet" and not self.weights_file.text():
+            if self.weights_offer.installed is None:
+                return "Still looking for the ImageNet weights on this computer…"
+            if not self.weights_offer.installed:
+                return (f"The ImageNet weights {self.weights_offer.name} are not on this computer: Download or "
+                        f"Import them above, or choose another kind of initial weights.")
         if self.project is None or self.project.store is None:
             return "Open a project first."
         n = sum(1 for it in self.project.items if it.label)

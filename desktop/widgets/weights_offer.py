@@ -13,27 +13,31 @@ from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner, import_engine
 
 
-def weights_state(name: str) -> dict:
-    """Worker-thread part: is ``name`` installed, where, and how big is the download (no network)."""
+def weights_state(requested: str) -> dict:
+    """Worker-thread part (it imports timm): which weights ``requested`` (a backbone or ``arch.tag``) means,
+    whether they are installed, where, and how big the download is (no network)."""
     weights = import_engine("core.models.weights")
     folder = import_engine("core.models.weights_folder")
     download = import_engine("core.models.download")
+    name = weights.default_weights_name(requested)
     arch, _ = weights.split_name(name)
     found = weights.find_imagenet_weights(name)
     params = folder.weights_entry(name).params
-    return {"name": name, "found": str(found.path) if found else None, "kind": found.kind if found else None,
+    return {"requested": requested, "name": name, "found": str(found.path) if found else None, "kind": found.kind if found else None,
             "size": folder.describe_size(4 * params) if params else None,
             "partial": download.partial_download(name) is not None, "arch": arch}
 
 
 class WeightsOffer(QtWidgets.QFrame):
-    """State of one weights name plus Download / Import / Cancel. ``changed(bool)``: installed now?"""
+    """State of the ImageNet weights of a backbone (or an ``arch.tag``) plus Download / Import / Cancel.
+    ``name`` is the ``arch.tag`` they resolve to (set once looked up); ``changed(bool)``: installed now?"""
 
     changed = QtCore.Signal(bool)
 
-    def __init__(self, name: str, parent: QtWidgets.QWidget | None = None, *, caller: AsyncCaller | None = None):
+    def __init__(self, requested: str, parent: QtWidgets.QWidget | None = None, *,
+                 caller: AsyncCaller | None = None):
         super().__init__(parent)
-        self.name = name
+        self.requested = self.name = requested
         self.installed: bool | None = None
         self.runner: JobRunner | None = None
         self.caller = caller or AsyncCaller(workers=1, parent=self)
@@ -64,19 +68,22 @@ class WeightsOffer(QtWidgets.QFrame):
         lay.addLayout(buttons)
         self.refresh()
 
-    def set_name(self, name: str) -> None:
-        if name != self.name:
-            self.name = name
+    def set_name(self, requested: str) -> None:
+        """Show the weights of another backbone (or ``arch.tag``)."""
+        if requested != self.requested:
+            self.requested = self.name = requested
+            self.installed = None
             self.refresh()
 
     def refresh(self) -> None:
-        self.caller.submit(lambda name=self.name: weights_state(name), self._show_state, self._show_error,
-                           key="weights-state")
+        self.caller.submit(lambda requested=self.requested: weights_state(requested), self._show_state,
+                           self._show_error, key="weights-state")
 
     # -- state (UI thread) ----------------------------------------------------------------------------
     def _show_state(self, state: dict) -> None:
-        if state["name"] != self.name:
+        if state["requested"] != self.requested:
             return
+        self.name = state["name"]
         busy = self.runner is not None
         self.installed = state["found"] is not None
         if self.installed:

@@ -11,7 +11,7 @@ from core.cli import main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ["--tiny", "--backbone", "convnext_atto", "--init", "random", "--image-size", "32", "--epochs", "1",
-        "--workers", "0", "--device", "cpu", "--no-amp", "--quiet"]
+        "--workers", "0", "--device", "cpu", "--precision", "fp32", "--quiet"]
 
 
 @pytest.fixture

@@ -100,3 +100,23 @@ def test_window_opens_the_weights_page_without_a_project(qtbot, main_window, tmp
     qtbot.addWidget(dlg)
     qtbot.waitUntil(lambda: dlg.page.table.rowCount() > 0, timeout=30000)
     assert str(tmp_path / "weights") in dlg.page.where.text()
+
+
+def test_finetune_dialog_offers_the_missing_weights_and_never_dead_ends(qtbot, hub, demo_window, tmp_path,
+                                                                         atto_bytes):
+    from desktop.widgets.job_dialogs import FinetuneDialog
+
+    dlg = FinetuneDialog(demo_window.project, demo_window.settings, demo_window)
+    qtbot.addWidget(dlg)
+    dlg.init_imagenet.setChecked(True)
+    dlg.backbone.setCurrentText("convnext_atto")
+    offer = dlg.weights_offer
+    assert offer.isVisibleTo(dlg)
+    qtbot.waitUntil(lambda: offer.installed is False and offer.name == NAME, timeout=30000)
+    assert "not on this computer" in dlg.validate() and NAME in dlg.validate()
+    with qtbot.waitSignal(offer.changed, timeout=60000, check_params_cb=lambda installed: installed):
+        offer.download.click()
+    assert dlg.validate() is None
+    assert (tmp_path / "weights" / f"{NAME}.safetensors").read_bytes() == atto_bytes
+    dlg.init_random.setChecked(True)
+    assert not offer.isVisibleTo(dlg) and dlg.validate() is None
