@@ -71,6 +71,22 @@ class DuplicateReport:
         return {m: i for i, g in enumerate(self.groups) for m in g.members}
 
 
+class _Groups:
+    """Union-find over 0..n-1: joined indices share a root."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.root(i)] = self.root(j)
+
+
 def signature(key: str, grey: np.ndarray) -> ImageSignature:
     """Signature of a grey image (float [H, W] in [0, 1], as :func:`core.data.imageio.read_grey` gives)."""
     import imagehash
@@ -104,23 +120,16 @@ def find_near_duplicates(signatures: Sequence[ImageSignature], labels: dict[str,
 
     labels = labels or {}
     cands = candidate_pairs([s.phash for s in signatures], max_hamming)
-    parent = list(range(len(signatures)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    uf = _Groups(len(signatures))
     confirmed: list[tuple[int, int, DuplicatePair]] = []
     for i, j, d in cands:
         s = float(structural_similarity(signatures[i].thumb, signatures[j].thumb, data_range=1.0))
         if s >= min_ssim:
             confirmed.append((i, j, DuplicatePair(signatures[i].key, signatures[j].key, d, s)))
-            parent[root(i)] = root(j)
+            uf.join(i, j)
     members: dict[int, list[int]] = {}
     for i in range(len(signatures)):
-        members.setdefault(root(i), []).append(i)
+        members.setdefault(uf.root(i), []).append(i)
     groups = []
     by_root: dict[int, DuplicateGroup] = {}
     for r, idx in members.items():
@@ -130,7 +139,7 @@ def find_near_duplicates(signatures: Sequence[ImageSignature], labels: dict[str,
             by_root[r] = g
             groups.append(g)
     for i, _j, pair in confirmed:
-        by_root[root(i)].pairs.append(pair)
+        by_root[uf.root(i)].pairs.append(pair)
     groups.sort(key=lambda g: (not g.conflicting, g.members))
     return DuplicateReport(groups, len(signatures), len(cands), max_hamming, min_ssim, list(errors or []))
 
@@ -161,20 +170,13 @@ def merge_groups(keys: Sequence[str], groups: Sequence[str | None], report: Dupl
     """One group id per key that joins the given groups (cases) and the near-duplicate groups, so a
     split grouped by it never puts two images of one case, nor two near-duplicates, on both sides."""
     index = {k: i for i, k in enumerate(keys)}
-    parent = list(range(len(keys)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    uf = _Groups(len(keys))
     first_of_group: dict[str, int] = {}
     for i, g in enumerate(groups):
         if g is not None:
-            parent[root(i)] = root(first_of_group.setdefault(g, i))
+            uf.join(i, first_of_group.setdefault(g, i))
     for group in report.groups:
         present = [index[m] for m in group.members if m in index]
         for i in present[1:]:
-            parent[root(i)] = root(present[0])
-    return [f"grp:{keys[root(i)]}" for i in range(len(keys))]
+            uf.join(i, present[0])
+    return [f"grp:{keys[uf.root(i)]}" for i in range(len(keys))]
