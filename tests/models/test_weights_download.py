@@ -177,3 +177,17 @@ def test_import_checks_the_file_and_verify_finds_damage(atto_file, tmp_path, mon
     assert main(["weights", "verify"]) == 1
     assert f"BAD {NAME}" in capsys.readouterr().out and json.loads(
         (tmp_path / "weights" / "manifest.json").read_text())[NAME]["sha256"]
+
+
+def test_get_then_finetune_from_imagenet_needs_no_other_step(hub, atto_file, demo_dir, tmp_path, capsys):
+    """`medssl weights get` then `medssl finetune --init imagenet`: the run starts from the downloaded file and
+    records its sha256."""
+    assert main(["weights", "get", NAME, "--quiet"]) == 0
+    out = tmp_path / "run"
+    assert main(["finetune", str(demo_dir), "--out", str(out), "--backbone", "convnext_atto", "--init", "imagenet",
+                 "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                 "--precision", "fp32", "--quiet"]) == 0
+    init = json.loads((out / "checkpoint-best" / "config.json").read_text())["init"]
+    assert init["source"] == "imagenet" and init["kind"] == "weights-dir" and init["tag"] == "d2_in1k"
+    assert init["sha256"] == hashlib.sha256(atto_file[0]).hexdigest()
+    assert init["path"] == str(tmp_path / "weights" / f"{NAME}.safetensors")
