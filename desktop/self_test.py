@@ -87,7 +87,7 @@ def _check_prediction(work: Path, folder: Path) -> str:
         (subset / rel).parent.mkdir(parents=True, exist_ok=True)
         (subset / rel).write_bytes((folder / rel).read_bytes())
     out = work / "predictions.csv"
-    summary = predict_folder(subset, out, ensemble=spec.path, num_workers=0, backend="torch")
+    summary = predict_folder(subset, out, ensemble=spec.path, num_workers=0)   # the default path (ONNX on a CPU)
     if summary["predicted"] != 4 or summary["errors"]:
         raise SelfTestFailed(f"prediction: {summary['predicted']} of 4 images predicted, {summary['errors']} errors")
     return f"prediction: 4 images through a 2-member ensemble ({summary['backend']}, {summary['precision']})"

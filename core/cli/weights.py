@@ -70,7 +70,7 @@ def _list(args) -> int:
             size = describe_size(e.installed.size)
         else:
             state = "partial download" if partial_download(e.name) else "no"
-            size = f"~{describe_size(4 * e.params)}" if e.params else "?"
+            size = f"~{describe_size(e.download_size)}" if e.download_size else "?"
         print(f"{e.name:32s} {state:22s} {size:>9s}  {e.hub_id or '-':34s} {e.licence or '-'}")
     return 0
 

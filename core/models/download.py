@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 
 from core.models.weights import weights_dir
-from core.models.weights_folder import (DEFAULT_WEIGHTS, InstalledWeights, file_sha256, install_file,
-                                        pretrained_cfg)
+from core.data.library import file_sha256
+from core.models.weights_folder import DEFAULT_WEIGHTS, InstalledWeights, install_file, pretrained_cfg
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -101,7 +101,7 @@ def download_weights(name: str = DEFAULT_WEIGHTS, *, ctx=None, revision: str = "
 
     folder = weights_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    part = folder / f".{name}.safetensors.part"
+    part = _part_path(name)
     state = folder / f".{name}.part.json"
     resume = 0
     if part.is_file():
@@ -142,7 +142,11 @@ def download_job(name: str = DEFAULT_WEIGHTS):
     return Job(f"weights {name}", lambda ctx: download_weights(name, ctx=ctx))
 
 
+def _part_path(name: str) -> Path:
+    return weights_dir() / f".{name}.safetensors.part"
+
+
 def partial_download(name: str) -> Path | None:
     """The unfinished download of ``name`` the next ``get`` resumes, if any."""
-    part = weights_dir() / f".{name}.safetensors.part"
+    part = _part_path(name)
     return part if part.is_file() else None

@@ -111,16 +111,14 @@ def _pretrained_cfgs(arch: str, tag: str | None) -> list[tuple[str, dict]]:
             cfg = None
         if cfg is None:
             continue
-        d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg.__dict__)
+        d = cfg.to_dict()
         out.append((split_name(n)[1] or d.get("tag"), d))
     return out
 
 
 def _hf_cache_lookup(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
+    from huggingface_hub import try_to_load_from_cache
+
     cache_dir = os.environ.get("HF_HUB_CACHE") or (
         os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
     for fn in HF_FILENAMES:

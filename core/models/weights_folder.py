@@ -10,7 +10,6 @@ network (downloading is :mod:`core.models.download`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.data.library import file_sha256
 from core.models.weights import split_name, weights_dir
 
 MANIFEST = "manifest.json"
@@ -62,9 +62,14 @@ class WeightsEntry:
     """One line of ``medssl weights list``."""
     name: str
     installed: InstalledWeights | None
-    params: int | None            # parameter count (download size is about 4 bytes each, fp32)
+    params: int | None            # parameter count
     hub_id: str | None
     licence: str | None
+
+    @property
+    def download_size(self) -> int | None:
+        """Bytes of the fp32 safetensors file timm publishes (4 per parameter, the header is small)."""
+        return 4 * self.params if self.params else None
 
 
 @dataclass
@@ -73,14 +78,6 @@ class VerifyResult:
     path: Path
     ok: bool
     reason: str = ""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pretrained_cfg(name: str) -> dict:

@@ -374,18 +374,32 @@ class RunRecorder:
         self._lock = RunLock(run.run_dir) if run.run_dir else None
         self._job: Job | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._held_elsewhere = False
 
     def attach(self, job: Job) -> Job:
+        """Subscribe to ``job`` and make it hold the run lock while it runs: a second process that starts the
+        same run fails at once and leaves the run's row to the process that holds it."""
         self._job = job
         self._unsubscribe = job.subscribe(self)
+        work, lock = job.fn, self._lock
+
+        def locked(ctx):       # released by _end, after the row says how the run ended
+            if lock is not None and not lock.acquire():
+                self._held_elsewhere = True
+                raise RuntimeError(f"run #{self.run.id} is running in another process ({lock.path} is locked); "
+                                   "wait for it to end or cancel it there")
+            return work(ctx)
+
+        job.fn = locked
         return job
 
     def __call__(self, event: ProgressEvent) -> None:
         kind = event.kind
+        if self._held_elsewhere:            # the row is the other process's to write
+            if kind in (EventKind.FAILED, EventKind.CANCELLED, EventKind.FINISHED):
+                self._detach()
+            return
         if kind is EventKind.STARTED:
-            if self._lock is not None and not self._lock.acquire():   # started meanwhile elsewhere
-                log.warning("run #%d: %s is held by another process", self.run.id, self._lock.path)
-                self._lock = None
             self.store.update_run(self.run.id, state=RUNNING, error="")
         elif kind is EventKind.FINISHED:
             result = RunResult.of(self.run.kind, self._job.result if self._job is not None else None)
@@ -409,9 +423,12 @@ class RunRecorder:
         finally:
             if self._lock is not None:
                 self._lock.release()
-            if self._unsubscribe is not None:
-                self._unsubscribe()
-            self.store.release_thread()
+            self._detach()
+
+    def _detach(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.store.release_thread()
 
 
 def build_job(store: "ProjectStore", run: Run, *, resume: bool = False) -> Job:

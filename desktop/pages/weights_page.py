@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PySide6 import QtWidgets
 
+from core.models.weights_folder import DEFAULT_WEIGHTS
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.widgets.weights_offer import WeightsOffer
@@ -26,7 +27,7 @@ def weights_rows() -> tuple[str, list[tuple[str, str, str, str, str]]]:
             state, size = "yes", folder.describe_size(e.installed.size)
         else:
             state = "interrupted download" if download.partial_download(e.name) else "no"
-            size = f"≈ {folder.describe_size(4 * e.params)}" if e.params else "?"
+            size = f"≈ {folder.describe_size(e.download_size)}" if e.download_size else "?"
         rows.append((e.name, state, size, e.hub_id or "", e.licence or ""))
     return str(weights.weights_dir()), rows
 
@@ -51,8 +52,8 @@ class WeightsPage(QtWidgets.QWidget):
         self.verify.clicked.connect(self._verify)
         self.verify_result = QtWidgets.QLabel("")
         self.verify_result.setWordWrap(True)
-        note = QtWidgets.QLabel("Member A of the ensemble starts from ImageNet weights (default "
-                                "convnext_tiny.fb_in1k). Downloading fetches only the public model file; "
+        note = QtWidgets.QLabel(f"Member A of the ensemble starts from ImageNet weights (default "
+                                f"{DEFAULT_WEIGHTS}). Downloading fetches only the public model file; "
                                 "scanning, training and prediction never use the network.")
         note.setWordWrap(True)
         lay = QtWidgets.QVBoxLayout(self)

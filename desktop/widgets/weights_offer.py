@@ -22,9 +22,9 @@ def weights_state(requested: str) -> dict:
     name = weights.default_weights_name(requested)
     arch, _ = weights.split_name(name)
     found = weights.find_imagenet_weights(name)
-    params = folder.weights_entry(name).params
-    return {"requested": requested, "name": name, "found": str(found.path) if found else None, "kind": found.kind if found else None,
-            "size": folder.describe_size(4 * params) if params else None,
+    size = folder.weights_entry(name).download_size
+    return {"requested": requested, "name": name, "found": str(found.path) if found else None,
+            "kind": found.kind if found else None, "size": folder.describe_size(size) if size else None,
             "partial": download.partial_download(name) is not None, "arch": arch}
 
 
@@ -150,5 +150,5 @@ class WeightsOffer(QtWidgets.QFrame):
         self.status.setText(f"Checking {path}…")
         self.status.setStyleSheet("")
         folder = "core.models.weights_folder"
-        self.caller.submit(lambda: import_engine(folder).import_weights(path, self.name),
+        self.caller.submit(lambda name=self.name: import_engine(folder).import_weights(path, name),
                            lambda _entry: self.refresh(), self._show_error)

@@ -193,3 +193,22 @@ def test_ensemble_run_records_its_file(store, monkeypatch):
     done = store.get_run(run.id)
     assert done.config == {"members": ["a"], "ensemble": str(Path(run.run_dir) / "ensemble.json")}
     assert done.ensemble_file == done.config["ensemble"] and done.metrics["ensemble_accuracy"] == 0.9
+
+
+def test_a_run_started_twice_runs_once(store, toy_kind):
+    """Between building a job and running it another process may start the same run: the second job fails at once
+    and leaves the run's row to the process that holds the lock."""
+    run, job = runs.start_run(store, "toy", "twice", {"lr": 0.1})
+    other = RunLock(run.run_dir)
+    assert other.acquire()
+    try:
+        store.update_run(run.id, state="running")
+        with pytest.raises(RuntimeError, match=f"run #{run.id} is running in another process"):
+            job.run()
+        assert store.get_run(run.id).state == "running" and store.get_run(run.id).error == ""
+        assert not (Path(run.run_dir) / "model.bin").exists()      # nothing was trained into its folder
+    finally:
+        other.release()
+    run2, job2 = runs.resume_run(store, run.id)
+    job2.run()
+    assert store.get_run(run.id).state == "finished"
