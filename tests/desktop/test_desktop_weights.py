@@ -41,7 +41,7 @@ def test_offer_downloads_with_progress_then_says_installed(qtbot, hub, atto_byte
     offer = WeightsOffer(NAME)
     qtbot.addWidget(offer)
     offer.show()
-    qtbot.waitUntil(lambda: offer.download.isVisible(), timeout=30000)
+    qtbot.waitUntil(lambda: offer.download.isVisible(), timeout=120000)
     assert offer.installed is False and "14.8 MB" in offer.download.text() and offer.import_.isVisible()
     assert "not on this computer" in offer.status.text()
     # first attempt: cancelled after the first chunk (from the job's own thread: deterministic)
@@ -49,7 +49,7 @@ def test_offer_downloads_with_progress_then_says_installed(qtbot, hub, atto_byte
     job = offer.runner.job
     job.subscribe(lambda e: job.cancel() if e.kind is EventKind.PROGRESS else None)
     assert offer.cancel.isVisible() and offer.bar.isVisible() and not offer.download.isVisible()
-    qtbot.waitUntil(lambda: offer.download.isVisible() and "interrupted" in offer.status.text(), timeout=30000)
+    qtbot.waitUntil(lambda: offer.download.isVisible() and "interrupted" in offer.status.text(), timeout=120000)
     assert offer.runner is None
     # second attempt resumes and installs
     with qtbot.waitSignal(offer.changed, timeout=60000, check_params_cb=lambda installed: installed):
@@ -68,27 +68,27 @@ def test_offer_imports_a_file_and_page_lists_it(qtbot, atto_bytes, tmp_path, mon
     brought.write_bytes(atto_bytes)
     offer = WeightsOffer(NAME)
     qtbot.addWidget(offer)
-    qtbot.waitUntil(lambda: offer.installed is False, timeout=30000)
+    qtbot.waitUntil(lambda: offer.installed is False, timeout=120000)
     with qtbot.waitSignal(offer.changed, timeout=60000, check_params_cb=lambda installed: installed):
         offer.import_file(str(brought))
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not weights")
     offer.set_name("convnext_femto.d1_in1k")
-    qtbot.waitUntil(lambda: offer.installed is False, timeout=30000)
+    qtbot.waitUntil(lambda: offer.installed is False, timeout=120000)
     offer.import_file(str(bad))
     qtbot.waitUntil(lambda: str(bad) in offer.status.text() and "does not load" in offer.status.text(),
-                    timeout=30000)
+                    timeout=120000)
 
     page = WeightsPage()
     qtbot.addWidget(page)
-    qtbot.waitUntil(lambda: page.table.rowCount() > 0, timeout=30000)
+    qtbot.waitUntil(lambda: page.table.rowCount() > 0, timeout=120000)
     names = [page.table.item(r, 0).text() for r in range(page.table.rowCount())]
     assert names[0] == "convnext_tiny.fb_in1k" and NAME in names
     row = names.index(NAME)
     assert page.table.item(row, 1).text() == "yes" and page.table.item(row, 4).text() == "apache-2.0"
     assert page.table.item(names.index("convnext_tiny.fb_in1k"), 1).text() == "no"
     page.verify.click()
-    qtbot.waitUntil(lambda: "files OK" in page.verify_result.text(), timeout=30000)
+    qtbot.waitUntil(lambda: "files OK" in page.verify_result.text(), timeout=120000)
     assert page.verify_result.text().startswith("1 of 1 files OK")
 
 
@@ -98,7 +98,7 @@ def test_window_opens_the_weights_page_without_a_project(qtbot, main_window, tmp
     assert action.isEnabled() and not main_window.project.is_open
     dlg = main_window.show_weights()
     qtbot.addWidget(dlg)
-    qtbot.waitUntil(lambda: dlg.page.table.rowCount() > 0, timeout=30000)
+    qtbot.waitUntil(lambda: dlg.page.table.rowCount() > 0, timeout=120000)
     assert str(tmp_path / "weights") in dlg.page.where.text()
 
 
@@ -112,7 +112,7 @@ def test_finetune_dialog_offers_the_missing_weights_and_never_dead_ends(qtbot, h
     dlg.backbone.setCurrentText("convnext_atto")
     offer = dlg.weights_offer
     assert offer.isVisibleTo(dlg)
-    qtbot.waitUntil(lambda: offer.installed is False and offer.name == NAME, timeout=30000)
+    qtbot.waitUntil(lambda: offer.installed is False and offer.name == NAME, timeout=120000)
     assert "not on this computer" in dlg.validate() and NAME in dlg.validate()
     with qtbot.waitSignal(offer.changed, timeout=60000, check_params_cb=lambda installed: installed):
         offer.download.click()
