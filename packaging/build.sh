@@ -37,7 +37,8 @@ cp "$ROOT/packaging/install-desktop-entry.sh" "$ROOT/packaging/medssl-studio.des
 
 echo "== self-test of the bundle, with no Python on PATH and no site-packages" >&2
 SCRATCH="$(mktemp -d)"
-(cd "$SCRATCH" && env -i HOME="$SCRATCH" PATH=/usr/bin:/bin LANG=C.UTF-8 "$APP/medssl-studio" --self-test)
+mkdir "$SCRATCH/bin"          # an empty PATH: no python, no tools
+(cd "$SCRATCH" && env -i HOME="$SCRATCH" PATH="$SCRATCH/bin" LANG=C.UTF-8 "$APP/medssl-studio" --self-test)
 rm -rf "$SCRATCH"
 
 ARCHIVE="$BUILD/medssl-studio-$VERSION-linux-$(uname -m).tar.gz"
