@@ -72,6 +72,19 @@ def test_precision_refuses_what_the_hardware_cannot_do(setting, device, cc, nati
         decide_precision(setting, device, cc, native)
 
 
+def test_torch_floor_has_the_device_grad_scaler():
+    """make_grad_scaler calls torch.amp.GradScaler(device.type), new in torch 2.3 (2.2 has only
+    torch.cuda.amp.GradScaler): the declared floor must not allow a torch without it."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    floor = next(re.fullmatch(r"torch>=(\d+)\.(\d+)", d.split(";")[0].strip()) for d in deps["dependencies"]
+                 if re.match(r"torch\b(?!vision)", d))
+    assert floor and (int(floor[1]), int(floor[2])) >= (2, 3)
+
+
 def test_old_finetune_config_amp_maps_to_precision():
     assert FinetuneConfig.from_dict({"amp": False}).precision == "fp32"
     assert FinetuneConfig.from_dict({"amp": True}).precision == "auto"
