@@ -33,6 +33,30 @@ def test_device_follows_local_rank_under_torchrun():
     assert choose_device({}, 2, "cuda:1") == "cuda:1"            # an explicit GPU is kept
 
 
+@pytest.mark.parametrize("requested, backend, set_device", [("cpu", "gloo", []), (None, "nccl", ["cuda:1"])])
+def test_backend_follows_the_process_device_not_the_machine(monkeypatch, requested, backend, set_device):
+    """torchrun on a machine with 2 GPUs: ``--device cpu`` joins with gloo (nccl would refuse its CPU
+    tensors); the default takes cuda:LOCAL_RANK with nccl. The process group itself is faked."""
+    import core.train.distributed as distributed
+
+    calls = {"backend": [], "set_device": []}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "visible_cuda_devices", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls["set_device"].append(str(d)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: calls["backend"].append(backend))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    info = distributed.setup_distributed(requested)
+    assert calls == {"backend": [backend], "set_device": set_device}
+    assert info.device == torch.device(set_device[0] if set_device else "cpu") and info.owns_group
+    assert distributed.process_group_backend("cuda:0") == "nccl"
+    assert distributed.process_group_backend("cpu") == "gloo"
+
+
 def test_device_errors_name_the_reason():
     with pytest.raises(ValueError, match="LOCAL_RANK 2 but only 2 CUDA"):
         choose_device({"WORLD_SIZE": "3", "LOCAL_RANK": "2"}, 2, None)
