@@ -53,7 +53,7 @@ from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
 from core.train.checkpoint import resolve_pretrain_checkpoint, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
-from core.train.precision import Precision, make_grad_scaler, resolve_precision
+from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
 from core.train.rng import gather_rng_states, restore_rng_state, seed_everything
 from core.train.schedule import lr_at, param_groups, set_lr
 
@@ -409,6 +409,7 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
     # -- model, optimizer
     device = dd.device
     precision = resolve_precision(config.precision, device)
+    configure_cuda_math(config.precision, device)
     seed_everything(config.seed)
     model = method.build(config)
     if config.init_weights and saved is None:

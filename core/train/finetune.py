@@ -50,7 +50,7 @@ from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, Labele
                              project_folds, project_parts, write_split)
 from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from core.train.nan_guard import NanGuard
-from core.train.precision import Precision, make_grad_scaler, resolve_precision
+from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
 from core.train.rng import gather_rng_states, restore_rng_state, seed_everything
 from core.train.schedule import lr_at, param_groups, set_lr
 
@@ -290,6 +290,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     # -- model, data, optimizer
     seed_everything(cfg.seed + dd.rank)
     precision = resolve_precision(cfg.precision, device)
+    configure_cuda_math(cfg.precision, device)
     classes = data.classes
     cidx = {c: i for i, c in enumerate(classes)}
     model, ckpt_cfg = build_classifier(cfg, classes, say)

@@ -17,7 +17,7 @@ from core.train.checkpoint import (find_checkpoint_dir, repair_checkpoint_dir, r
 from core.train.config import FinetuneConfig
 from core.train.distributed import choose_device
 from core.train.nan_guard import NanGuard
-from core.train.precision import Precision, decide_precision
+from core.train.precision import CudaMath, Precision, configure_cuda_math, decide_cuda_math, decide_precision
 from core.train.schedule import lr_at, no_weight_decay_names, param_groups, set_lr
 
 
@@ -94,6 +94,34 @@ def test_precision_decision_table(setting, device, cc, native, expect):
 def test_precision_refuses_what_the_hardware_cannot_do(setting, device, cc, native, match):
     with pytest.raises(ValueError, match=match):
         decide_precision(setting, device, cc, native)
+
+
+@pytest.mark.parametrize("setting, cc, expect", [
+    ("auto", (8, 0), CudaMath(cudnn_benchmark=True, tf32=True)),
+    ("bf16", (9, 0), CudaMath(cudnn_benchmark=True, tf32=True)),
+    ("fp32", (8, 6), CudaMath(cudnn_benchmark=True, tf32=False)),      # fp32 asked for: full fp32
+    ("auto", (7, 0), CudaMath(cudnn_benchmark=True, tf32=False)),      # V100: no TF32
+])
+def test_cuda_math_decision_table(setting, cc, expect):
+    assert decide_cuda_math(setting, cc) == expect
+
+
+def test_cuda_math_is_set_for_a_cuda_run_only(monkeypatch):
+    """The CUDA path up to the flags, with the device's capability faked; a CPU run changes nothing."""
+    flags = ((torch.backends.cudnn, "benchmark"), (torch.backends.cuda.matmul, "allow_tf32"),
+             (torch.backends.cudnn, "allow_tf32"))
+    before = [getattr(module, name) for module, name in flags]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert configure_cuda_math("auto", "cpu") is None and torch.backends.cudnn.benchmark is False
+        assert configure_cuda_math("auto", "cuda:0") == CudaMath(True, True)
+        assert all(getattr(module, name) for module, name in flags)
+        configure_cuda_math("fp32", "cuda:0")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        for (module, name), value in zip(flags, before):
+            setattr(module, name, value)
 
 
 def test_torch_floor_has_the_device_grad_scaler():
