@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -22,6 +23,17 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+
+
+def release_cuda_cache() -> bool:
+    """Hand the CUDA memory torch's allocator still caches back to the driver once a job is over: the window's
+    process lives on and would keep a whole training run's worth of GPU memory from other programs. A job
+    that never imported torch, or never touched CUDA, has nothing to release (False)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return False
+    torch.cuda.empty_cache()
+    return True
 
 class JobState(str, Enum):
     PENDING = "pending"
@@ -196,6 +208,7 @@ class Job:
             self._emit(ProgressEvent(self.id, EventKind.FINISHED, message=self.name))
             return self.result
         finally:
+            release_cuda_cache()
             self._done.set()
 
     def start(self) -> "Job":

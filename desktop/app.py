@@ -102,6 +102,14 @@ def _splash():
     return splash
 
 
+def worker_start_method(platform: str) -> str | None:
+    """How the window's process starts DataLoader workers (None: the platform's default). Its jobs run in
+    threads beside Qt's, with CUDA initialised once a job used a GPU; forking such a process copies locks
+    other threads hold and can hang the worker. Linux forks by default, so forkserver there (workers are
+    forked from a clean single-threaded server); macOS and Windows already spawn."""
+    return "forkserver" if platform.startswith("linux") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from desktop.bridge.scan_process import SCAN_WORKER_FLAG
@@ -125,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(why, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start_method = worker_start_method(sys.platform)
+    if start_method:
+        import multiprocessing
+
+        multiprocessing.set_start_method(start_method, force=True)
     app = create_app()
     splash = _splash()
     splash.show()

@@ -85,3 +85,19 @@ def test_cancelled_job_raises_in_run():
     job.cancel()
     with pytest.raises(JobCancelled):
         job.run()
+
+
+@pytest.mark.parametrize("fn", [lambda ctx: 1, lambda ctx: 1 / 0])
+def test_a_job_that_used_cuda_hands_its_cached_memory_back(monkeypatch, fn):
+    """After the job (finished or failed), torch.cuda.empty_cache() runs where CUDA was initialised
+    (faked here: the same path up to the CUDA call)."""
+    import torch
+
+    released = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
+    job = Job("gpu work", fn).start()
+    assert job.wait(60)
+    assert released == [True]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert Job("cpu work", lambda ctx: 1).start().wait(60) and released == [True]

@@ -30,9 +30,11 @@ row, so a resumed run never misses one).
 
 from __future__ import annotations
 
+import copy
 import csv
 import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -43,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble, predictive_entropy
@@ -206,7 +209,8 @@ class _Writer:
 class OnnxEnsemble:
     """An ensemble exported by :func:`export_onnx`, run with ONNX Runtime."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True):
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True,
+                 device: str = "cpu"):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -218,8 +222,8 @@ class OnnxEnsemble:
         if not spinning:   # idle threads sleep instead of spinning (better when the CPU is shared)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.session = ort.InferenceSession(str(path), opts,
+                                            providers=ort_providers(ort.get_available_providers(), device))
         meta = self.session.get_modelmeta().custom_metadata_map
         self.classes = json.loads(meta["classes"])
         self.names = json.loads(meta["members"])
@@ -234,6 +238,14 @@ class OnnxEnsemble:
             x = (to_unit_float(x) if x.dtype == torch.uint8 else x).numpy()
         ens, mem = self.session.run(["probs", "member_probs"], {"image": np.ascontiguousarray(x, np.float32)})
         return ens, mem
+
+
+def ort_providers(available: Sequence[str], device_type: str) -> list[str]:
+    """ONNX Runtime providers for a run on ``device_type``: CUDA (then CPU) only for a CUDA run. A CPU run, and
+    so the export check, stays on the CPU, in fp32 like its PyTorch reference: the CUDA provider's TF32
+    convolutions would move probabilities by about 1e-3 and fail a check of the graph that is not about them."""
+    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider") if device_type == "cuda" else ("CPUExecutionProvider",)
+    return [p for p in wanted if p in available]
 
 
 def has_onnxruntime() -> bool:
@@ -265,6 +277,15 @@ def cached_onnx_path(ens: LoadedEnsemble, opset: int = 17) -> Path:
     return base / f"ensemble-{h.hexdigest()[:16]}.onnx"
 
 
+def is_on_cpu(module: nn.Module) -> bool:
+    return all(t.device.type == "cpu" for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def cpu_copy(module: nn.Module) -> nn.Module:
+    """``module`` when it is on the CPU, else a CPU copy: exporting must not move a caller's CUDA ensemble."""
+    return module if is_on_cpu(module) else copy.deepcopy(module).to("cpu")
+
+
 def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset: int = 17,
                 check: bool = True) -> Path:
     """Write the ensemble as one ONNX graph: input ``image`` [B, 3, S, S] in [0, 1]; outputs ``probs``
@@ -276,7 +297,7 @@ def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    module = ens.module.to("cpu").eval()
+    module = cpu_copy(ens.module).eval()
     x = torch.rand(2, 3, ens.image_size, ens.image_size)
     kwargs: dict[str, Any] = dict(input_names=["image"], output_names=["probs", "member_probs"],
                                   opset_version=opset,
@@ -303,7 +324,7 @@ def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset
         p.key, p.value = k, v
     onnx.save(model, str(tmp))
     if check:
-        runner = OnnxEnsemble(tmp)
+        runner = OnnxEnsemble(tmp)          # CPU provider: fp32 on both sides (ort_providers)
         with torch.inference_mode():
             ref, _ = module(x)
         got, _ = runner(x)
@@ -427,7 +448,8 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
     ranks = setup_distributed(device, timeout=timedelta(hours=12))
     try:
         if onnx is not None:
-            runner: Any = onnx if isinstance(onnx, OnnxEnsemble) else OnnxEnsemble(onnx, threads)
+            runner: Any = onnx if isinstance(onnx, OnnxEnsemble) else OnnxEnsemble(
+                onnx, threads, device=ranks.device.type)
             classes, names, weights = runner.classes, runner.names, runner.weights
             size, interp, on_gpu = runner.image_size, runner.interpolation, False
             backend = "onnx"
@@ -444,7 +466,7 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
                     say(f"exporting the ensemble to ONNX (once, checked against PyTorch): {path}")
                     export_onnx(ens, path)
                 barrier()
-                runner = OnnxEnsemble(path, threads)
+                runner = OnnxEnsemble(path, threads, device=ens.device.type)
                 backend = "onnx"
             else:
                 if threads and not on_gpu:

@@ -241,6 +241,14 @@ class ConvNeXtMAE(nn.Module):
         return err, pred
 
 
+def grey_batch_to(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``images`` [B, 3, S, S] on ``device``. The collate's batch is one grey channel expanded to 3 (a
+    stride-0 view): copy that channel and expand on the device, a third of the bytes ``.to`` of the view moves."""
+    if images.shape[1] == 3 and images.stride(1) == 0:
+        return images[:, :1].to(device, non_blocking=True).expand(-1, 3, -1, -1)
+    return images.to(device, non_blocking=True)
+
+
 def masked_mean(cell_loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Mean over the weighted cells of each image [B, L] -> [B] (0 where an image has none)."""
     return (cell_loss * weight).sum(1) / weight.sum(1).clamp_min(1)
@@ -329,7 +337,7 @@ class MAE(PretrainMethod):
     def loss(self, model, batch: dict, step: StepContext):
         o = step.options
         mask = self.sample_masks(batch, step, o)                        # [B, h, w]
-        images = batch["image"].to(step.device, non_blocking=True)     # [B, 3, S, S]
+        images = grey_batch_to(batch["image"], step.device)            # [B, 3, S, S]
         mask_d = mask.to(step.device)
         with torch.autocast(step.device.type, dtype=step.autocast_dtype,
                             enabled=step.autocast_dtype is not None):

@@ -53,8 +53,8 @@ from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
 from core.train.checkpoint import resolve_pretrain_checkpoint, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
-from core.train.precision import Precision, make_grad_scaler, resolve_precision
-from core.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
+from core.train.rng import gather_rng_states, restore_rng_state, seed_everything
 from core.train.schedule import lr_at, param_groups, set_lr
 
 __all__ = ["train", "train_one_epoch", "make_job", "load_encoder_weights", "read_encoder_state", "export_encoder",
@@ -101,8 +101,9 @@ def _save_encoder(encoder_sd: dict, path: Path, metadata: dict[str, str]) -> Pat
 
 
 def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config: TrainConfig,
-                     data: dict, progress: dict, extra: dict) -> Path:
-    """Write checkpoint-last atomically (``core.train.checkpoint``) and encoder.safetensors."""
+                     data: dict, progress: dict, extra: dict, rng: list[dict]) -> Path:
+    """Write checkpoint-last atomically (``core.train.checkpoint``) and encoder.safetensors; ``rng``: every
+    rank's RNG state (``core.train.rng.gather_rng_states``)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -111,7 +112,7 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
         torch.save({"optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else {},
-                    "rng": capture_rng_state(), "progress": progress}, tmp / "optimizer.pt")
+                    "rng": rng, "progress": progress}, tmp / "optimizer.pt")
         meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data, "progress": progress,
                 "versions": {"torch": torch.__version__, "timm": _timm_version(), "medssl": _medssl_version()},
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
@@ -332,9 +333,10 @@ class _Run:
             self.ctx.log(msg)
 
     def save(self) -> None:
+        rng = gather_rng_states(self.device)        # every rank calls save: each rank's state is kept
         if self.dd.is_main:
             _save_checkpoint(self.run_dir, unwrap(self.model), self.optimizer, self.scaler, self.config, self.data,
-                             self.progress, self.extra_meta)
+                             self.progress, self.extra_meta, rng)
         barrier()
         self.saved_at_step = self.progress["global_step"]
 
@@ -407,6 +409,7 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
     # -- model, optimizer
     device = dd.device
     precision = resolve_precision(config.precision, device)
+    configure_cuda_math(config.precision, device)
     seed_everything(config.seed)
     model = method.build(config)
     if config.init_weights and saved is None:
@@ -427,7 +430,7 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], dd.rank, device)
         progress.update(state["progress"])
         log(f"resuming from {ckpt} at epoch {progress['epoch']}, step {progress['global_step']}/{total_steps}")
     if dd.enabled:

@@ -64,6 +64,12 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device(choose_device(os.environ, visible_cuda_devices(), requested))
 
 
+def process_group_backend(device: torch.device | str) -> str:
+    """nccl for CUDA processes, gloo otherwise: the process's device decides, not whether CUDA exists (a
+    ``--device cpu`` run on a GPU machine uses gloo, whose collectives take the CPU tensors it has)."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
 def setup_distributed(requested_device: str | None = None, *, timeout: timedelta | None = None) -> DistInfo:
     """Join (or make) the process group when ``WORLD_SIZE`` > 1: nccl on CUDA, gloo on CPU. ``timeout``: how
     long a collective waits for the slowest rank (torch's default when None)."""
@@ -75,7 +81,7 @@ def setup_distributed(requested_device: str | None = None, *, timeout: timedelta
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+        dist.init_process_group(backend=process_group_backend(device),
                                 **({"timeout": timeout} if timeout is not None else {}))
         owns = True
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), device, owns)

@@ -48,10 +48,10 @@ from core.train.checkpoint import REQUIRED, find_checkpoint_dir, repair_checkpoi
 from core.train.config import FinetuneConfig
 from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, LabeledData, Sample, load_labeled_data,
                              project_folds, project_parts, write_split)
-from core.train.distributed import all_reduce_sum, barrier, setup_distributed, teardown_distributed
+from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from core.train.nan_guard import NanGuard
-from core.train.precision import Precision, make_grad_scaler, resolve_precision
-from core.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
+from core.train.rng import gather_rng_states, restore_rng_state, seed_everything
 from core.train.schedule import lr_at, param_groups, set_lr
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,9 @@ def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device:
 
 
 def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: dict,
-                  stopper: EarlyStopping) -> tuple[int, dict | None]:
-    """Weights, optimizer, scaler, RNG and early-stopping state from ``checkpoint-last``: (epochs done,
-    best weights)."""
+                  stopper: EarlyStopping, dd: DistInfo) -> tuple[int, dict | None]:
+    """Weights, optimizer, scaler, this rank's RNG and early-stopping state from ``checkpoint-last``:
+    (epochs done, best weights)."""
     from safetensors.torch import load_file
 
     prev_cfg = json.loads((last_dir / "config.json").read_text())
@@ -191,7 +191,7 @@ def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, s
     stopper.best, stopper.best_epoch, stopper.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
     ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
     best_state = load_file(str(best_dir / "model.safetensors")) if find_checkpoint_dir(best_dir) else None
-    restore_rng_state(st["rng"])
+    restore_rng_state(st["rng"], dd.rank, dd.device)
     return st["epoch"], best_state
 
 
@@ -290,6 +290,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     # -- model, data, optimizer
     seed_everything(cfg.seed + dd.rank)
     precision = resolve_precision(cfg.precision, device)
+    configure_cuda_math(cfg.precision, device)
     classes = data.classes
     cidx = {c: i for i, c in enumerate(classes)}
     model, ckpt_cfg = build_classifier(cfg, classes, say)
@@ -319,7 +320,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     stopper = EarlyStopping()
     start_epoch, best_state = 0, None
     if resume and find_checkpoint_dir(last_dir, RESUME_FILES) == last_dir:
-        start_epoch, best_state = _resume_state(last_dir, best_dir, model, optimizer, scaler, ckpt_cfg, stopper)
+        start_epoch, best_state = _resume_state(last_dir, best_dir, model, optimizer, scaler, ckpt_cfg, stopper,
+                                                dd)
         say(f"resumed from {last_dir} after epoch {start_epoch}")
 
     # -- the loop
@@ -350,8 +352,10 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         if improved:
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         row["best_epoch"] = stopper.best_epoch
+        rng = gather_rng_states(device)     # every rank's, so that each resumes with its own
         if is_main:
-            _end_of_epoch(run_dir, model, optimizer, scaler, ckpt_cfg, stopper, row, improved, cfg.epochs, ctx, say)
+            _end_of_epoch(run_dir, model, optimizer, scaler, ckpt_cfg, stopper, row, improved, cfg.epochs, ctx, say,
+                          rng)
     else:
         if stopper.bad_epochs >= cfg.patience:
             stop_reason = "early stopping"
@@ -379,7 +383,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
 
 
 def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: dict, stopper: EarlyStopping,
-                  row: dict, improved: bool, epochs: int, ctx, say: Callable[[str], None]) -> None:
+                  row: dict, improved: bool, epochs: int, ctx, say: Callable[[str], None],
+                  rng: list[dict]) -> None:
     """Rank 0: checkpoint-best (when better), the history row, checkpoint-last, the epoch-end event."""
     epoch = row["epoch"]
     if improved:
@@ -389,7 +394,7 @@ def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: 
         fh.write(json.dumps(row) + "\n")
     state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {},
              "epoch": epoch, "best": stopper.best, "best_epoch": stopper.best_epoch,
-             "bad_epochs": stopper.bad_epochs, "rng": capture_rng_state()}
+             "bad_epochs": stopper.bad_epochs, "rng": rng}
     save_classifier_checkpoint(run_dir / "checkpoint-last", model, {**ckpt_cfg, "epoch": epoch}, state)
     msg = f"epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}"
     if "val_balanced_accuracy" in row:

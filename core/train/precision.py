@@ -73,6 +73,31 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     return resolve_precision("auto", device).dtype
 
 
+@dataclass(frozen=True)
+class CudaMath:
+    cudnn_benchmark: bool           # autotune convolutions: the image size is fixed, the choice is reused
+    tf32: bool                      # fp32 matmuls/convolutions on TF32 tensor cores (10-bit mantissa)
+
+
+def decide_cuda_math(setting: str, cuda_capability: tuple[int, int] | None) -> CudaMath:
+    """The CUDA math mode of a training run: cuDNN autotuning always; TF32 on 8.0+ GPUs for whatever stays
+    fp32 under autocast, but not when the user asked for ``fp32`` (that means full fp32 everywhere)."""
+    native_tf32 = cuda_capability is not None and tuple(cuda_capability) >= (8, 0)
+    return CudaMath(cudnn_benchmark=True, tf32=native_tf32 and setting != "fp32")
+
+
+def configure_cuda_math(setting: str, device: torch.device | str) -> CudaMath | None:
+    """Set this process's CUDA math mode once, at a run's set-up (:func:`decide_cuda_math`); nothing off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    math = decide_cuda_math(setting, torch.cuda.get_device_capability(device))
+    torch.backends.cudnn.benchmark = math.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = math.tf32
+    torch.backends.cudnn.allow_tf32 = math.tf32
+    return math
+
+
 def make_grad_scaler(precision: Precision, device: torch.device) -> "torch.amp.GradScaler | None":
     return torch.amp.GradScaler(device.type) if precision.grad_scaler else None
 

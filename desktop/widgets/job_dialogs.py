@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from PySide6 import QtCore, QtWidgets
 
 from desktop import theme
+from desktop.bridge.jobs_bridge import AsyncCaller
 from desktop.widgets.weights_offer import WeightsOffer
 
 BACKBONES = ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny",
@@ -32,21 +34,27 @@ METHOD_LABELS = {
 }
 
 
-def devices() -> list[tuple[str, str]]:
-    """(label, value) of the compute devices: auto, CPU, each CUDA GPU."""
-    out = [("Automatic", "")]
-    try:
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        auto = "CUDA" if n else "CPU"
-        out[0] = (f"Automatic ({auto})", "")
-        out.append(("CPU", "cpu"))
-        for i in range(n):
-            out.append((f"CUDA:{i} {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
-    except Exception:  # no torch: the engine would fail anyway, but the dialog still opens
-        out.append(("CPU", "cpu"))
+def device_entries(cuda_count: int, names: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(label, value) of the compute devices: auto, CPU, each CUDA GPU (with its name once known)."""
+    out = [(f"Automatic ({'CUDA' if cuda_count else 'CPU'})", ""), ("CPU", "cpu")]
+    for i in range(cuda_count):
+        out.append((f"CUDA:{i}" + (f" {names[i]}" if i < len(names) else ""), f"cuda:{i}"))
     return out
+
+
+def cuda_device_count() -> int:
+    """Visible CUDA devices; does not initialise CUDA, so the UI thread may ask."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cuda_device_names(count: int) -> list[str]:
+    """The GPUs' names. This initialises CUDA in the process (seconds with some drivers): run it in a
+    worker (AsyncCaller), never on the UI thread."""
+    import torch
+
+    return [torch.cuda.get_device_name(i) for i in range(count)]
 
 
 def method_entries() -> list[tuple[str, str, dict]]:
@@ -103,8 +111,13 @@ class JobDialog(QtWidgets.QDialog):
         self.name = QtWidgets.QLineEdit()
         self.form.addRow("Run name", self.name)
         self.device = QtWidgets.QComboBox()
-        for label, value in devices():
+        cuda_count = cuda_device_count()
+        for label, value in device_entries(cuda_count):
             self.device.addItem(label, value)
+        if cuda_count:      # the names come from a worker and fill in the labels
+            self._device_names = AsyncCaller(workers=1, parent=self)
+            self._device_names.submit(lambda: cuda_device_names(cuda_count),
+                                      lambda names: self._name_devices(cuda_count, names))
         self.note = QtWidgets.QLabel()
         self.note.setObjectName("dim")
         self.note.setWordWrap(True)
@@ -145,6 +158,10 @@ class JobDialog(QtWidgets.QDialog):
     def remember(self, values: dict) -> None:
         if self.settings is not None:
             self.settings.set_value(self._key(), json.dumps(values))
+
+    def _name_devices(self, cuda_count: int, names: list[str]) -> None:
+        for label, value in device_entries(cuda_count, names):
+            self.device.setItemText(self.device.findData(value), label)
 
     def set_device(self, value: str) -> None:
         i = self.device.findData(value or "")

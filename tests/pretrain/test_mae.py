@@ -228,3 +228,24 @@ def test_cli_help_lists_method_options(capsys):
     for opt in ("--mask-ratio", "--entropy-mode", "--tau", "--resume", "--init-weights", "--accum-steps",
                 "--precision", "--backbone"):
         assert opt in text
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_grey_batch_goes_to_the_device_as_one_channel(tmp_path, workers):
+    """The collate's [B, 3, S, S] is one grey channel expanded; it reaches the device as [B, 1, S, S] and
+    is expanded there ("meta" stands for CUDA: ``.to`` of the view itself would give a dense 3-channel copy)."""
+    from torch.utils.data import DataLoader
+
+    from core.pretrain.data import UnlabeledImages
+    from core.pretrain.mae import grey_batch_to
+
+    ds = UnlabeledImages([tmp_path / f"{i}.png" for i in range(4)], 32, entropy="none", hflip=False,
+                         loader=lambda path, size: torch.rand(size, size))
+    batch = next(iter(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=ds.collate)))
+    images = batch["image"]
+    assert images.shape == (4, 3, 32, 32) and images.stride(1) == 0      # the collate's view survives workers
+    on_device = grey_batch_to(images, "meta")
+    assert on_device.shape == (4, 3, 32, 32) and on_device.stride(1) == 0
+    assert torch.equal(grey_batch_to(images, "cpu"), images)
+    dense = images.contiguous()
+    assert grey_batch_to(dense, "meta").stride(1) != 0                  # a dense batch is copied as it is

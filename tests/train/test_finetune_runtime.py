@@ -166,3 +166,27 @@ def test_fp16_step_unscales_before_clipping(demo_data, monkeypatch):
     assert len(norms) == 2 and all(0 < n < 100 for n in norms)      # still scaled by 2**8 they would be > 1000
     assert math.isfinite(row["train_loss"]) and scaler.state_dict()["scale"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fp16_scaler_state_is_checkpointed_and_resumed(demo_data, tmp_path, monkeypatch):
+    """fp16 fine-tuning (forced here on the CPU: the same loop CUDA runs) keeps the GradScaler's state in
+    checkpoint-last and a resume loads it back."""
+    import torch
+
+    import core.train.finetune as ft
+    from core.train.precision import Precision
+
+    monkeypatch.setattr(ft, "resolve_precision", lambda setting, device: Precision(torch.float16, grad_scaler=True))
+    run = tmp_path / "run"
+    job = Job("cut", lambda ctx: finetune(tiny_cfg(), demo_data, run, ctx=ctx))
+    job.subscribe(lambda e: job.cancel() if e.kind == EventKind.EPOCH_END else None)
+    with pytest.raises(JobCancelled):
+        job.run()                                                   # stopped after epoch 1 of 2
+    saved = torch.load(run / "checkpoint-last" / "optimizer.pt", weights_only=True)["scaler"]
+    assert saved and saved["scale"] > 0
+    loaded = []
+    real_load = torch.amp.GradScaler.load_state_dict
+    monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict",
+                        lambda self, state: (loaded.append(dict(state)), real_load(self, state)))
+    finetune(tiny_cfg(), demo_data, run, resume=True)
+    assert loaded and loaded[0]["scale"] == saved["scale"]

@@ -17,7 +17,7 @@ from core.train.checkpoint import (find_checkpoint_dir, repair_checkpoint_dir, r
 from core.train.config import FinetuneConfig
 from core.train.distributed import choose_device
 from core.train.nan_guard import NanGuard
-from core.train.precision import Precision, decide_precision
+from core.train.precision import CudaMath, Precision, configure_cuda_math, decide_cuda_math, decide_precision
 from core.train.schedule import lr_at, no_weight_decay_names, param_groups, set_lr
 
 
@@ -31,6 +31,30 @@ def test_device_follows_local_rank_under_torchrun():
     assert choose_device(env, 0, None) == "cpu"                  # no GPU: gloo on the CPU
     assert choose_device(env, 2, "cpu") == "cpu"
     assert choose_device({}, 2, "cuda:1") == "cuda:1"            # an explicit GPU is kept
+
+
+@pytest.mark.parametrize("requested, backend, set_device", [("cpu", "gloo", []), (None, "nccl", ["cuda:1"])])
+def test_backend_follows_the_process_device_not_the_machine(monkeypatch, requested, backend, set_device):
+    """torchrun on a machine with 2 GPUs: ``--device cpu`` joins with gloo (nccl would refuse its CPU
+    tensors); the default takes cuda:LOCAL_RANK with nccl. The process group itself is faked."""
+    import core.train.distributed as distributed
+
+    calls = {"backend": [], "set_device": []}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "visible_cuda_devices", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls["set_device"].append(str(d)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: calls["backend"].append(backend))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    info = distributed.setup_distributed(requested)
+    assert calls == {"backend": [backend], "set_device": set_device}
+    assert info.device == torch.device(set_device[0] if set_device else "cpu") and info.owns_group
+    assert distributed.process_group_backend("cuda:0") == "nccl"
+    assert distributed.process_group_backend("cpu") == "gloo"
 
 
 def test_device_errors_name_the_reason():
@@ -70,6 +94,47 @@ def test_precision_decision_table(setting, device, cc, native, expect):
 def test_precision_refuses_what_the_hardware_cannot_do(setting, device, cc, native, match):
     with pytest.raises(ValueError, match=match):
         decide_precision(setting, device, cc, native)
+
+
+@pytest.mark.parametrize("setting, cc, expect", [
+    ("auto", (8, 0), CudaMath(cudnn_benchmark=True, tf32=True)),
+    ("bf16", (9, 0), CudaMath(cudnn_benchmark=True, tf32=True)),
+    ("fp32", (8, 6), CudaMath(cudnn_benchmark=True, tf32=False)),      # fp32 asked for: full fp32
+    ("auto", (7, 0), CudaMath(cudnn_benchmark=True, tf32=False)),      # V100: no TF32
+])
+def test_cuda_math_decision_table(setting, cc, expect):
+    assert decide_cuda_math(setting, cc) == expect
+
+
+def test_cuda_math_is_set_for_a_cuda_run_only(monkeypatch):
+    """The CUDA path up to the flags, with the device's capability faked; a CPU run changes nothing."""
+    flags = ((torch.backends.cudnn, "benchmark"), (torch.backends.cuda.matmul, "allow_tf32"),
+             (torch.backends.cudnn, "allow_tf32"))
+    before = [getattr(module, name) for module, name in flags]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert configure_cuda_math("auto", "cpu") is None and torch.backends.cudnn.benchmark is False
+        assert configure_cuda_math("auto", "cuda:0") == CudaMath(True, True)
+        assert all(getattr(module, name) for module, name in flags)
+        configure_cuda_math("fp32", "cuda:0")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        for (module, name), value in zip(flags, before):
+            setattr(module, name, value)
+
+
+def test_torch_floor_has_the_device_grad_scaler():
+    """make_grad_scaler calls torch.amp.GradScaler(device.type), new in torch 2.3 (2.2 has only
+    torch.cuda.amp.GradScaler): the declared floor must not allow a torch without it."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    floor = next(re.fullmatch(r"torch>=(\d+)\.(\d+)", d.split(";")[0].strip()) for d in deps["dependencies"]
+                 if re.match(r"torch\b(?!vision)", d))
+    assert floor and (int(floor[1]), int(floor[2])) >= (2, 3)
 
 
 def test_old_finetune_config_amp_maps_to_precision():
