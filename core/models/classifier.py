@@ -114,7 +114,7 @@ def pretrained_metadata(path: str | Path) -> dict:
 
 def _load_pretrained_init(model: nn.Module, path: Path) -> dict:
     """Weights from a checkpoint of this project: a pretraining run / checkpoint / ``encoder.safetensors``
-    (``core.pretrain.load_encoder_weights``: strict except the head), or a fine-tuned classifier of this
+    (``core.pretrain.trainer.load_encoder_weights``: strict except the head), or a fine-tuned classifier of this
     project (its backbone; the head too when the class count matches)."""
     info: dict[str, Any] = {"path": str(path)}
     try:
@@ -129,7 +129,7 @@ def _load_pretrained_init(model: nn.Module, path: Path) -> dict:
                      "mean": cls_cfg["mean"], "std": cls_cfg["std"]})
         info.update(load_matching_weights(model, load_file(info["file"]), info["file"]))
         return info
-    from core.pretrain import load_encoder_weights
+    from core.pretrain.trainer import load_encoder_weights
 
     rep = load_encoder_weights(model, path)
     meta = pretrained_metadata(path)

@@ -155,10 +155,3 @@ def list_methods() -> list[str]:
     for module in _method_modules():
         importlib.import_module(f"{__name__}.{module}")
     return sorted(_METHODS)
-
-
-def __getattr__(name: str):  # lazy re-exports: keep `import core.pretrain` free of torch
-    if name in ("load_encoder_weights", "export_encoder"):
-        from core.pretrain import trainer
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

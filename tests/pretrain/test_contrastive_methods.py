@@ -166,7 +166,7 @@ def test_loss_falls_and_checkpoint_loads_for_finetuning(method, demo_dir, tmp_pa
     enc = model.encoder.state_dict()
     assert torch.equal(clf.state_dict()["stages.3.blocks.0.conv_dw.weight"], enc["stages.3.blocks.0.conv_dw.weight"])
     assert ckpt_cfg["init"]["pretrain"]["method"] == method
-    from core.pretrain import load_encoder_weights
+    from core.pretrain.trainer import load_encoder_weights
 
     assert load_encoder_weights(create_backbone("convnext_atto", tiny=True, num_classes=2),
                                 tmp_path / "run" / "encoder.safetensors")["loaded"] == len(enc)
