@@ -24,7 +24,6 @@ output for ConvNeXt, the head conv for EfficientNet) and the gradient of the cla
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core import csvcells
 from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
 from core.inference.logits import Inference, softmax
 
@@ -525,7 +525,7 @@ def write_per_image(path: Path, rel: Sequence[str], y: np.ndarray | None, classe
     js = js_divergence(members, weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csvcells.writer(fh)
         w.writerow(["path", "label", "predicted"] + [f"prob_{c}" for c in classes] + ["entropy", "disagreement_js"]
                    + [f"{n}_prob_{c}" for n in names for c in classes])
         for i, r in enumerate(rel):

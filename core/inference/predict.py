@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from core import csvcells
+from core.csvcells import unescape_cell
 from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble, predictive_entropy
 from core.inference.logits import to_unit_float
 from core.data.transforms import load_8bit, resize_pil
@@ -145,12 +147,12 @@ def _read_done(path: Path, fmt: str, columns: list[str]) -> set[str]:
             header = next(reader, None)
             if header is None:
                 return done
-            if header != columns:
+            if [unescape_cell(h) for h in header] != columns:
                 raise ValueError(f"{path} was written with other columns (another ensemble or classes?); "
                                  f"choose another --out")
             for row in reader:
                 if row:
-                    done.add(row[0])
+                    done.add(unescape_cell(row[0]))
         else:
             for line in fh:
                 line = line.strip()
@@ -166,13 +168,13 @@ class _Writer:
         new = not path.exists() or path.stat().st_size == 0
         self.fh = open(path, "a", newline="", encoding="utf-8")
         if fmt == "csv" and new:
-            csv.writer(self.fh).writerow(columns)
+            csvcells.writer(self.fh).writerow(columns)
             self.commit()
 
     def rows(self, rel: Sequence[str], ens: np.ndarray | None, members: np.ndarray | None, ent: np.ndarray | None,
              js: np.ndarray | None, errors: Sequence[tuple[str, str]]) -> None:
         buf = io.StringIO()
-        w = csv.writer(buf) if self.fmt == "csv" else None
+        w = csvcells.writer(buf) if self.fmt == "csv" else None
         if ens is not None and len(rel):
             for i, r in enumerate(rel):
                 pred = self.classes[int(ens[i].argmax())]
@@ -330,13 +332,14 @@ def _part_rows(path: Path, fmt: str, columns: list[str]) -> list[tuple[str, str]
     with open(path, newline="", encoding="utf-8") as fh:
         if fmt == "csv":
             reader = csv.reader(fh)
-            if next(reader, None) not in (None, columns):
+            header = next(reader, None)
+            if header is not None and [unescape_cell(h) for h in header] != columns:
                 raise ValueError(f"{path} was written with other columns; remove it or choose another --out")
             for row in reader:
                 if row:
                     buf = io.StringIO()
-                    csv.writer(buf).writerow(row)
-                    rows.append((row[0], buf.getvalue()))
+                    csv.writer(buf).writerow(row)        # the cells as read: already escaped
+                    rows.append((unescape_cell(row[0]), buf.getvalue()))
         else:
             rows = [(json.loads(line)["path"], line.strip() + "\n") for line in fh if line.strip()]
     return rows
@@ -359,7 +362,7 @@ def _merge_parts(out: Path, fmt: str, columns: list[str], order: Sequence[str]) 
     header = fmt == "csv" and (not out.exists() or out.stat().st_size == 0)
     with open(out, "a", newline="", encoding="utf-8") as fh:
         if header:
-            csv.writer(fh).writerow(columns)
+            csvcells.writer(fh).writerow(columns)
         fh.write("".join(new[r] for r in sorted(new, key=lambda r: (position.get(r, len(position)), r))))
         fh.flush()
         os.fsync(fh.fileno())
