@@ -64,10 +64,27 @@ CPU_BATCH_SIZE = 4   # measured best on the 2-core CI CPU for ConvNeXt-Tiny at 2
 def list_images(folder: str | Path) -> list[str]:
     """Image files under ``folder`` as sorted posix paths relative to it, by the one folder walk's rules
     (:mod:`core.data.walk`: masks, hidden folders, ``.medssl`` and ``DICOMDIR`` skipped)."""
+    return _walk(folder).rel_paths
+
+
+def _walk(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
-    return walk_folder(folder).rel_paths
+    return walk_folder(folder)
+
+
+def _problem_rows(walk) -> list[tuple[str, str]]:
+    """(printable path relative to the folder, reason) of each entry the walk could not use (a name that is
+    not UTF-8, a dangling link, an unlistable folder): error rows, so every file is named in the output."""
+    rows = []
+    for p in walk.problems:
+        try:
+            rel = p.path.relative_to(walk.root).as_posix()
+        except ValueError:
+            rel = str(p.path)
+        rows.append((rel, p.reason))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -468,7 +485,8 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
                    interp: str, batch_size: int, num_workers: int | None, limit: int | None, store, run_id,
                    ranks: DistInfo, say, ctx) -> dict:
     columns = output_columns(classes, names)
-    all_rel = list_images(folder)
+    walk = _walk(folder)
+    all_rel = walk.rel_paths
     if ranks.rank == 0:
         merged = _merge_parts(out, fmt, columns, all_rel)     # left by an interrupted torchrun prediction
         if merged:
@@ -494,6 +512,12 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
     n_ok = n_err = 0
     t0 = time.perf_counter()
     try:
+        if ranks.is_main:
+            problems = [(r, reason) for r, reason in _problem_rows(walk) if r not in done]
+            for r, reason in problems:
+                say(f"error: {folder / r}: {reason}")
+            writer.rows([], None, None, None, None, problems)
+            n_err += len(problems)
         for idx, x, errors in loader:
             if ctx is not None:
                 ctx.check_cancelled()

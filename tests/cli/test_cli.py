@@ -91,3 +91,19 @@ def test_store_of_a_read_only_folder_goes_to_the_user_folder(tmp_path, monkeypat
         assert str(project_dir(data)).startswith(str(tmp_path / "user"))
     finally:
         data.chmod(0o755)
+
+
+def test_scan_store_names_a_file_whose_name_is_not_utf8_and_imports_the_rest(tmp_path, capsys):
+    import os
+    import shutil
+
+    out = tmp_path / "d"
+    assert main(["demo-data", str(out), "--cases", "1"]) == 0
+    first = next(out.rglob("*.png"))
+    shutil.copy(first, os.path.join(os.fsencode(first.parent), b"caf\xe9.png"))
+    capsys.readouterr()
+    assert main(["scan", str(out), "--json", "--store"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert any("caf\\xe9.png" in e["path"] and "UTF-8" in e["reason"] for e in summary["errors"])
+    assert summary["store"]["new"] == summary["n_images"] > 0
+    assert main(["scan", str(out), "--store"]) == 0       # a rerun as well

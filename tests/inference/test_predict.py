@@ -403,3 +403,19 @@ def test_predict_csv_cells_cannot_run_as_formulas_and_resume(folder, tmp_path):
     assert {unescape_cell(r["predicted"]) for r in _rows(out) if r["status"] == "ok"} <= set(classes)
     s2 = predict_folder(folder, out, ensemble=ens, batch_size=8, num_workers=0, backend="torch")
     assert s2["predicted"] == 0 and s2["already_done"] == 28 and len(_rows(out)) == 28
+
+
+def test_a_file_name_that_is_not_utf8_is_named_and_the_rest_proceeds(ensemble_file, folder, tmp_path):
+    import os
+
+    first = folder / list_images(folder)[0]
+    bad = os.path.join(os.fsencode(first.parent), b"bad\xff name.png")
+    shutil.copy(first, bad)
+    out = tmp_path / "preds.csv"
+    s = predict_folder(folder, out, ensemble=ensemble_file, batch_size=8, num_workers=0, backend="torch")
+    rows = _rows(out)
+    assert s["predicted"] == 24 and s["errors"] == 3 and len(rows) == 27
+    named = [r for r in rows if "bad\\xff name.png" in r["path"]]
+    assert len(named) == 1 and named[0]["status"] == "error" and "UTF-8" in named[0]["error"]
+    s2 = predict_folder(folder, out, ensemble=ensemble_file, batch_size=8, num_workers=0, backend="torch")
+    assert s2["predicted"] == s2["errors"] == 0 and len(_rows(out)) == 27
