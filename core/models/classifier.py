@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from core.models.backbones import create_backbone
+from core.models.weights import read_safetensors, safetensors_metadata
 from core.train.checkpoint import resolve_classifier_checkpoint, write_checkpoint_dir
 from core.train.config import FinetuneConfig
 from core.train.distributed import unwrap
@@ -42,14 +43,12 @@ def _check_config(cfg: dict, where: Path) -> None:
 
 def load_classifier(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a fine-tuned classifier from its checkpoint folder (or run folder); eval mode."""
-    from safetensors.torch import load_file
-
     ckpt = resolve_classifier_checkpoint(ckpt)
     cfg = json.loads((ckpt / "config.json").read_text())
     _check_config(cfg, ckpt)
     model = create_backbone(cfg["backbone"], num_classes=int(cfg["num_classes"]),
                             in_chans=int(cfg.get("in_chans", 3)), **cfg["timm_kwargs"])
-    sd = load_file(str(ckpt / "model.safetensors"))
+    sd = read_safetensors(ckpt / "model.safetensors")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -89,10 +88,7 @@ def pretrained_metadata(path: str | Path) -> dict:
     meta: dict[str, Any] = {}
     enc = p / "encoder.safetensors" if p.is_dir() else p
     if enc.is_file() and enc.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(enc), framework="pt") as fh:
-            raw = dict(fh.metadata() or {})
+        raw = safetensors_metadata(enc)
         for k, v in raw.items():
             k = RENAMED_KEYS.get(k, k)
             try:
@@ -123,11 +119,9 @@ def _load_pretrained_init(model: nn.Module, path: Path) -> dict:
     except (FileNotFoundError, ValueError):
         cls_cfg = None
     if cls_cfg is not None and cls_cfg.get("format") == CKPT_FORMAT:
-        from safetensors.torch import load_file
-
         info.update({"kind": "classifier", "file": str(cls_ckpt / "model.safetensors"),
                      "mean": cls_cfg["mean"], "std": cls_cfg["std"]})
-        info.update(load_matching_weights(model, load_file(info["file"]), info["file"]))
+        info.update(load_matching_weights(model, read_safetensors(info["file"]), info["file"]))
         return info
     from core.pretrain import load_encoder_weights
 

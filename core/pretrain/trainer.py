@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
 from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
 from core.train.checkpoint import resolve_pretrain_checkpoint, write_checkpoint_dir
@@ -156,13 +157,11 @@ def _check_resumable(ckpt: Path, saved: dict, config: TrainConfig, fingerprint: 
 
 def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a checkpoint's model (eval mode) with its weights: (model, config, config.json dict)."""
-    from safetensors.torch import load_file
-
     ckpt = resolve_pretrain_checkpoint(path)
     meta = json.loads((ckpt / "config.json").read_text())
     config = TrainConfig.from_dict(meta["config"])
     model = get_method(config.method).build(config)
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+    model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=True)
     return model.to(device).eval(), config, meta
 
 
@@ -175,9 +174,6 @@ def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     folder of this project; a ``model.safetensors`` with ``encoder.*`` keys; or a timm/PyTorch weights file
     (``.safetensors``, ``.pth``, ``.pt``, ``.bin``; a ``model``/``state_dict`` entry and ``module.`` prefixes
     are unwrapped)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path)
     if p.is_dir():
         if (p / "encoder.safetensors").is_file():
@@ -188,14 +184,13 @@ def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
         raise FileNotFoundError(f"{path}: no such weights file")
     meta: dict[str, str] = {}
     if p.suffix == ".safetensors":
-        sd = load_file(str(p))
-        with safe_open(str(p), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
+        sd = read_safetensors(p)
+        meta = safetensors_metadata(p)
         if p.name == "model.safetensors" and (p.parent / "config.json").is_file():
             cfg = json.loads((p.parent / "config.json").read_text())
             meta.update({"backbone": cfg["config"]["backbone"], "method": cfg["config"]["method"]})
     else:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        sd = read_torch_file(p)
         for key in ("model", "state_dict", "model_state"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
@@ -234,11 +229,9 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
 
 def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the encoder of a checkpoint as timm-keyed safetensors (default: RUN_DIR/encoder.safetensors)."""
-    from safetensors.torch import load_file
-
     ckpt = resolve_pretrain_checkpoint(ckpt_dir)
     meta = json.loads((ckpt / "config.json").read_text())
-    sd = load_file(str(ckpt / "model.safetensors"))
+    sd = read_safetensors(ckpt / "model.safetensors")
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     if not enc:
         raise ValueError(f"{ckpt}: the checkpoint holds no encoder.* weights")
@@ -420,10 +413,8 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
                 "steps_per_epoch": steps_per_epoch, "finished": False, "epoch_sums": {}, "epoch_count": 0,
                 "skipped_steps": 0}
     if saved is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)), strict=True)
-        state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(read_safetensors(ckpt / "model.safetensors", device), strict=True)
+        state = read_torch_file(ckpt / "optimizer.pt")
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])

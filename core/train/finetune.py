@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from core.analysis.metrics import classification_metrics
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
+from core.models.weights import read_safetensors
 from core.train.checkpoint import REQUIRED, find_checkpoint_dir, repair_checkpoint_dir
 from core.train.config import FinetuneConfig
 from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, LabeledData, Sample, load_labeled_data,
@@ -173,13 +174,11 @@ def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, s
                   stopper: EarlyStopping) -> tuple[int, dict | None]:
     """Weights, optimizer, scaler, RNG and early-stopping state from ``checkpoint-last``: (epochs done,
     best weights)."""
-    from safetensors.torch import load_file
-
     prev_cfg = json.loads((last_dir / "config.json").read_text())
     diff = _same_model(prev_cfg, ckpt_cfg)
     if diff:
         raise ValueError(f"{last_dir}: cannot resume, the model differs in {diff}; use a new --out")
-    model.load_state_dict(load_file(str(last_dir / "model.safetensors")))
+    model.load_state_dict(read_safetensors(last_dir / "model.safetensors"))
     try:
         st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as e:   # written by an older version with pickled numpy state: never unpickle it
@@ -190,7 +189,7 @@ def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, s
         scaler.load_state_dict(st["scaler"])
     stopper.best, stopper.best_epoch, stopper.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
     ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
-    best_state = load_file(str(best_dir / "model.safetensors")) if find_checkpoint_dir(best_dir) else None
+    best_state = read_safetensors(best_dir / "model.safetensors") if find_checkpoint_dir(best_dir) else None
     restore_rng_state(st["rng"])
     return st["epoch"], best_state
 

@@ -511,3 +511,20 @@ def test_two_stores_same_file_two_writers(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_garbage_project_file_is_a_clear_error_and_left_as_it_is(tmp_path, capsys):
+    from core.cli import main
+    from core.project.store import ProjectFileError
+
+    db = tmp_path / "imgs" / ".medssl" / "project.db"
+    db.parent.mkdir(parents=True)
+    garbage = b"this is not an SQLite database, just bytes " * 100
+    db.write_bytes(garbage)
+    with pytest.raises(ProjectFileError, match="not a MedSSL project file") as err:
+        ProjectStore(db)
+    assert str(db) in str(err.value)
+    assert db.read_bytes() == garbage
+    assert main(["scan", str(tmp_path / "imgs"), "--store"]) == 1
+    assert str(db) in capsys.readouterr().err
+    assert db.read_bytes() == garbage
