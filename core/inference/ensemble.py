@@ -89,26 +89,46 @@ class EnsembleSpec:
         return path
 
 
+def _positive_number(value, path: Path, what: str) -> float:
+    """``value`` as a finite number > 0, else a ValueError naming the file and the entry."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, bool) or not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{path}: {what} must be a finite number > 0, got {value!r}")
+    return x
+
+
 def load_spec(path: str | Path) -> EnsembleSpec:
     path = Path(path)
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not an ensemble file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not an ensemble file (invalid JSON at line {exc.lineno}, column "
+                         f"{exc.colno}: {exc.msg})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not an ensemble file (a JSON object with 'members' is expected)")
     if d.get("format") not in (None, ENSEMBLE_FORMAT):
         raise ValueError(f"{path}: not an ensemble file (format {d.get('format')!r})")
     members = d.get("members")
     if not members:
         raise ValueError(f"{path}: the ensemble lists no members")
+    if not isinstance(members, list):
+        raise ValueError(f"{path}: 'members' must be a list")
     out = []
     for i, m in enumerate(members):
         if isinstance(m, str):
             m = {"checkpoint": m}
-        if "checkpoint" not in m:
-            raise ValueError(f"{path}: member {i} has no 'checkpoint'")
-        w = float(m.get("weight", 1.0))
-        if not w >= 0:
-            raise ValueError(f"{path}: member {i} has a negative weight")
+        if not isinstance(m, dict) or not isinstance(m.get("checkpoint"), str):
+            raise ValueError(f"{path}: member {i} has no 'checkpoint' path")
+        w = _positive_number(m.get("weight", 1.0), path, f"member {i}'s weight")
         t = m.get("temperature")
-        out.append(EnsembleMember(str(m["checkpoint"]), m.get("name") or f"m{i}", w,
-                                  float(t) if t is not None else None))
+        out.append(EnsembleMember(m["checkpoint"], str(m.get("name") or f"m{i}"), w,
+                                  _positive_number(t, path, f"member {i}'s temperature") if t is not None
+                                  else None))
     extra = {k: v for k, v in d.items() if k not in ("format", "version", "members")}
     return EnsembleSpec(out, path.resolve(), extra)
 

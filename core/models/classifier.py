@@ -8,6 +8,7 @@ backbone name, timm kwargs, classes, image size, normalisation, interpolation, i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,6 +23,7 @@ from core.train.config import FinetuneConfig
 from core.train.distributed import unwrap
 
 CKPT_FORMAT = "medssl-classifier"
+MAX_IMAGE_SIZE = 4096        # a classifier's input side; larger would allocate gigabytes per image
 CKPT_VERSION = 1
 INIT_CHOICES = ("imagenet", "pretrained", "random")
 
@@ -39,6 +41,16 @@ def _check_config(cfg: dict, where: Path) -> None:
             raise ValueError(f"{where}: config.json lacks '{key}'")
     if len(cfg["classes"]) != int(cfg["num_classes"]):
         raise ValueError(f"{where}: {len(cfg['classes'])} classes listed but num_classes = {cfg['num_classes']}")
+    size = cfg["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"{where}: config.json image_size must be a whole number of pixels from 8 to "
+                         f"{MAX_IMAGE_SIZE}, got {size!r}")
+    for key, lowest in (("mean", -math.inf), ("std", 0.0)):
+        values = cfg[key]
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > lowest for v in values)):
+            raise ValueError(f"{where}: config.json {key} must be 3 finite numbers"
+                             f"{' > 0' if lowest == 0 else ''}, got {values!r}")
 
 
 def load_classifier(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
