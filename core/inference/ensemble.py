@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from core import csvcells
 from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
 from core.inference.logits import Inference, softmax
+from core.train.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class EnsembleSpec:
         d = {"format": ENSEMBLE_FORMAT, "version": 1, **self.extra,
              "members": [m.to_dict() for m in self.members]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(d, indent=1))
-        tmp.replace(path)
+        write_json_atomic(path, d, indent=1)
         self.path = path
         return path
 
@@ -631,7 +630,7 @@ def ensemble_job(members: Sequence[str | Path], run_dir: str | Path, *, names: S
         spec = create_spec(path, members, names=names or None)
         rep = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
                                 per_image=run_dir / "per_image.csv").to_dict()
-        (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=float))
+        write_json_atomic(run_dir / "report.json", rep, indent=1, default=float)
         ctx.log(f"ensemble of {len(spec.members)} written to {path}")
         return {**rep, "ensemble_file": str(path)}
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from core.models.backbones import create_backbone
 from core.models.weights import read_safetensors, safetensors_metadata
-from core.train.checkpoint import resolve_classifier_checkpoint, write_checkpoint_dir
+from core.train.checkpoint import read_json, resolve_classifier_checkpoint, write_checkpoint_dir
 from core.train.config import FinetuneConfig
 from core.train.distributed import unwrap
 
@@ -56,7 +56,7 @@ def _check_config(cfg: dict, where: Path) -> None:
 def load_classifier(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a fine-tuned classifier from its checkpoint folder (or run folder); eval mode."""
     ckpt = resolve_classifier_checkpoint(ckpt)
-    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg = read_json(ckpt / "config.json")
     _check_config(cfg, ckpt)
     model = create_backbone(cfg["backbone"], num_classes=int(cfg["num_classes"]),
                             in_chans=int(cfg.get("in_chans", 3)), **cfg["timm_kwargs"])
@@ -110,7 +110,7 @@ def pretrained_metadata(path: str | Path) -> dict:
     for c in cands:
         if c.is_file() and not meta.get("backbone"):
             try:
-                cfg = json.loads(c.read_text())
+                cfg = read_json(c)
             except ValueError:
                 continue
             inner = {RENAMED_KEYS.get(k, k): v for k, v in cfg.get("config", cfg).items()}
@@ -127,7 +127,7 @@ def _load_pretrained_init(model: nn.Module, path: Path) -> dict:
     info: dict[str, Any] = {"path": str(path)}
     try:
         cls_ckpt = resolve_classifier_checkpoint(path)
-        cls_cfg = json.loads((cls_ckpt / "config.json").read_text())
+        cls_cfg = read_json(cls_ckpt / "config.json")
     except (FileNotFoundError, ValueError):
         cls_cfg = None
     if cls_cfg is not None and cls_cfg.get("format") == CKPT_FORMAT:

@@ -51,7 +51,7 @@ import torch.nn as nn
 from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
 from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
-from core.train.checkpoint import resolve_pretrain_checkpoint, write_checkpoint_dir
+from core.train.checkpoint import read_json, resolve_pretrain_checkpoint, trim_epoch_log, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
 from core.train.precision import Precision, make_grad_scaler, resolve_precision
@@ -82,7 +82,7 @@ def collapse_metrics(features: torch.Tensor) -> dict[str, float]:
 # -- checkpoints ----------------------------------------------------------------------------------------
 def read_checkpoint_config(path: str | Path) -> dict:
     """The config.json of a checkpoint (``{"format", "config", "data", "progress", ...}``)."""
-    return json.loads((resolve_pretrain_checkpoint(path) / "config.json").read_text())
+    return read_json(resolve_pretrain_checkpoint(path) / "config.json")
 
 
 def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[str, str]:
@@ -158,7 +158,7 @@ def _check_resumable(ckpt: Path, saved: dict, config: TrainConfig, fingerprint: 
 def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a checkpoint's model (eval mode) with its weights: (model, config, config.json dict)."""
     ckpt = resolve_pretrain_checkpoint(path)
-    meta = json.loads((ckpt / "config.json").read_text())
+    meta = read_json(ckpt / "config.json")
     config = TrainConfig.from_dict(meta["config"])
     model = get_method(config.method).build(config)
     model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=True)
@@ -187,7 +187,7 @@ def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
         sd = read_safetensors(p)
         meta = safetensors_metadata(p)
         if p.name == "model.safetensors" and (p.parent / "config.json").is_file():
-            cfg = json.loads((p.parent / "config.json").read_text())
+            cfg = read_json(p.parent / "config.json")
             meta.update({"backbone": cfg["config"]["backbone"], "method": cfg["config"]["method"]})
     else:
         sd = read_torch_file(p)
@@ -230,7 +230,7 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
 def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the encoder of a checkpoint as timm-keyed safetensors (default: RUN_DIR/encoder.safetensors)."""
     ckpt = resolve_pretrain_checkpoint(ckpt_dir)
-    meta = json.loads((ckpt / "config.json").read_text())
+    meta = read_json(ckpt / "config.json")
     sd = read_safetensors(ckpt / "model.safetensors")
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     if not enc:
@@ -352,7 +352,7 @@ def _starting_checkpoint(config: TrainConfig, resume) -> tuple[Path | None, dict
             ckpt = None
     elif resume is not None:
         ckpt = resolve_pretrain_checkpoint(resume)
-    saved = json.loads((ckpt / "config.json").read_text()) if ckpt is not None else None
+    saved = read_json(ckpt / "config.json") if ckpt is not None else None
     if saved is not None and not config.out:
         config.out = str(ckpt.parent)
     if not config.out:
@@ -420,6 +420,8 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
         progress.update(state["progress"])
+        if dd.is_main:
+            trim_epoch_log(run_dir / "log.jsonl", progress["epoch"])
         log(f"resuming from {ckpt} at epoch {progress['epoch']}, step {progress['global_step']}/{total_steps}")
     if dd.enabled:
         import warnings

@@ -9,10 +9,11 @@ anything; :func:`repair_checkpoint_dir` (before resuming) puts it back under ``<
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REQUIRED = ("config.json", "model.safetensors")
 CLASSIFIER_DIRS = ("checkpoint-best", "checkpoint-last")
@@ -33,6 +34,65 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_json_atomic(path: str | Path, obj: Any, **dump_kwargs) -> Path:
+    """Write ``obj`` as JSON to ``path`` so that a kill or a full disk leaves the old file or the new one,
+    never a truncated one: a temp file beside it, fsynced, renamed over it, the folder fsynced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, **dump_kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; a damaged file (truncated, not JSON, not UTF-8) is a ValueError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: damaged (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: damaged or truncated JSON (line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg})") from None
+
+
+def trim_epoch_log(path: str | Path, epochs_done: int) -> int:
+    """Before resuming after ``epochs_done`` epochs: drop the JSON lines of later epochs from a per-epoch log
+    (written after the checkpoint a kill cut short; the resumed run writes them again) and a cut last line.
+    Returns the number of lines dropped; the file is rewritten atomically only when there are any."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue                    # cut by a kill mid-write
+        if line.endswith("\n") and isinstance(row, dict) and int(row.get("epoch", 0)) <= epochs_done:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(kept))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    return len(lines) - len(kept)
 
 
 def write_checkpoint_dir(final: str | Path, write: Callable[[Path], None]) -> Path:

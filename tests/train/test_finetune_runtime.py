@@ -166,3 +166,17 @@ def test_fp16_step_unscales_before_clipping(demo_data, monkeypatch):
     assert len(norms) == 2 and all(0 < n < 100 for n in norms)      # still scaled by 2**8 they would be > 1000
     assert math.isfinite(row["train_loss"]) and scaler.state_dict()["scale"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_resume_after_a_kill_between_history_row_and_checkpoint_has_no_duplicate_row(demo_data, tmp_path):
+    """The history row of epoch 2 was written, the kill came before checkpoint-last of epoch 2: the
+    resumed run writes epoch 2 again, once."""
+    run = tmp_path / "run"
+    job = Job("cut", lambda ctx: finetune(tiny_cfg(), demo_data, run, ctx=ctx))
+    job.subscribe(lambda e: job.cancel() if e.kind == EventKind.EPOCH_END else None)
+    with pytest.raises(JobCancelled):
+        job.run()
+    with open(run / "history.jsonl", "a") as fh:
+        fh.write(json.dumps({**history(run)[0], "epoch": 2}) + "\n")
+    finetune(tiny_cfg(), demo_data, run, resume=True)
+    assert [h["epoch"] for h in history(run)] == [1, 2]
