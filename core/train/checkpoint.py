@@ -9,6 +9,7 @@ anything; :func:`repair_checkpoint_dir` (before resuming) puts it back under ``<
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -34,6 +35,27 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, most often); the previous one is kept."""
+
+
+def _write_failure(final: Path, exc: BaseException) -> CheckpointWriteError | None:
+    """A clear error for a write that failed for lack of space (PyTorch's zip writer reports a full disk
+    as ``enforce fail at inline_container.cc``), or None for any other failure."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on the disk"
+    elif isinstance(exc, RuntimeError) and "inline_container" in str(exc):
+        cause = "the file could not be written (the disk is probably full)"
+    else:
+        return None
+    try:
+        free = f"; {shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free now"
+    except OSError:
+        free = ""
+    return CheckpointWriteError(f"{final}: checkpoint not saved: {cause}{free}. The previous checkpoint is "
+                                f"kept; free some space, then resume")
 
 
 def write_json_atomic(path: str | Path, obj: Any, **dump_kwargs) -> Path:
@@ -103,10 +125,17 @@ def write_checkpoint_dir(final: str | Path, write: Callable[[Path], None]) -> Pa
     repair_checkpoint_dir(final)        # never delete the only complete copy left by an earlier kill
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)        # its space back; the complete checkpoint is untouched
+        clear = _write_failure(final, exc)
+        if clear is not None:
+            raise clear from exc
+        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
