@@ -313,10 +313,15 @@ class ProjectStore:
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0):
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, create: bool = True):
+        """``create=False`` opens an existing project only (a path typed by the user: a typo must not make
+        an empty project)."""
         if str(path) == ":memory:":
             raise ValueError("ProjectStore needs a file: every thread opens its own connection to it")
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no project file there (mistyped path?); "
+                                    f"`medssl scan FOLDER --store` creates one")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
         self._local = threading.local()

@@ -58,7 +58,7 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
     if project is not None:
         from core.project.store import ProjectStore
 
-        store = ProjectStore(project)
+        store = ProjectStore(project, create=False)
         try:
             labels = store.labels()
             rows = store.images()
@@ -239,7 +239,7 @@ def stored_split(project: str | Path, data: LabeledData, name: str, make: Callab
     def say(msg: str) -> None:
         ctx.log(msg) if ctx is not None else log.info(msg)
 
-    store = ProjectStore(project)
+    store = ProjectStore(project, create=False)
     try:
         if new or name not in store.list_splits():
             made = make()
