@@ -334,15 +334,18 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool, int]:
     elif mode not in {"L", "LA", "RGB", "RGBA"}:
         im = im.convert("RGB")  # any other mode Pillow can convert; raises ValueError if it cannot
     pixels = np.asarray(im)
-    if im.mode in {"LA", "RGBA"}:
-        colour = pixels[..., :-1].astype(np.float32)
-        alpha = pixels[..., -1:].astype(np.float32) / 255.0
-        pixels = colour * alpha  # composite on black
-        if pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
-        array = pixels / 255.0
+    if im.mode in {"LA", "RGBA"}:      # in place: one float copy of the image at a time (large images)
+        array = pixels[..., :-1].astype(np.float32)
+        alpha = pixels[..., -1:].astype(np.float32)
+        alpha /= 255.0
+        array *= alpha                  # composite on black
+        del alpha
+        array /= 255.0
+        if array.shape[-1] == 1:
+            array = array[..., 0]
     else:
-        array = pixels.astype(np.float32) / 255.0
+        array = pixels.astype(np.float32)
+        array /= 255.0
     if array.ndim == 3 and _channels_identical(array):
         return np.ascontiguousarray(array[..., 0]), False, 8
     return array.astype(np.float32, copy=False), array.ndim == 3, 8
