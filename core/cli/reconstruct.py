@@ -32,6 +32,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from core.analysis.reconstruct import load_mae, reconstruct, save_panel
     from core.data.imageio import ImageReadError
+    from core.data.walk import printable_path
     from core.paths import output_file_name
     from core.train.checkpoint import resolve_pretrain_checkpoint
 
@@ -51,9 +52,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         except (ImageReadError, OSError, ValueError) as exc:   # this image only: name it, go on
             failed += 1
             reason = exc.reason if isinstance(exc, ImageReadError) else (getattr(exc, "strerror", None) or exc)
-            print(f"error: {os.fsencode(path).decode('utf-8', 'backslashreplace')}: {reason}")
+            print(f"error: {printable_path(path)}: {reason}")
             continue
-        print(f"{dest}  masked loss {rec.masked_loss:.4f}")
+        print(f"{printable_path(dest)}  masked loss {rec.masked_loss:.4f}")
     if failed:
         print(f"{failed} of {len(args.images)} images could not be reconstructed")
     return 1 if failed else 0
