@@ -177,8 +177,12 @@ class Job:
         status = {"id": self.id, "name": self.name, "state": self.state.value, "error": self.error,
                   "time": time.time()}
         tmp = self.state_dir / "job.json.tmp"
-        tmp.write_text(json.dumps(status, indent=1))
-        tmp.replace(self.state_dir / "job.json")
+        try:
+            tmp.write_text(json.dumps(status, indent=1))
+            tmp.replace(self.state_dir / "job.json")
+        except OSError as exc:     # a full disk must not hide the job's own error
+            tmp.unlink(missing_ok=True)
+            log.error("%s: job state %s not saved (%s)", self.state_dir / "job.json", status["state"], exc)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> Any:

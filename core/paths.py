@@ -80,3 +80,18 @@ def user_config_dir() -> Path:
 
 def demo_project_dir() -> Path:
     return user_data_dir() / "demo"
+
+
+MAX_NAME_BYTES = 255     # one file name on ext4, APFS, NTFS (Errno 36 above it)
+
+
+def output_file_name(stem: str, suffix: str) -> str:
+    """``stem + suffix`` as one file name the file system takes: a stem too long (in UTF-8 bytes) is cut and
+    given a short hash of the whole stem, so two long names that share a beginning stay apart."""
+    name = stem + suffix
+    if len(os.fsencode(name)) <= MAX_NAME_BYTES:
+        return name
+    tag = "~" + hashlib.sha1(os.fsencode(stem)).hexdigest()[:8]
+    room = MAX_NAME_BYTES - len(os.fsencode(tag + suffix))
+    cut = os.fsencode(stem)[:room].decode("utf-8", "ignore")
+    return cut + tag + suffix

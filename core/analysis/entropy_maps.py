@@ -14,7 +14,6 @@ and listed there; the other files go on. OUT inside the folder is not read back 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image
 
 from core.analysis.entropy import (COLORMAPS, DEFAULT_BINS, DEFAULT_CELL, DEFAULT_HEATMAP_BINS, DEFAULT_RADIUS,
                                    apply_colormap, cell_entropy, local_entropy_map)
+from core import csvcells
 from core.data.imageio import ImageReadError, read_grey
 from core.data.walk import walk_folder
 
@@ -97,7 +97,7 @@ def entropy_folder_job(folder: str | Path, out: str | Path, *, cell: int = DEFAU
                 ctx.progress(i + 1, total, message=rel, errors=len(errors))
         errors_csv = out / "errors.csv"
         with open(errors_csv, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
+            writer = csvcells.writer(fh)
             writer.writerow(["path", "reason"])
             writer.writerows(errors)
         return {"n_images": total, "n_written": written, "n_errors": len(errors), "out": str(out),

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(f"medssl {__version__}")    # without building the parser: its commands import torch
+        raise SystemExit(0)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

@@ -135,7 +135,7 @@ def _recorded_finetune(args, config: dict) -> tuple[dict, Path]:
     from core.project import runs
     from core.project.store import ProjectStore
 
-    store = ProjectStore(args.project)
+    store = ProjectStore(args.project, create=False)
     try:
         earlier = runs.find_run(store, "finetune", args.out) if args.out else None
         if earlier is not None and not args.resume:

@@ -163,7 +163,7 @@ def _project_run(args: argparse.Namespace, config):
     from core.project import runs
     from core.project.store import ProjectStore
 
-    store = ProjectStore(args.project)
+    store = ProjectStore(args.project, create=False)
     run = runs.find_run(store, "pretrain", config.out) if config.out else None
     if run is None:
         run = runs.create_run(store, "pretrain", args.name or config.method, config.to_dict(),

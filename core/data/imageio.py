@@ -31,6 +31,7 @@ import math
 import os
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "DICOM_EXTENSIONS", "ImageReadError", "ImageData",
-           "ImageHeader", "read_image", "read_grey", "read_mask", "probe_image", "is_mask_file",
+           "ImageHeader", "read_image", "open_plain_8bit", "read_grey", "read_mask", "probe_image", "is_mask_file",
            "mask_image_stem", "is_dicom_file"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -137,6 +138,30 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     return _read_raster(path, max_pixels)
 
 
+def open_plain_8bit(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image | None:
+    """A plain 8-bit grey or RGB raster without EXIF rotation, decoded as stored (the fast path of
+    ``core.data.transforms.load_8bit``: the same pixels as :func:`read_image`, without the float round trip);
+    None for anything :func:`read_image` must convert (alpha, palette, 16-bit, EXIF rotation, DICOM).
+    Same checks and errors as :func:`read_image` (the pixel guard included)."""
+    path = Path(path)
+    _check_file_exists_and_not_empty(path)
+    if is_dicom_file(path):
+        return None
+    im = _open_raster(path, max_pixels)
+    try:
+        if im.mode not in ("L", "RGB") or _exif_orientation(im) != 1:
+            im.close()
+            return None
+        im.load()           # reads the pixels and closes the file (single-frame images)
+    except Image.DecompressionBombError as exc:
+        im.close()
+        raise ImageReadError(path, _pillow_bomb_reason(exc, max_pixels)) from None
+    except _DECODE_ERRORS as exc:
+        im.close()
+        raise ImageReadError(path, f"the image data is truncated or corrupt ({exc})") from None
+    return im
+
+
 def read_grey(path: str | os.PathLike, **kwargs: Any) -> np.ndarray:
     """float32 [H, W] in [0, 1]; colour is converted to luminance (ITU-R 601 weights)."""
     data = read_image(path, **kwargs)
@@ -230,7 +255,9 @@ def _open_raster(path: Path, max_pixels: int | None) -> Image.Image:
     """Open (header only) and check the pixel count; the caller closes the image."""
     _allow_pil_up_to(max_pixels)
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():   # Pillow's bomb warning: our own check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file, or a format that is not supported "
                                    "(PNG, JPEG, TIFF, BMP and DICOM are)") from None
@@ -307,15 +334,18 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool, int]:
     elif mode not in {"L", "LA", "RGB", "RGBA"}:
         im = im.convert("RGB")  # any other mode Pillow can convert; raises ValueError if it cannot
     pixels = np.asarray(im)
-    if im.mode in {"LA", "RGBA"}:
-        colour = pixels[..., :-1].astype(np.float32)
-        alpha = pixels[..., -1:].astype(np.float32) / 255.0
-        pixels = colour * alpha  # composite on black
-        if pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
-        array = pixels / 255.0
+    if im.mode in {"LA", "RGBA"}:      # in place: one float copy of the image at a time (large images)
+        array = pixels[..., :-1].astype(np.float32)
+        alpha = pixels[..., -1:].astype(np.float32)
+        alpha /= 255.0
+        array *= alpha                  # composite on black
+        del alpha
+        array /= 255.0
+        if array.shape[-1] == 1:
+            array = array[..., 0]
     else:
-        array = pixels.astype(np.float32) / 255.0
+        array = pixels.astype(np.float32)
+        array /= 255.0
     if array.ndim == 3 and _channels_identical(array):
         return np.ascontiguousarray(array[..., 0]), False, 8
     return array.astype(np.float32, copy=False), array.ndim == 3, 8

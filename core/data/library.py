@@ -26,8 +26,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import threading
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ __all__ = ["MANIFEST_NAME", "MANIFEST_COLUMNS", "ImageRecord", "ScanError", "Sca
            "file_sha256"]
 
 MANIFEST_NAME = "manifest.csv"
+SCAN_PIXEL_BUDGET = 64_000_000   # pixels decoded at once by all scan threads (about 1 GB of float32 grey)
 MANIFEST_COLUMNS = ("path", "label", "case_id", "modality")
 _HASH_CHUNK = 1 << 20
 
@@ -156,8 +159,10 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
         ctx.progress(0, total, f"found {total} images, {len(mask_paths)} masks")
     workers = workers or min(4, os.cpu_count() or 1)
 
+    budget = PixelBudget(SCAN_PIXEL_BUDGET)
+
     def inspect(path: Path) -> tuple[ImageRecord | None, list[ScanError]]:
-        return _inspect_image(root_path, path, masks_by_image.get(path, []), manifest, max_pixels)
+        return _inspect_image(root_path, path, masks_by_image.get(path, []), manifest, max_pixels, budget)
 
     images: list[ImageRecord] = []
     for step, (record, file_errors) in enumerate(_map_in_order(inspect, ordered, workers, ctx), start=1):
@@ -262,11 +267,36 @@ def _attach_masks(images: set[Path], masks: list[Path], errors: list[ScanError])
 
 
 # -- per-image work (runs in worker threads) --------------------------------------------------------------
+class PixelBudget:
+    """Bounds the pixels the scan's threads decode at once: an image waits until its pixels fit beside
+    the ones being decoded (one larger than the whole budget waits to be decoded alone), so a folder of
+    huge images costs the memory of one, not of one per thread."""
+
+    def __init__(self, pixels: int):
+        self.pixels, self.in_use = pixels, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.pixels)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
 def _inspect_image(root: Path, path: Path, masks: list[Path], manifest: dict[str, _ManifestRow],
-                   max_pixels: int | None) -> tuple[ImageRecord | None, list[ScanError]]:
+                   max_pixels: int | None, budget: PixelBudget | None = None
+                   ) -> tuple[ImageRecord | None, list[ScanError]]:
     """Decode once (size, colour, DICOM meta), hash, and check the masks' sizes against the image."""
     try:
-        data = read_image(path, max_pixels=max_pixels)
+        header = probe_image(path, max_pixels=max_pixels)     # header only: the size before decoding
+        with budget.hold(header.width * header.height) if budget is not None else nullcontext():
+            data = read_image(path, max_pixels=max_pixels)
         content_hash = file_sha256(path)
     except ImageReadError as exc:
         return None, [ScanError(path, exc.reason)]

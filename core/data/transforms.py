@@ -28,15 +28,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from core.data.imageio import ImageReadError, read_image
+from core.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, open_plain_8bit, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# PIL modes that convert losslessly to 8-bit RGB; others (I;16, I, F) go through core.data.imageio.
-_PIL_8BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"}
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "load_rgb", "load_8bit", "eval_transform", "TrainTransform",
            "to_float_tensor", "normalize"]
@@ -48,29 +45,17 @@ def load_rgb(path: str | Path) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_8bit(path: str | Path) -> Image.Image:
-    """Any supported image file as an 8-bit PIL image, mode ``L`` (grey) or ``RGB``. Resizing a grey image
-    before replicating it to RGB gives exactly the same pixels at a third of the cost."""
+def load_8bit(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Any supported image file as an 8-bit PIL image, mode ``L`` (grey) or ``RGB``: the pixels
+    ``core.data.imageio.read_image`` gives scan, entropy, MAE and the viewer (EXIF rotation applied, alpha
+    composited on black, the pixel guard), so fine-tuning, ensembles and prediction see the same image.
+    Resizing a grey image before replicating it to RGB gives exactly the same pixels at a third of the cost."""
     path = Path(path)
-    im = None
+    plain = open_plain_8bit(path, max_pixels=max_pixels)
+    if plain is not None:
+        return plain
     try:
-        im = Image.open(path)
-        if im.mode in _PIL_8BIT_MODES:
-            im.load()          # reads the pixels and closes the file (single-frame images)
-            if im.mode in ("L", "RGB"):
-                return im
-            return im.convert("L" if im.mode in ("1", "LA", "La") else "RGB")
-        im.close()
-    except UnidentifiedImageError:
-        pass  # maybe DICOM: let core.data.imageio try
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if im is not None:
-            im.close()
-        raise ImageReadError(path, f"cannot decode image ({exc})") from None
-    try:
-        data = read_image(path)
+        data = read_image(path, max_pixels=max_pixels)
     except ImageReadError:
         raise
     except Exception as exc:  # anything else a broken file throws

@@ -38,7 +38,7 @@ from core.data.imageio import IMAGE_EXTENSIONS, is_dicom_file, is_mask_file, mas
 if TYPE_CHECKING:
     from core.jobs import JobContext
 
-__all__ = ["FolderWalk", "WalkProblem", "walk_folder", "attach_masks", "is_image_name"]
+__all__ = ["FolderWalk", "WalkProblem", "walk_folder", "attach_masks", "is_image_name", "printable_path"]
 
 SKIPPED_NAMES = frozenset({"DICOMDIR"})
 _MASK_INDEX = re.compile(r"_mask(?:_(\d+))?\.png$", re.IGNORECASE)
@@ -131,7 +131,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
         with os.scandir(folder) as it:
             entries = list(it)
     except OSError as exc:
-        problems.append(WalkProblem(_printable(folder), f"cannot list the folder ({exc.strerror or exc})"))
+        problems.append(WalkProblem(printable_path(folder), f"cannot list the folder ({exc.strerror or exc})"))
         return [], []
     subdirs: list[Path] = []
     links: list[Path] = []
@@ -146,7 +146,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
             is_dir = False
         if is_dir:
             if not _valid_utf8(name):
-                problems.append(WalkProblem(_printable(path), "the folder name is not valid UTF-8, so its "
+                problems.append(WalkProblem(printable_path(path), "the folder name is not valid UTF-8, so its "
                                                               "images were skipped (rename it)"))
             elif entry.is_symlink():
                 links.append(path)
@@ -156,7 +156,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
         by_name = is_image_name(name) or is_mask_file(name)
         if entry.is_symlink() and not os.path.exists(path):
             if by_name:
-                problems.append(WalkProblem(_printable(path), "symbolic link that leads nowhere (its target is "
+                problems.append(WalkProblem(printable_path(path), "symbolic link that leads nowhere (its target is "
                                                               "missing, or it points back to itself)"))
             continue
         if not _is_regular_file(entry):
@@ -164,7 +164,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
         if not (by_name or is_dicom_file(path)):
             continue
         if not _valid_utf8(name):
-            problems.append(WalkProblem(_printable(path), "the file name is not valid UTF-8, so it was skipped "
+            problems.append(WalkProblem(printable_path(path), "the file name is not valid UTF-8, so it was skipped "
                                                           "(rename it)"))
         elif is_mask_file(name):
             masks.append(path)
@@ -188,7 +188,7 @@ def _valid_utf8(name: str) -> bool:
     return True
 
 
-def _printable(path: Path) -> Path:
+def printable_path(path: Path) -> Path:
     """The path with its undecodable bytes written as ``\\xe9``, so messages, CSV files and the store take it."""
     return Path(os.fsencode(path).decode("utf-8", "backslashreplace"))
 

@@ -24,7 +24,6 @@ output for ConvNeXt, the head conv for EfficientNet) and the gradient of the cla
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -38,8 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core import csvcells
 from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
 from core.inference.logits import Inference, softmax
+from core.train.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,33 +83,51 @@ class EnsembleSpec:
         d = {"format": ENSEMBLE_FORMAT, "version": 1, **self.extra,
              "members": [m.to_dict() for m in self.members]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(d, indent=1))
-        tmp.replace(path)
+        write_json_atomic(path, d, indent=1)
         self.path = path
         return path
 
 
+def _positive_number(value, path: Path, what: str) -> float:
+    """``value`` as a finite number > 0, else a ValueError naming the file and the entry."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, bool) or not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{path}: {what} must be a finite number > 0, got {value!r}")
+    return x
+
+
 def load_spec(path: str | Path) -> EnsembleSpec:
     path = Path(path)
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not an ensemble file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not an ensemble file (invalid JSON at line {exc.lineno}, column "
+                         f"{exc.colno}: {exc.msg})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not an ensemble file (a JSON object with 'members' is expected)")
     if d.get("format") not in (None, ENSEMBLE_FORMAT):
         raise ValueError(f"{path}: not an ensemble file (format {d.get('format')!r})")
     members = d.get("members")
     if not members:
         raise ValueError(f"{path}: the ensemble lists no members")
+    if not isinstance(members, list):
+        raise ValueError(f"{path}: 'members' must be a list")
     out = []
     for i, m in enumerate(members):
         if isinstance(m, str):
             m = {"checkpoint": m}
-        if "checkpoint" not in m:
-            raise ValueError(f"{path}: member {i} has no 'checkpoint'")
-        w = float(m.get("weight", 1.0))
-        if not w >= 0:
-            raise ValueError(f"{path}: member {i} has a negative weight")
+        if not isinstance(m, dict) or not isinstance(m.get("checkpoint"), str):
+            raise ValueError(f"{path}: member {i} has no 'checkpoint' path")
+        w = _positive_number(m.get("weight", 1.0), path, f"member {i}'s weight")
         t = m.get("temperature")
-        out.append(EnsembleMember(str(m["checkpoint"]), m.get("name") or f"m{i}", w,
-                                  float(t) if t is not None else None))
+        out.append(EnsembleMember(m["checkpoint"], str(m.get("name") or f"m{i}"), w,
+                                  _positive_number(t, path, f"member {i}'s temperature") if t is not None
+                                  else None))
     extra = {k: v for k, v in d.items() if k not in ("format", "version", "members")}
     return EnsembleSpec(out, path.resolve(), extra)
 
@@ -525,7 +544,7 @@ def write_per_image(path: Path, rel: Sequence[str], y: np.ndarray | None, classe
     js = js_divergence(members, weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csvcells.writer(fh)
         w.writerow(["path", "label", "predicted"] + [f"prob_{c}" for c in classes] + ["entropy", "disagreement_js"]
                    + [f"{n}_prob_{c}" for n in names for c in classes])
         for i, r in enumerate(rel):
@@ -611,7 +630,7 @@ def ensemble_job(members: Sequence[str | Path], run_dir: str | Path, *, names: S
         spec = create_spec(path, members, names=names or None)
         rep = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
                                 per_image=run_dir / "per_image.csv").to_dict()
-        (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=float))
+        write_json_atomic(run_dir / "report.json", rep, indent=1, default=float)
         ctx.log(f"ensemble of {len(spec.members)} written to {path}")
         return {**rep, "ensemble_file": str(path)}
 

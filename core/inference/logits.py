@@ -16,6 +16,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from core import csvcells
+from core.csvcells import unescape_cell
+
 if TYPE_CHECKING:
     from core.train.data import Sample
 
@@ -126,7 +129,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def write_logits(path: Path, samples: Sequence["Sample"], logits: np.ndarray, classes: Sequence[str]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csvcells.writer(fh)
         w.writerow(["rel_path", "label"] + [f"logit_{c}" for c in classes])
         for s, row in zip(samples, logits):
             w.writerow([s.rel_path, s.label] + [f"{v:.7g}" for v in row])
@@ -137,6 +140,6 @@ def read_logits(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     body = rows[1:]
-    return ([r[0] for r in body], [r[1] for r in body],
+    return ([unescape_cell(r[0]) for r in body], [unescape_cell(r[1]) for r in body],
             np.asarray([[float(v) for v in r[2:]] for r in body], dtype=np.float32).reshape(len(body), -1))
 

@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from core import csvcells
+from core.csvcells import unescape_cell
 from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble, predictive_entropy
 from core.inference.logits import to_unit_float
 from core.data.transforms import load_8bit, resize_pil
@@ -65,10 +67,27 @@ CPU_BATCH_SIZE = 4   # measured best on the 2-core CI CPU for ConvNeXt-Tiny at 2
 def list_images(folder: str | Path) -> list[str]:
     """Image files under ``folder`` as sorted posix paths relative to it, by the one folder walk's rules
     (:mod:`core.data.walk`: masks, hidden folders, ``.medssl`` and ``DICOMDIR`` skipped)."""
+    return _walk(folder).rel_paths
+
+
+def _walk(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
-    return walk_folder(folder).rel_paths
+    return walk_folder(folder)
+
+
+def _problem_rows(walk) -> list[tuple[str, str]]:
+    """(printable path relative to the folder, reason) of each entry the walk could not use (a name that is
+    not UTF-8, a dangling link, an unlistable folder): error rows, so every file is named in the output."""
+    rows = []
+    for p in walk.problems:
+        try:
+            rel = p.path.relative_to(walk.root).as_posix()
+        except ValueError:
+            rel = str(p.path)
+        rows.append((rel, p.reason))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -148,12 +167,12 @@ def _read_done(path: Path, fmt: str, columns: list[str]) -> set[str]:
             header = next(reader, None)
             if header is None:
                 return done
-            if header != columns:
+            if [unescape_cell(h) for h in header] != columns:
                 raise ValueError(f"{path} was written with other columns (another ensemble or classes?); "
                                  f"choose another --out")
             for row in reader:
                 if row:
-                    done.add(row[0])
+                    done.add(unescape_cell(row[0]))
         else:
             for line in fh:
                 line = line.strip()
@@ -169,13 +188,13 @@ class _Writer:
         new = not path.exists() or path.stat().st_size == 0
         self.fh = open(path, "a", newline="", encoding="utf-8")
         if fmt == "csv" and new:
-            csv.writer(self.fh).writerow(columns)
+            csvcells.writer(self.fh).writerow(columns)
             self.commit()
 
     def rows(self, rel: Sequence[str], ens: np.ndarray | None, members: np.ndarray | None, ent: np.ndarray | None,
              js: np.ndarray | None, errors: Sequence[tuple[str, str]]) -> None:
         buf = io.StringIO()
-        w = csv.writer(buf) if self.fmt == "csv" else None
+        w = csvcells.writer(buf) if self.fmt == "csv" else None
         if ens is not None and len(rel):
             for i, r in enumerate(rel):
                 pred = self.classes[int(ens[i].argmax())]
@@ -351,13 +370,14 @@ def _part_rows(path: Path, fmt: str, columns: list[str]) -> list[tuple[str, str]
     with open(path, newline="", encoding="utf-8") as fh:
         if fmt == "csv":
             reader = csv.reader(fh)
-            if next(reader, None) not in (None, columns):
+            header = next(reader, None)
+            if header is not None and [unescape_cell(h) for h in header] != columns:
                 raise ValueError(f"{path} was written with other columns; remove it or choose another --out")
             for row in reader:
                 if row:
                     buf = io.StringIO()
-                    csv.writer(buf).writerow(row)
-                    rows.append((row[0], buf.getvalue()))
+                    csv.writer(buf).writerow(row)        # the cells as read: already escaped
+                    rows.append((unescape_cell(row[0]), buf.getvalue()))
         else:
             rows = [(json.loads(line)["path"], line.strip() + "\n") for line in fh if line.strip()]
     return rows
@@ -380,7 +400,7 @@ def _merge_parts(out: Path, fmt: str, columns: list[str], order: Sequence[str]) 
     header = fmt == "csv" and (not out.exists() or out.stat().st_size == 0)
     with open(out, "a", newline="", encoding="utf-8") as fh:
         if header:
-            csv.writer(fh).writerow(columns)
+            csvcells.writer(fh).writerow(columns)
         fh.write("".join(new[r] for r in sorted(new, key=lambda r: (position.get(r, len(position)), r))))
         fh.flush()
         os.fsync(fh.fileno())
@@ -487,7 +507,8 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
                    interp: str, batch_size: int, num_workers: int | None, limit: int | None, store, run_id,
                    ranks: DistInfo, say, ctx) -> dict:
     columns = output_columns(classes, names)
-    all_rel = list_images(folder)
+    walk = _walk(folder)
+    all_rel = walk.rel_paths
     if ranks.rank == 0:
         merged = _merge_parts(out, fmt, columns, all_rel)     # left by an interrupted torchrun prediction
         if merged:
@@ -513,6 +534,12 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
     n_ok = n_err = 0
     t0 = time.perf_counter()
     try:
+        if ranks.is_main:
+            problems = [(r, reason) for r, reason in _problem_rows(walk) if r not in done]
+            for r, reason in problems:
+                say(f"error: {folder / r}: {reason}")
+            writer.rows([], None, None, None, None, problems)
+            n_err += len(problems)
         for idx, x, errors in loader:
             if ctx is not None:
                 ctx.check_cancelled()

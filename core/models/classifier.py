@@ -8,6 +8,7 @@ backbone name, timm kwargs, classes, image size, normalisation, interpolation, i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,11 +17,13 @@ import torch.nn as nn
 
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from core.models.backbones import create_backbone
-from core.train.checkpoint import resolve_classifier_checkpoint, write_checkpoint_dir
+from core.models.weights import read_safetensors, safetensors_metadata
+from core.train.checkpoint import read_json, resolve_classifier_checkpoint, write_checkpoint_dir
 from core.train.config import FinetuneConfig
 from core.train.distributed import unwrap
 
 CKPT_FORMAT = "medssl-classifier"
+MAX_IMAGE_SIZE = 4096        # a classifier's input side; larger would allocate gigabytes per image
 CKPT_VERSION = 1
 INIT_CHOICES = ("imagenet", "pretrained", "random")
 
@@ -38,18 +41,26 @@ def _check_config(cfg: dict, where: Path) -> None:
             raise ValueError(f"{where}: config.json lacks '{key}'")
     if len(cfg["classes"]) != int(cfg["num_classes"]):
         raise ValueError(f"{where}: {len(cfg['classes'])} classes listed but num_classes = {cfg['num_classes']}")
+    size = cfg["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"{where}: config.json image_size must be a whole number of pixels from 8 to "
+                         f"{MAX_IMAGE_SIZE}, got {size!r}")
+    for key, lowest in (("mean", -math.inf), ("std", 0.0)):
+        values = cfg[key]
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > lowest for v in values)):
+            raise ValueError(f"{where}: config.json {key} must be 3 finite numbers"
+                             f"{' > 0' if lowest == 0 else ''}, got {values!r}")
 
 
 def load_classifier(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a fine-tuned classifier from its checkpoint folder (or run folder); eval mode."""
-    from safetensors.torch import load_file
-
     ckpt = resolve_classifier_checkpoint(ckpt)
-    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg = read_json(ckpt / "config.json")
     _check_config(cfg, ckpt)
     model = create_backbone(cfg["backbone"], num_classes=int(cfg["num_classes"]),
                             in_chans=int(cfg.get("in_chans", 3)), **cfg["timm_kwargs"])
-    sd = load_file(str(ckpt / "model.safetensors"))
+    sd = read_safetensors(ckpt / "model.safetensors")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -89,10 +100,7 @@ def pretrained_metadata(path: str | Path) -> dict:
     meta: dict[str, Any] = {}
     enc = p / "encoder.safetensors" if p.is_dir() else p
     if enc.is_file() and enc.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(enc), framework="pt") as fh:
-            raw = dict(fh.metadata() or {})
+        raw = safetensors_metadata(enc)
         for k, v in raw.items():
             k = RENAMED_KEYS.get(k, k)
             try:
@@ -102,7 +110,7 @@ def pretrained_metadata(path: str | Path) -> dict:
     for c in cands:
         if c.is_file() and not meta.get("backbone"):
             try:
-                cfg = json.loads(c.read_text())
+                cfg = read_json(c)
             except ValueError:
                 continue
             inner = {RENAMED_KEYS.get(k, k): v for k, v in cfg.get("config", cfg).items()}
@@ -119,15 +127,13 @@ def _load_pretrained_init(model: nn.Module, path: Path) -> dict:
     info: dict[str, Any] = {"path": str(path)}
     try:
         cls_ckpt = resolve_classifier_checkpoint(path)
-        cls_cfg = json.loads((cls_ckpt / "config.json").read_text())
+        cls_cfg = read_json(cls_ckpt / "config.json")
     except (FileNotFoundError, ValueError):
         cls_cfg = None
     if cls_cfg is not None and cls_cfg.get("format") == CKPT_FORMAT:
-        from safetensors.torch import load_file
-
         info.update({"kind": "classifier", "file": str(cls_ckpt / "model.safetensors"),
                      "mean": cls_cfg["mean"], "std": cls_cfg["std"]})
-        info.update(load_matching_weights(model, load_file(info["file"]), info["file"]))
+        info.update(load_matching_weights(model, read_safetensors(info["file"]), info["file"]))
         return info
     from core.pretrain.trainer import load_encoder_weights
 

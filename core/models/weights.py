@@ -232,11 +232,51 @@ def missing_message(name: str) -> str:
     return " ".join(lines)
 
 
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file. A file that is not one (a pickle renamed ``.safetensors``, a
+    damaged copy) is a ValueError naming it; nothing in it is ever unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` file (a ValueError naming the file when it is not one)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def read_torch_file(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that needs unpickling of arbitrary objects
+    (code could run) or is damaged is a ValueError naming it."""
+    import pickle
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a safe PyTorch file ({type(exc).__name__}: {exc})") from None
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (``weights_only=True``), unwrapped and cleaned."""
+    import pickle
+
+    from safetensors import SafetensorError
     from timm.models import load_state_dict
 
-    return load_state_dict(str(path), use_ema=True, weights_only=True)
+    try:
+        return load_state_dict(str(path), use_ema=True, weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a safe weights file ({type(exc).__name__}: {exc})") from None
 
 
 def _map_lite0_package(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

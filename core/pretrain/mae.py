@@ -261,7 +261,7 @@ class MAE(PretrainMethod):
     help = "masked autoencoder (SparK-style masked ConvNeXt) with entropy-guided masks"
     description = (
         "Pretrain a timm ConvNeXt encoder as a masked autoencoder on unlabeled images. Cells of 32x32 px "
-        "are hidden (default 60 %%, preferring high-entropy cells), the encoder sees only the visible cells "
+        "are hidden (default 60 %, preferring high-entropy cells), the encoder sees only the visible cells "
         "(masked dense convolution) and a light UNet decoder predicts the hidden pixels "
         "(MSE on per-cell-normalised pixels of hidden cells).")
     # (dataset options read by core.pretrain.data: entropy_source, entropy_bins)

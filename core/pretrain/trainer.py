@@ -48,9 +48,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
 from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
-from core.train.checkpoint import resolve_pretrain_checkpoint, write_checkpoint_dir
+from core.train.checkpoint import read_json, resolve_pretrain_checkpoint, trim_epoch_log, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
 from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
@@ -81,7 +82,7 @@ def collapse_metrics(features: torch.Tensor) -> dict[str, float]:
 # -- checkpoints ----------------------------------------------------------------------------------------
 def read_checkpoint_config(path: str | Path) -> dict:
     """The config.json of a checkpoint (``{"format", "config", "data", "progress", ...}``)."""
-    return json.loads((resolve_pretrain_checkpoint(path) / "config.json").read_text())
+    return read_json(resolve_pretrain_checkpoint(path) / "config.json")
 
 
 def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[str, str]:
@@ -157,13 +158,11 @@ def _check_resumable(ckpt: Path, saved: dict, config: TrainConfig, fingerprint: 
 
 def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a checkpoint's model (eval mode) with its weights: (model, config, config.json dict)."""
-    from safetensors.torch import load_file
-
     ckpt = resolve_pretrain_checkpoint(path)
-    meta = json.loads((ckpt / "config.json").read_text())
+    meta = read_json(ckpt / "config.json")
     config = TrainConfig.from_dict(meta["config"])
     model = get_method(config.method).build(config)
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+    model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=True)
     return model.to(device).eval(), config, meta
 
 
@@ -176,9 +175,6 @@ def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     folder of this project; a ``model.safetensors`` with ``encoder.*`` keys; or a timm/PyTorch weights file
     (``.safetensors``, ``.pth``, ``.pt``, ``.bin``; a ``model``/``state_dict`` entry and ``module.`` prefixes
     are unwrapped)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path)
     if p.is_dir():
         if (p / "encoder.safetensors").is_file():
@@ -189,14 +185,13 @@ def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
         raise FileNotFoundError(f"{path}: no such weights file")
     meta: dict[str, str] = {}
     if p.suffix == ".safetensors":
-        sd = load_file(str(p))
-        with safe_open(str(p), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
+        sd = read_safetensors(p)
+        meta = safetensors_metadata(p)
         if p.name == "model.safetensors" and (p.parent / "config.json").is_file():
-            cfg = json.loads((p.parent / "config.json").read_text())
+            cfg = read_json(p.parent / "config.json")
             meta.update({"backbone": cfg["config"]["backbone"], "method": cfg["config"]["method"]})
     else:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        sd = read_torch_file(p)
         for key in ("model", "state_dict", "model_state"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
@@ -235,11 +230,9 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
 
 def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the encoder of a checkpoint as timm-keyed safetensors (default: RUN_DIR/encoder.safetensors)."""
-    from safetensors.torch import load_file
-
     ckpt = resolve_pretrain_checkpoint(ckpt_dir)
-    meta = json.loads((ckpt / "config.json").read_text())
-    sd = load_file(str(ckpt / "model.safetensors"))
+    meta = read_json(ckpt / "config.json")
+    sd = read_safetensors(ckpt / "model.safetensors")
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     if not enc:
         raise ValueError(f"{ckpt}: the checkpoint holds no encoder.* weights")
@@ -361,7 +354,7 @@ def _starting_checkpoint(config: TrainConfig, resume) -> tuple[Path | None, dict
             ckpt = None
     elif resume is not None:
         ckpt = resolve_pretrain_checkpoint(resume)
-    saved = json.loads((ckpt / "config.json").read_text()) if ckpt is not None else None
+    saved = read_json(ckpt / "config.json") if ckpt is not None else None
     if saved is not None and not config.out:
         config.out = str(ckpt.parent)
     if not config.out:
@@ -423,15 +416,15 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
                 "steps_per_epoch": steps_per_epoch, "finished": False, "epoch_sums": {}, "epoch_count": 0,
                 "skipped_steps": 0}
     if saved is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)), strict=True)
-        state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(read_safetensors(ckpt / "model.safetensors", device), strict=True)
+        state = read_torch_file(ckpt / "optimizer.pt")
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"], dd.rank, device)
         progress.update(state["progress"])
+        if dd.is_main:
+            trim_epoch_log(run_dir / "log.jsonl", progress["epoch"])
         log(f"resuming from {ckpt} at epoch {progress['epoch']}, step {progress['global_step']}/{total_steps}")
     if dd.enabled:
         import warnings

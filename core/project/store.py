@@ -66,7 +66,7 @@ from core.project.runs import TERMINAL_RUN_STATES, Run
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ProjectStore", "StoreVersionError", "MIGRATIONS", "ImageRow", "LabelEvent", "MaskEvent", "Run",
+    "ProjectStore", "StoreVersionError", "ProjectFileError", "MIGRATIONS", "ImageRow", "LabelEvent", "MaskEvent", "Run",
     "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
 ]
 
@@ -84,6 +84,10 @@ def default_user() -> str:
 
 class StoreVersionError(RuntimeError):
     """The project file was written by a newer MedSSL Studio (its schema version is unknown here)."""
+
+
+class ProjectFileError(ValueError):
+    """The project file is not an SQLite database (damaged, or another file under its name)."""
 
 
 # -- schema -----------------------------------------------------------------------------------------
@@ -309,17 +313,30 @@ class ProjectStore:
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0):
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, create: bool = True):
+        """``create=False`` opens an existing project only (a path typed by the user: a typo must not make
+        an empty project)."""
         if str(path) == ":memory:":
             raise ValueError("ProjectStore needs a file: every thread opens its own connection to it")
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no project file there (mistyped path?); "
+                                    f"`medssl scan FOLDER --store` creates one")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        self._migrate(self._conn())
+        try:
+            self._migrate(self._conn())
+        except sqlite3.OperationalError:      # locked, disk I/O: not a verdict on the file
+            self.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise ProjectFileError(f"{self.path}: not a MedSSL project file ({exc}); it was left as it is — "
+                                   f"move it aside to start a new project there") from None
 
     # -- connections ------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

@@ -9,10 +9,12 @@ anything; :func:`repair_checkpoint_dir` (before resuming) puts it back under ``<
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REQUIRED = ("config.json", "model.safetensors")
 CLASSIFIER_DIRS = ("checkpoint-best", "checkpoint-last")
@@ -35,6 +37,86 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, most often); the previous one is kept."""
+
+
+def _write_failure(final: Path, exc: BaseException) -> CheckpointWriteError | None:
+    """A clear error for a write that failed for lack of space (PyTorch's zip writer reports a full disk
+    as ``enforce fail at inline_container.cc``), or None for any other failure."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on the disk"
+    elif isinstance(exc, RuntimeError) and "inline_container" in str(exc):
+        cause = "the file could not be written (the disk is probably full)"
+    else:
+        return None
+    try:
+        free = f"; {shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free now"
+    except OSError:
+        free = ""
+    return CheckpointWriteError(f"{final}: checkpoint not saved: {cause}{free}. The previous checkpoint is "
+                                f"kept; free some space, then resume")
+
+
+def write_json_atomic(path: str | Path, obj: Any, **dump_kwargs) -> Path:
+    """Write ``obj`` as JSON to ``path`` so that a kill or a full disk leaves the old file or the new one,
+    never a truncated one: a temp file beside it, fsynced, renamed over it, the folder fsynced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, **dump_kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; a damaged file (truncated, not JSON, not UTF-8) is a ValueError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: damaged (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: damaged or truncated JSON (line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg})") from None
+
+
+def trim_epoch_log(path: str | Path, epochs_done: int) -> int:
+    """Before resuming after ``epochs_done`` epochs: drop the JSON lines of later epochs from a per-epoch log
+    (written after the checkpoint a kill cut short; the resumed run writes them again) and a cut last line.
+    Returns the number of lines dropped; the file is rewritten atomically only when there are any."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue                    # cut by a kill mid-write
+        if line.endswith("\n") and isinstance(row, dict) and int(row.get("epoch", 0)) <= epochs_done:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(kept))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    return len(lines) - len(kept)
+
+
 def write_checkpoint_dir(final: str | Path, write: Callable[[Path], None]) -> Path:
     """``write(folder)`` fills a fresh folder; it replaces ``final`` only once it is complete on disk."""
     final = Path(final)
@@ -43,10 +125,17 @@ def write_checkpoint_dir(final: str | Path, write: Callable[[Path], None]) -> Pa
     repair_checkpoint_dir(final)        # never delete the only complete copy left by an earlier kill
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)        # its space back; the complete checkpoint is untouched
+        clear = _write_failure(final, exc)
+        if clear is not None:
+            raise clear from exc
+        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)

@@ -4,7 +4,6 @@ splits saved in a project store, so that every run and ensemble member uses the 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset
 
 from core.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, TrainTransform, load_rgb, normalize,
                                   resize_pil, to_float_tensor)
+from core.train.checkpoint import read_json, write_json_atomic
 from core.train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
     if project is not None:
         from core.project.store import ProjectStore
 
-        store = ProjectStore(project)
+        store = ProjectStore(project, create=False)
         try:
             labels = store.labels()
             rows = store.images()
@@ -214,7 +214,7 @@ def write_split(run_dir: Path, data: LabeledData, parts: dict[str, list[Sample]]
     for name, samples in parts.items():
         d[name] = [[s.rel_path, s.label] for s in samples]
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "split.json").write_text(json.dumps(d, indent=0))
+    write_json_atomic(run_dir / "split.json", d, indent=0)
 
 
 def read_split(run_dir: str | Path) -> dict:
@@ -222,7 +222,7 @@ def read_split(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     for p in (run_dir / "split.json", run_dir.parent / "split.json"):
         if p.is_file():
-            return json.loads(p.read_text())
+            return read_json(p)
     raise FileNotFoundError(f"{run_dir}: no split.json (not a fine-tuning run folder?)")
 
 
@@ -239,7 +239,7 @@ def stored_split(project: str | Path, data: LabeledData, name: str, make: Callab
     def say(msg: str) -> None:
         ctx.log(msg) if ctx is not None else log.info(msg)
 
-    store = ProjectStore(project)
+    store = ProjectStore(project, create=False)
     try:
         if new or name not in store.list_splits():
             made = make()

@@ -44,7 +44,9 @@ from torch.utils.data import DataLoader
 from core.analysis.metrics import classification_metrics
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
-from core.train.checkpoint import REQUIRED, find_checkpoint_dir, repair_checkpoint_dir
+from core.models.weights import read_safetensors
+from core.train.checkpoint import (REQUIRED, find_checkpoint_dir, read_json, repair_checkpoint_dir, trim_epoch_log,
+                                   write_json_atomic)
 from core.train.config import FinetuneConfig
 from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, LabeledData, Sample, load_labeled_data,
                              project_folds, project_parts, write_split)
@@ -102,7 +104,7 @@ def _check_run_folder(run_dir: Path, resume: bool) -> dict | None:
     if (run_dir / "metrics.json").is_file() and find_checkpoint_dir(best_dir) is not None:
         if not resume:
             raise FileExistsError(f"{run_dir} holds a finished run; use --resume to reuse it or a new --out")
-        return json.loads((run_dir / "metrics.json").read_text())
+        return read_json(run_dir / "metrics.json")
     if (last_dir.exists() or find_checkpoint_dir(last_dir) is not None) and not resume:
         raise FileExistsError(f"{run_dir} already has a checkpoint; pass --resume to continue it, "
                               f"or choose another --out")
@@ -121,7 +123,7 @@ def _check_same_split(run_dir: Path, parts: dict[str, list[Sample]]) -> None:
     """A resumed run keeps the images it started with."""
     if not (run_dir / "split.json").is_file():
         return
-    before = json.loads((run_dir / "split.json").read_text())
+    before = read_json(run_dir / "split.json")
     changed = [k for k in ("train", "val", "test")
                if sorted(map(tuple, before.get(k) or [])) != sorted((s.rel_path, s.label) for s in parts.get(k, []))]
     if changed:
@@ -173,13 +175,11 @@ def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, s
                   stopper: EarlyStopping, dd: DistInfo) -> tuple[int, dict | None]:
     """Weights, optimizer, scaler, this rank's RNG and early-stopping state from ``checkpoint-last``:
     (epochs done, best weights)."""
-    from safetensors.torch import load_file
-
-    prev_cfg = json.loads((last_dir / "config.json").read_text())
+    prev_cfg = read_json(last_dir / "config.json")
     diff = _same_model(prev_cfg, ckpt_cfg)
     if diff:
         raise ValueError(f"{last_dir}: cannot resume, the model differs in {diff}; use a new --out")
-    model.load_state_dict(load_file(str(last_dir / "model.safetensors")))
+    model.load_state_dict(read_safetensors(last_dir / "model.safetensors"))
     try:
         st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as e:   # written by an older version with pickled numpy state: never unpickle it
@@ -190,7 +190,7 @@ def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, s
         scaler.load_state_dict(st["scaler"])
     stopper.best, stopper.best_epoch, stopper.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
     ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
-    best_state = load_file(str(best_dir / "model.safetensors")) if find_checkpoint_dir(best_dir) else None
+    best_state = read_safetensors(best_dir / "model.safetensors") if find_checkpoint_dir(best_dir) else None
     restore_rng_state(st["rng"], dd.rank, dd.device)
     return st["epoch"], best_state
 
@@ -322,6 +322,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     if resume and find_checkpoint_dir(last_dir, RESUME_FILES) == last_dir:
         start_epoch, best_state = _resume_state(last_dir, best_dir, model, optimizer, scaler, ckpt_cfg, stopper,
                                                 dd)
+        if is_main:
+            trim_epoch_log(run_dir / "history.jsonl", start_epoch)
         say(f"resumed from {last_dir} after epoch {start_epoch}")
 
     # -- the loop
@@ -375,7 +377,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         if is_main:
             write_logits(run_dir / f"logits_{part}.csv", samples, logits, classes)
     if is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+        write_json_atomic(run_dir / "metrics.json", result, indent=1)
         say(f"done: best epoch {stopper.best_epoch}" + "".join(
             f", {p} acc {result[p]['accuracy']:.3f} bal. acc {result[p]['balanced_accuracy']:.3f}"
             for p in ("val", "test") if p in result))

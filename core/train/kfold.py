@@ -5,7 +5,6 @@ folds are skipped when the command is run again."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from core.analysis.metrics import classification_metrics, summarize_folds
 from core.inference.logits import read_logits, softmax
+from core.train.checkpoint import read_json, write_json_atomic
 from core.train.config import FinetuneConfig
 from core.train.data import ImageCache, LabeledData
 from core.train.distributed import barrier, setup_distributed
@@ -26,7 +26,7 @@ def fold_dirs(run_dir: str | Path) -> list[Path]:
     marker = run_dir / "kfold.json"
     if not marker.is_file():
         return []
-    k = json.loads(marker.read_text())["k"]
+    k = read_json(marker)["k"]
     return [run_dir / f"fold{i}" for i in range(k)]
 
 
@@ -46,7 +46,7 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
     n_in_folds = len(data.samples) if fold_of is None else sum(f is not None for f in fold_of)
     spec = {"k": k, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "n": n_in_folds, "classes": data.classes}
     if marker.is_file():
-        prev = json.loads(marker.read_text())
+        prev = read_json(marker)
         if {kk: prev.get(kk) for kk in spec} != spec:
             raise ValueError(f"{run_dir} holds a different k-fold run ({prev}); use another --out")
         if not resume:
@@ -54,8 +54,8 @@ def run_kfold(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, k: in
     barrier()   # every rank has checked the marker before rank 0 writes it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(spec, indent=1))
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_json_atomic(marker, spec, indent=1)
+        write_json_atomic(run_dir / "config.json", cfg.to_dict(), indent=1)
     barrier()
     labels, groups = data.labels(), data.groups()
     if fold_of is None:
@@ -95,7 +95,7 @@ def summarize_cv(run_dir: str | Path) -> dict:
         mp = d / "metrics.json"
         if not mp.is_file():
             continue
-        m = json.loads(mp.read_text())
+        m = read_json(mp)
         classes = m["classes"]
         per_fold.append({"fold": int(d.name[4:]), "best_epoch": m.get("best_epoch"),
                          "val": _scalars(m.get("val")), "test": _scalars(m.get("test"))})
@@ -110,7 +110,7 @@ def summarize_cv(run_dir: str | Path) -> dict:
     if pooled_logits:
         out["pooled_out_of_fold"] = classification_metrics(np.asarray(pooled_y), softmax(
             np.concatenate(pooled_logits)), classes)
-    (run_dir / "cv.json").write_text(json.dumps(out, indent=1))
+    write_json_atomic(run_dir / "cv.json", out, indent=1)
     return out
 
 

@@ -7,7 +7,6 @@ confusion matrices and one-vs-rest ROC curves of the ensemble and of each member
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from core import csvcells
 from desktop import theme
 from desktop.pages.jobs_panel import CURVE_COLORS, style_plot
 
@@ -195,7 +195,7 @@ def export_csv(path: str | Path, model: PredictionsModel, proxy: QtCore.QSortFil
     header = ["image_id", "path"] + [h if k != "rank" else "suggest_rank" for h, k, _ in cols if k != "name"]
     n = 0
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csvcells.writer(fh)
         w.writerow(header)
         count = proxy.rowCount() if proxy is not None else model.rowCount()
         for i in range(count):

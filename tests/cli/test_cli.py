@@ -91,3 +91,44 @@ def test_store_of_a_read_only_folder_goes_to_the_user_folder(tmp_path, monkeypat
         assert str(project_dir(data)).startswith(str(tmp_path / "user"))
     finally:
         data.chmod(0o755)
+
+
+def test_scan_store_names_a_file_whose_name_is_not_utf8_and_imports_the_rest(tmp_path, capsys):
+    import os
+    import shutil
+
+    out = tmp_path / "d"
+    assert main(["demo-data", str(out), "--cases", "1"]) == 0
+    first = next(out.rglob("*.png"))
+    shutil.copy(first, os.path.join(os.fsencode(first.parent), b"caf\xe9.png"))
+    capsys.readouterr()
+    assert main(["scan", str(out), "--json", "--store"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert any("caf\\xe9.png" in e["path"] and "UTF-8" in e["reason"] for e in summary["errors"])
+    assert summary["store"]["new"] == summary["n_images"] > 0
+    assert main(["scan", str(out), "--store"]) == 0       # a rerun as well
+
+
+def test_version_does_not_import_torch():
+    code = ("import sys\nfrom core.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [f"medssl", __version__, "False"]
+
+
+@pytest.mark.parametrize("command", [["finetune"], ["pretrain", "mae", "FOLDER"]])
+def test_a_mistyped_project_path_creates_no_store(tmp_path, capsys, command):
+    typo = tmp_path / "projct" / "project.db"
+    command = [str(tmp_path) if c == "FOLDER" else c for c in command]
+    assert main([*command, "--project", str(typo), "--out", str(tmp_path / "run")]) == 1
+    assert "no project file there" in capsys.readouterr().err
+    assert not typo.exists() and not typo.parent.exists()
+
+
+def test_help_texts_show_percent_signs_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "mae", "--help"])
+    text = capsys.readouterr().out
+    assert "60 %" in text and "%%" not in text

@@ -377,3 +377,50 @@ def test_error_corrupted_dicom(tmp_path):
 
 def test_image_extensions_cover_the_promised_formats():
     assert {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"} <= IMAGE_EXTENSIONS
+
+
+def _samples_for_the_one_loader(tmp_path: Path) -> list[Path]:
+    rgba = np.zeros((8, 16, 4), dtype=np.uint8)
+    rgba[..., :3] = colour_pattern()
+    rgba[..., 3] = 255
+    rgba[:, :8, 3] = 0
+    la = np.stack([np.full((8, 16), 200, np.uint8), np.tile(np.arange(0, 256, 16, dtype=np.uint8), (8, 1))], -1)
+    pal = Image.fromarray(colour_pattern()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    rotated = Image.fromarray(np.where(np.arange(64) < 32, 0, 255).astype(np.uint8)[None].repeat(32, 0), "L")
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    return [save(tmp_path / "rgba.png", Image.fromarray(rgba, "RGBA")),
+            save(tmp_path / "la.png", Image.fromarray(la, "LA")),
+            save(tmp_path / "pal.png", pal, transparency=0),
+            save(tmp_path / "phone.jpg", rotated, exif=exif, quality=95),
+            save(tmp_path / "cmyk.jpg", Image.fromarray(colour_pattern()).convert("CMYK")),
+            save(tmp_path / "grey16.png", Image.fromarray((np.arange(128).reshape(8, 16) * 500).astype(np.uint16))),
+            save(tmp_path / "rgb.png", Image.fromarray(colour_pattern())),
+            save(tmp_path / "grey.png", Image.fromarray(np.arange(128, dtype=np.uint8).reshape(8, 16)))]
+
+
+def test_load_8bit_gives_the_pixels_read_image_gives(tmp_path):
+    """Fine-tuning, ensembles and prediction (load_8bit) see the image scan, entropy, MAE and the viewer
+    (read_image) see: EXIF rotation applied, alpha composited on black."""
+    from core.data.transforms import load_8bit
+
+    for path in _samples_for_the_one_loader(tmp_path):
+        expected = (np.clip(read_image(path).array, 0, 1) * 255 + 0.5).astype(np.uint8)
+        got = np.asarray(load_8bit(path))
+        if got.ndim == 3 and expected.ndim == 2:
+            expected = np.repeat(expected[..., None], 3, -1)
+        assert got.shape == expected.shape, path.name
+        np.testing.assert_array_equal(got, expected, err_msg=path.name)
+
+
+def test_load_8bit_has_the_pixel_guard(tmp_path):
+    from core.data.transforms import load_8bit
+
+    bomb = png_header_only(tmp_path / "bomb.png", 12_000, 12_000)
+    with pytest.raises(ImageReadError, match="limit") as err:
+        load_8bit(bomb)
+    assert err.value.path == bomb
+    small = save(tmp_path / "small.png", Image.fromarray(np.zeros((64, 64), dtype=np.uint8)))
+    with pytest.raises(ImageReadError, match="limit of 1,000"):
+        load_8bit(small, max_pixels=1000)

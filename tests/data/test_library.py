@@ -309,3 +309,38 @@ def test_identical_files_are_reported_and_conflicting_labels_flagged(tmp_path, c
     assert main(["scan", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "label conflict" in out and "benign/c.png (benign) = normal/c-again.png (normal)" in out
+
+
+def test_scan_decodes_large_images_one_at_a_time(tmp_path, monkeypatch):
+    """Images over the scan's pixel budget are decoded alone, whatever the number of threads (a folder of
+    huge images costs the memory of one); small ones still go in parallel."""
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    import core.data.library as library
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 40), i * 50, np.uint8)).save(tmp_path / f"big{i}.png")
+    monkeypatch.setattr(library, "SCAN_PIXEL_BUDGET", 2000, raising=False)   # one 40x40 image (1600 px) fits, two not
+    real_read, lock, arrived = library.read_image, threading.Lock(), threading.Event()
+    state = {"now": 0, "most": 0}
+
+    def read_and_wait_for_company(path, **kw):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            if state["now"] > 1:
+                arrived.set()
+        arrived.wait(0.5)                     # give a second decoder the chance to start beside this one
+        try:
+            return real_read(path, **kw)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(library, "read_image", read_and_wait_for_company)
+    result = library.scan_folder(tmp_path, workers=4)
+    assert len(result.images) == 3 and not result.errors
+    assert state["most"] == 1

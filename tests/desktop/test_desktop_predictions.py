@@ -193,3 +193,16 @@ def test_prediction_run_stores_typed_records_from_arrays(qtbot, window, tmp_path
     page.run_combo.setCurrentIndex(page.run_combo.findData(rid))
     qtbot.waitUntil(lambda: len(page.model.rows) == len(items), timeout=20000)
     assert page.model.members == ["m0", "x_prob_y"] and page.model.classes == CLASSES
+
+
+def test_exported_csv_cells_cannot_run_as_formulas(qtbot, tmp_path):
+    from desktop.pages.predictions import PredictionsModel, PredRow, export_csv
+    from tests.test_csvcells import formula_cells
+
+    m = PredictionsModel()
+    m.set_data([PredRow(1, "=cmd|' /C calc'!A0.png", "=cmd|' /C calc'!A0.png", "@SUM(A1)", "-x",
+                        {"-x": 0.75, "+y": 0.25}, {"=m": {"-x": 0.75, "+y": 0.25}}, -0.0, 0.0)],
+               ["-x", "+y"], ["=m"])
+    out = tmp_path / "export.csv"
+    assert export_csv(out, m) == 1
+    assert formula_cells(out) == []

@@ -179,3 +179,52 @@ def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_p
     written = json.loads((tmp_path / "r.json").read_text())
     assert set(written) == set(d) and written["n"] == n and "_probs" not in written
     assert "A: T=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("member, reason", [
+    ({"temperature": -1.0}, "temperature must be a finite number > 0"),
+    ({"temperature": 0}, "temperature must be a finite number > 0"),
+    ({"temperature": "NaN"}, "temperature must be a finite number > 0"),
+    ({"weight": 0}, "weight must be a finite number > 0"),
+    ({"weight": float("inf")}, "weight must be a finite number > 0"),
+    ({"weight": "heavy"}, "weight must be a finite number > 0"),
+])
+def test_ensemble_values_are_validated(tmp_path, member, reason):
+    path = tmp_path / "ens.json"
+    path.write_text(json.dumps({"members": [{"checkpoint": "a", **member}]}))
+    with pytest.raises(ValueError, match=reason) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"members": [', "invalid JSON at line 1"),
+    ('[1, 2]', "a JSON object with 'members'"),
+    ('{"members": {"a": 1}}', "'members' must be a list"),
+    ('{"members": [{"weight": 1}]}', "member 0 has no 'checkpoint'"),
+])
+def test_malformed_ensemble_json_is_a_clear_error(tmp_path, text, reason):
+    path = tmp_path / "ens.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=reason) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"std": [0.2, 0.0, 0.2]}, "std must be 3 finite numbers > 0"),
+    ({"mean": [0.5, float("nan"), 0.5]}, "mean must be 3 finite numbers"),
+    ({"image_size": 1_000_000}, "image_size must be a whole number"),
+    ({"image_size": -32}, "image_size must be a whole number"),
+])
+def test_checkpoint_values_are_validated(tmp_path, change, reason):
+    from core.models.classifier import load_classifier, save_classifier_checkpoint
+
+    model, ccfg = build_classifier(tiny_cfg(), CLASSES, lambda m: None)
+    ckpt = tmp_path / "run" / "checkpoint-best"
+    save_classifier_checkpoint(ckpt, model, ccfg)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError, match=reason) as err:
+        load_classifier(ckpt)
+    assert str(ckpt) in str(err.value)

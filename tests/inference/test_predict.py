@@ -378,3 +378,44 @@ def test_torchrun_prediction_survives_a_killed_rank(ensemble_file, folder, tmp_p
     for r in rows:
         if r["status"] == "ok":
             assert abs(float(r["prob_benign"]) - float(ref[r["path"]]["prob_benign"])) < 1e-5
+
+
+def test_predict_csv_cells_cannot_run_as_formulas_and_resume(folder, tmp_path):
+    """File names and predicted classes starting with = + - @ are escaped; a rerun reads them back as done."""
+    from core.csvcells import unescape_cell
+    from tests.test_csvcells import formula_cells
+
+    classes = ["=HYPERLINK(1)", "@b", "-c"]
+    torch.manual_seed(0)
+    cfg = FinetuneConfig(backbone="convnext_atto", tiny=True, init="random", image_size=32)
+    model, ccfg = build_classifier(cfg, classes, lambda m: None)
+    save_classifier_checkpoint(tmp_path / "m" / "checkpoint-best", model, ccfg)
+    ens = create_spec(tmp_path / "ens.json", [tmp_path / "m"], names=["=m"]).path
+    first = folder / list_images(folder)[0]
+    shutil.copy(first, first.parent / "=cmd|' calc'!A0.png")
+    shutil.copy(first, first.parent / "+x.png")
+    out = tmp_path / "preds.csv"
+    s = predict_folder(folder, out, ensemble=ens, batch_size=8, num_workers=0, backend="torch")
+    assert s["predicted"] == 26 and formula_cells(out) == []
+    paths = {unescape_cell(r["path"]) for r in _rows(out)}
+    assert {p for p in paths if "=cmd" in p or "+x" in p} == {
+        str((first.parent / n).relative_to(folder).as_posix()) for n in ("=cmd|' calc'!A0.png", "+x.png")}
+    assert {unescape_cell(r["predicted"]) for r in _rows(out) if r["status"] == "ok"} <= set(classes)
+    s2 = predict_folder(folder, out, ensemble=ens, batch_size=8, num_workers=0, backend="torch")
+    assert s2["predicted"] == 0 and s2["already_done"] == 28 and len(_rows(out)) == 28
+
+
+def test_a_file_name_that_is_not_utf8_is_named_and_the_rest_proceeds(ensemble_file, folder, tmp_path):
+    import os
+
+    first = folder / list_images(folder)[0]
+    bad = os.path.join(os.fsencode(first.parent), b"bad\xff name.png")
+    shutil.copy(first, bad)
+    out = tmp_path / "preds.csv"
+    s = predict_folder(folder, out, ensemble=ensemble_file, batch_size=8, num_workers=0, backend="torch")
+    rows = _rows(out)
+    assert s["predicted"] == 24 and s["errors"] == 3 and len(rows) == 27
+    named = [r for r in rows if "bad\\xff name.png" in r["path"]]
+    assert len(named) == 1 and named[0]["status"] == "error" and "UTF-8" in named[0]["error"]
+    s2 = predict_folder(folder, out, ensemble=ensemble_file, batch_size=8, num_workers=0, backend="torch")
+    assert s2["predicted"] == s2["errors"] == 0 and len(_rows(out)) == 27

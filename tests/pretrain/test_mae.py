@@ -249,3 +249,24 @@ def test_the_grey_batch_goes_to_the_device_as_one_channel(tmp_path, workers):
     assert torch.equal(grey_batch_to(images, "cpu"), images)
     dense = images.contiguous()
     assert grey_batch_to(dense, "meta").stride(1) != 0                  # a dense batch is copied as it is
+
+
+def test_cli_reconstruct_names_bad_images_and_writes_the_rest(trained_run, demo_dir, tmp_path, capsys):
+    import shutil
+
+    from core.cli import main
+
+    img = sorted((demo_dir / "benign").glob("*_0.png"))[0]
+    long_name = tmp_path / ("é" * 110 + "x" * 26 + ".png")          # 250 bytes: "_reconstruct.png" would not fit
+    shutil.copy(img, long_name)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    missing = tmp_path / "gone.png"
+    panels = tmp_path / "panels"
+    assert main(["reconstruct", str(trained_run), str(text), str(missing), str(long_name), str(img),
+                 "--out", str(panels)]) == 1
+    out = capsys.readouterr().out
+    assert f"error: {text}" in out and f"error: {missing}" in out and "2 of 4 images" in out
+    written = sorted(p.name for p in panels.iterdir())
+    assert len(written) == 2 and f"{img.stem}_reconstruct.png" in written
+    assert all(len(n.encode()) <= 255 for n in written)

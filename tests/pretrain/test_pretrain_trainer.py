@@ -289,3 +289,21 @@ def test_ddp_two_cpu_processes_match_one_process(demo_dir, tmp_path):
     b = load_file(str(tmp_path / "one" / "encoder.safetensors"))
     diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
     assert diff / sum(float(a[k].pow(2).sum()) for k in a) ** 0.5 < 1e-2
+
+
+def test_resume_after_a_kill_between_log_line_and_checkpoint_has_no_duplicate_line(demo_dir, tmp_path):
+    from core.jobs import EventKind
+
+    cfg = dict(epochs=2, batch_size=16)
+    out = tmp_path / "cut"
+    job = Job("cut", lambda ctx: train(tiny_config(demo_dir, out, **cfg), ctx))
+    job.subscribe(lambda e: job.cancel() if e.kind == EventKind.EPOCH_END else None)
+    with pytest.raises(JobCancelled):
+        job.run()
+    assert read_checkpoint_config(out)["progress"]["epoch"] == 1
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    with open(out / "log.jsonl", "a") as fh:          # epoch 2's line written, the kill before its checkpoint
+        fh.write(json.dumps({**json.loads(lines[0]), "epoch": 2}) + "\n")
+    train(tiny_config(demo_dir, out, **cfg), resume=out)
+    assert [json.loads(s)["epoch"] for s in (out / "log.jsonl").read_text().splitlines()] == [1, 2]

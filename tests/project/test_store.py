@@ -411,22 +411,34 @@ def test_sigkill_mid_writes_keeps_committed_labels(tmp_path):
     with ProjectStore(path) as s:
         add_images(s, 5)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # The child's report is read from the raw pipe (os.read, no buffer in this process) and read to the
+    # end after the kill, so every line the child wrote is counted: readline() + communicate() lost the
+    # lines readline had buffered beyond the one it returned.
+    err_file = open(tmp_path / "child.err", "w+")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
-    reported = []
+                            stderr=err_file, cwd=REPO_ROOT, env=env, bufsize=0)
+    data = b""
     try:
+        fd = proc.stdout.fileno()
         deadline = time.time() + 60
-        while len(reported) < 60 and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
+        while data.count(b"\n") < 60 and time.time() < deadline:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            reported.append(int(line))
+            data += chunk
         os.kill(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        while chunk := os.read(fd, 65536):      # what the child wrote before it died
+            data += chunk
+        proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    reported += [int(x) for x in out.split()]
+        proc.stdout.close()
+        err_file.seek(0)
+        err = err_file.read()
+        err_file.close()
+    complete = data[: data.rfind(b"\n") + 1]    # a line cut by the kill was not reported
+    reported = [int(x) for x in complete.split()]
     assert proc.returncode == -signal.SIGKILL, err
     assert len(reported) >= 60, err
 
@@ -511,3 +523,20 @@ def test_two_stores_same_file_two_writers(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_garbage_project_file_is_a_clear_error_and_left_as_it_is(tmp_path, capsys):
+    from core.cli import main
+    from core.project.store import ProjectFileError
+
+    db = tmp_path / "imgs" / ".medssl" / "project.db"
+    db.parent.mkdir(parents=True)
+    garbage = b"this is not an SQLite database, just bytes " * 100
+    db.write_bytes(garbage)
+    with pytest.raises(ProjectFileError, match="not a MedSSL project file") as err:
+        ProjectStore(db)
+    assert str(db) in str(err.value)
+    assert db.read_bytes() == garbage
+    assert main(["scan", str(tmp_path / "imgs"), "--store"]) == 1
+    assert str(db) in capsys.readouterr().err
+    assert db.read_bytes() == garbage

@@ -190,3 +190,49 @@ def test_fp16_scaler_state_is_checkpointed_and_resumed(demo_data, tmp_path, monk
                         lambda self, state: (loaded.append(dict(state)), real_load(self, state)))
     finetune(tiny_cfg(), demo_data, run, resume=True)
     assert loaded and loaded[0]["scale"] == saved["scale"]
+
+
+def test_resume_after_a_kill_between_history_row_and_checkpoint_has_no_duplicate_row(demo_data, tmp_path):
+    """The history row of epoch 2 was written, the kill came before checkpoint-last of epoch 2: the
+    resumed run writes epoch 2 again, once."""
+    run = tmp_path / "run"
+    job = Job("cut", lambda ctx: finetune(tiny_cfg(), demo_data, run, ctx=ctx))
+    job.subscribe(lambda e: job.cancel() if e.kind == EventKind.EPOCH_END else None)
+    with pytest.raises(JobCancelled):
+        job.run()
+    with open(run / "history.jsonl", "a") as fh:
+        fh.write(json.dumps({**history(run)[0], "epoch": 2}) + "\n")
+    finetune(tiny_cfg(), demo_data, run, resume=True)
+    assert [h["epoch"] for h in history(run)] == [1, 2]
+
+
+def test_disk_full_during_a_checkpoint_write_is_a_clear_error_and_keeps_the_previous(demo_data, tmp_path,
+                                                                                      monkeypatch):
+    """The second checkpoint-last write hits a full disk inside PyTorch's zip writer (patched at the file
+    boundary): a clear error, the epoch-1 checkpoint intact, no .tmp folder, job.json not left 'running'."""
+    import torch
+
+    from core.jobs import previous_state
+    from core.train.checkpoint import CheckpointWriteError
+
+    real_save, calls = torch.save, []
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    run = tmp_path / "run"
+    job = Job("ft", lambda ctx: finetune(tiny_cfg(), demo_data, run, ctx=ctx), state_dir=run)
+    with pytest.raises(CheckpointWriteError, match="checkpoint not saved.*disk is probably full") as err:
+        job.run()
+    assert str(run / "checkpoint-last") in str(err.value) and "previous checkpoint is kept" in str(err.value)
+    assert json.loads((run / "checkpoint-last" / "config.json").read_text())["epoch"] == 1
+    assert not (run / "checkpoint-last.tmp").exists()
+    assert previous_state(run)["state"] == "failed"
+    monkeypatch.setattr(torch, "save", real_save)
+    res = finetune(tiny_cfg(), demo_data, run, resume=True)          # space back: it continues
+    assert res["epochs_run"] == 2 and [h["epoch"] for h in history(run)] == [1, 2]

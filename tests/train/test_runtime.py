@@ -323,3 +323,46 @@ def test_resolvers_name_their_kind_and_say_what_is_missing(tmp_path):
         resolve_classifier_checkpoint(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no checkpoint here"):
         resolve_pretrain_checkpoint(tmp_path / "empty")
+
+
+def test_json_written_atomically_and_a_damaged_one_is_named(tmp_path):
+    from core.train.checkpoint import read_json, write_json_atomic
+
+    path = tmp_path / "metrics.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})          # fails half-way through the dump
+    assert read_json(path) == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    path.write_text('{"a": 1, "b": [1, 2')                 # what a plain write_text cut by a kill leaves
+    with pytest.raises(ValueError, match="damaged or truncated JSON") as err:
+        read_json(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_truncated_run_file_names_itself_on_resume(tmp_path, demo_dir):
+    """split.json cut by a kill: resuming says which file is damaged (a JSONDecodeError named none)."""
+    from core.train.data import load_labeled_data
+    from core.train.finetune import finetune
+
+    cfg = FinetuneConfig(backbone="convnext_atto", tiny=True, init="random", image_size=32, epochs=1,
+                         batch_size=16, warmup_epochs=0, val_fraction=0.2, test_fraction=0.2, num_workers=0,
+                         precision="fp32")
+    data = load_labeled_data(demo_dir)
+    run = tmp_path / "run"
+    finetune(cfg, data, run)
+    split = run / "split.json"
+    split.write_text(split.read_text()[:40])
+    (run / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="damaged or truncated") as err:
+        finetune(cfg, data, run, resume=True)
+    assert str(split) in str(err.value)
+
+
+def test_trim_epoch_log_drops_rows_after_the_checkpoint_and_a_cut_line(tmp_path):
+    from core.train.checkpoint import trim_epoch_log
+
+    log = tmp_path / "history.jsonl"
+    log.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
+    assert trim_epoch_log(log, 2) == 2
+    assert log.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    assert trim_epoch_log(log, 2) == 0 and trim_epoch_log(tmp_path / "none.jsonl", 1) == 0

@@ -1,0 +1,104 @@
+"""A corpus of bad (and awkward but good) inputs, generated on the fly: every path of the engine must
+handle each one (a clear per-file error naming the file, or a result), and the rest must proceed."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FORMULA_NAME = "=cmd|' calc'!A0.png"
+NOT_UTF8_NAME = b"caf\xe9.png"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels over a few bytes of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _dicom(path: Path, *, pixels: bool, photometric: str = "MONOCHROME2") -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = "case-1", "US"
+    if pixels:
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 1, 8, 8, 7
+        ds.PixelRepresentation, ds.PhotometricInterpretation = 0, photometric
+        ds.PixelData = bytes(range(64))
+    ds.save_as(path, enforce_file_format=True)
+
+
+def make_corpus(root: Path) -> tuple[set[str], set[str]]:
+    """Write the corpus under ``root`` (one class folder 'c'); returns (names that must be errors, names that
+    may be read) — names are the files' printable relative paths."""
+    c = root / "c"
+    c.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8), "L")
+    colour = Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8), "RGB")
+    png, jpg = _encoded(grey, "PNG"), _encoded(colour, "JPEG", quality=90)
+    bad = {
+        "truncated.png": png[: len(png) // 2],
+        "truncated.jpg": jpg[: len(jpg) // 2],
+        "empty.png": b"",
+        "text.png": b"this is plain text, not an image\n",
+        "page.jpg": b"<!DOCTYPE html><html><body>not a JPEG</body></html>",
+        "huge_header.png": png_header_claiming(200_000, 200_000),
+    }
+    rgba = np.zeros((48, 40, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = np.asarray(colour), 128
+    exif = grey.getexif()
+    exif[0x0112] = 6
+    good = {
+        "grey16.png": _encoded(Image.fromarray((np.arange(48 * 40).reshape(48, 40) * 30).astype(np.uint16)), "PNG"),
+        "rgba.png": _encoded(Image.fromarray(rgba, "RGBA"), "PNG"),
+        "palette.png": _encoded(colour.convert("P", palette=Image.Palette.ADAPTIVE, colors=8), "PNG"),
+        "cmyk.jpg": _encoded(colour.convert("CMYK"), "JPEG"),
+        "rotated.jpg": _encoded(grey, "JPEG", exif=exif),
+        "one_pixel.png": _encoded(Image.new("L", (1, 1), 128), "PNG"),
+        "ünïcødé 画像.png": png,
+        "  lots   of   spaces  .png": png,
+        ("long_" + "x" * 230 + ".png"): png,
+        FORMULA_NAME: png,
+        "plain.png": png,
+    }
+    for name, data in {**bad, **good}.items():
+        (c / name).write_bytes(data)
+    _dicom(c / "no_pixels.dcm", pixels=False)
+    _dicom(c / "odd_photometric.dcm", pixels=True, photometric="YBR_NONSENSE")
+    bad_names = {f"c/{n}" for n in bad} | {"c/no_pixels.dcm"}
+    maybe = {f"c/{n}" for n in good} | {"c/odd_photometric.dcm"}
+    with open(os.path.join(os.fsencode(c), NOT_UTF8_NAME), "wb") as fh:
+        fh.write(png)
+    bad_names.add("c/caf\\xe9.png")
+    os.symlink("loop.png", c / "loop.png")                  # a link to itself
+    bad_names.add("c/loop.png")
+    (c / "folder.png").mkdir()                               # a folder named like an image
+    (c / "folder.png" / "inside.png").write_bytes(png)
+    maybe.add("c/folder.png/inside.png")
+    (root / "empty_folder").mkdir()
+    return bad_names, maybe
