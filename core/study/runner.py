@@ -97,6 +97,33 @@ def finetune_config(cfg: StudyConfig, member: str, init_weights: str | None = No
     return FinetuneConfig(backbone=s["backbone_b"], init="pretrained", init_weights=init_weights, **common)
 
 
+def finetune_command(cfg: StudyConfig, member: str, fold: int, out: str, init_weights: str | None = None
+                     ) -> list[str]:
+    """``medssl finetune`` arguments that rerun one fold of a member by hand (a project study: its folds
+    are saved in the store under the study's split name) and give the same numbers."""
+    if not cfg.project:
+        raise ValueError("a fold is rerun by hand from the project the study ran on (--project)")
+    c = finetune_config(cfg, member, init_weights)
+    args = ["finetune", "--project", cfg.project, "--out", out, "--kfold", str(cfg.k), "--folds", str(fold),
+            "--split-name", study_split_name(cfg), "--backbone", c.backbone, "--init", c.init,
+            "--image-size", str(c.image_size), "--epochs", str(c.epochs), "--batch-size", str(c.batch_size),
+            "--lr", str(c.lr), "--warmup-epochs", str(c.warmup_epochs), "--patience", str(c.patience),
+            "--seed", str(c.seed), "--precision", c.precision]
+    args += ["--tiny"] if c.tiny else []
+    if c.init_weights:
+        args += ["--init-weights" if c.init == "pretrained" else "--weights-file", c.init_weights]
+    args += ["--workers", str(c.num_workers)] if c.num_workers is not None else []
+    args += ["--device", c.device] if c.device else []
+    return args
+
+
+def study_split_name(cfg: StudyConfig) -> str:
+    """The name of a project study's folds in the store (``NAME-Kfold``, as ``medssl finetune`` reads them)."""
+    from core.project.runs import slug
+
+    return f"study-{slug(Path(cfg.out).name)}"
+
+
 def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Path, mask: str):
     """MAE pretraining; ``mask`` = "high" (entropy-guided) or "random": equal compute otherwise."""
     from core.models.backbones import TINY_CONVNEXT
@@ -220,15 +247,10 @@ class Study:
         if self.cfg.project:      # so `medssl finetune --project P --kfold K --split-name NAME` reruns a fold
             from core.train.data import stored_split
 
-            stored_split(self.cfg.project, data, f"{self.split_name}-{self.cfg.k}fold", lambda: fold,
+            stored_split(self.cfg.project, data, f"{study_split_name(self.cfg)}-{self.cfg.k}fold", lambda: fold,
                          {"kind": "kfold", "k": self.cfg.k, "seed": self.cfg.seed, "study": str(self.out)}, self.ctx)
         return fold
 
-    @property
-    def split_name(self) -> str:
-        from core.project.runs import slug
-
-        return f"study-{slug(self.out.name)}"
 
     # -- steps
     def _pretrain(self, data: LabeledData, files: list[str], name: str, mask: str) -> Path:
@@ -339,12 +361,14 @@ class Study:
                  + "; ".join(f"fold {f.fold}: {f.extra['weights'][0]:.2f}, {f.extra['weights'][1]:.2f} "
                              f"(T = {f.extra['temperature']:.2f})" for f in folds)]
         if cfg.project:
-            notes.append(f"Rerun fold i of member A by hand: medssl finetune --project {cfg.project} --kfold {cfg.k} "
-                         f"--split-name {self.split_name} --folds i with the settings under Configuration.")
+            import shlex
+
+            notes.append("Rerun fold 0 of member A by hand (same numbers): medssl " + " ".join(
+                shlex.quote(a) for a in finetune_command(cfg, MEMBER_A, 0, str(self.out / "rerun-A-fold0"))))
         config = {**cfg.to_dict(), "settings": s,
                   "finetune": {m: finetune_config(cfg, m).to_dict() for m in (MEMBER_A, MEMBER_B)}}
         return StudyOutcome(f"Study: {Path(cfg.data or cfg.project).name}", data.classes, models, folds, comparisons,
-                            facts, config, self.command, seconds, panels=self.panels(data, folds))
+                            facts, config, self.command, seconds, panels=self.panels(data, folds), notes=notes)
 
     def panels(self, data: LabeledData, folds) -> list:
         """A few test images of fold 0: the MAE's reconstruction and the members' Grad-CAM."""

@@ -61,6 +61,7 @@ def test_study_end_to_end_and_rerun_skips_finished_steps(demo_dir, tmp_path):
     dups = json.loads((out / "duplicates.json").read_text())
     assert rep["data"]["duplicate_groups"] == len(dups["groups"]) > 0
     assert rep["data"]["pretraining"].startswith("strict")
+    assert any(n.startswith("Ensemble weights (A, B) per fold: fold 0: 0.50, 0.50") for n in rep["notes"])
     assert rep["data"]["fold_guarantee"].startswith(f"Checked on the folds used: 0 of {len(dups['groups'])} "
                                                     f"near-duplicate groups and 0 of ")
     assert {(c["a"], c["b"]) for c in rep["comparisons"]} == {(ENSEMBLE, MEMBER_A), (ENSEMBLE, MEMBER_B),
@@ -120,3 +121,27 @@ def test_member_a_imagenet_weights_missing_names_the_command(demo_dir, tmp_path,
 def test_study_rejects_unknown_settings(demo_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown budget settings"):
         tiny_study(demo_dir, tmp_path, overrides={"epoch": 3}).settings()
+
+
+def test_a_project_study_fold_rerun_by_hand_gives_the_same_numbers(demo_dir, tmp_path):
+    import shutil
+
+    from core.cli import main
+    from core.paths import default_store_path
+    from core.study.runner import finetune_command
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    assert main(["scan", str(data), "--store", "--json"]) == 0
+    db = str(default_store_path(data))
+    cfg = tiny_study(None, tmp_path / "st", data=None, project=db, k=2, control=False, panels=0)
+    run_logged(cfg)
+    rep = json.loads((tmp_path / "st" / "report" / "report.json").read_text())
+    assert "medssl finetune --project" in " ".join(rep["notes"])
+    for member, init in ((MEMBER_A, None), (MEMBER_B, str(tmp_path / "st" / "pretrain" / "entropy-fold1"))):
+        by_hand = tmp_path / f"hand-{member}"
+        assert main(finetune_command(cfg, member, 1, str(by_hand), init) + ["--quiet"]) == 0
+        study_fold = tmp_path / "st" / member / "fold1"
+        assert (json.loads((by_hand / "fold1" / "metrics.json").read_text())["test"]
+                == json.loads((study_fold / "metrics.json").read_text())["test"])
+        assert (by_hand / "fold1" / "logits_test.csv").read_text() == (study_fold / "logits_test.csv").read_text()
