@@ -64,8 +64,11 @@ def _study(args) -> int:
                       overrides=dict(args.overrides), device=args.device, precision=args.precision,
                       num_workers=args.workers, panels=args.panels, n_boot=args.n_boot)
     cfg.settings()           # unknown budget keys fail before any work
-    page = run_with_progress(study_job(cfg, study_command(cfg)), quiet=args.quiet)
-    print(f"report: {page}")
+    result = run_with_progress(study_job(cfg, study_command(cfg)), quiet=args.quiet)
+    print(f"ensemble accuracy {100 * result['ensemble_accuracy']:.1f} % (mean over {result['k']} folds); best "
+          f"member {result['best_member']} {100 * result['best_member_accuracy']:.1f} %")
+    print(result["verdict"])
+    print(f"report: {result['report']}")
     return 0
 
 

@@ -125,7 +125,8 @@ def study_split_name(cfg: StudyConfig) -> str:
 
 
 def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Path, mask: str):
-    """MAE pretraining; ``mask`` = "high" (entropy-guided) or "random": equal compute otherwise."""
+    """MAE pretraining; ``mask`` = "high" (entropy-guided) or "random": equal compute otherwise (a batch is
+    never larger than the images, so a small project still gets a step per epoch)."""
     from core.models.backbones import TINY_CONVNEXT
     from core.pretrain.config import TrainConfig
 
@@ -136,7 +137,7 @@ def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Pat
         options["decoder_width"] = 32
     return TrainConfig(method="mae", data=str(root), files=list(files), out=str(out), backbone=s["backbone_b"],
                        timm_kwargs=kw, image_size=s["pretrain_image_size"], epochs=s["pretrain_epochs"],
-                       batch_size=s["pretrain_batch_size"], warmup_epochs=min(5.0, s["pretrain_epochs"] / 4),
+                       batch_size=min(s["pretrain_batch_size"], len(files)), warmup_epochs=min(5.0, s["pretrain_epochs"] / 4),
                        lr=2e-3 if s["tiny"] else 1.5e-3, seed=cfg.seed, options=options, device=cfg.device,
                        precision=cfg.precision, num_workers=cfg.num_workers or 0, probe_size=0 if s["tiny"] else 64)
 
@@ -169,6 +170,8 @@ class Study:
         self.cfg, self.ctx, self.command = cfg, ctx, command
         self.out = Path(cfg.out)
         self.settings = cfg.settings()
+        if self.settings["tiny"] and cfg.member_a_init == "imagenet":
+            raise ValueError("the tiny budget's models have no ImageNet weights: use --member-a-init random")
         if cfg.ensemble_weights not in ENSEMBLE_WEIGHTS:
             raise ValueError(f"--ensemble-weights must be one of {ENSEMBLE_WEIGHTS}")
         self.models = [MEMBER_A, MEMBER_B] + ([CONTROL] if cfg.control else [])
@@ -463,8 +466,28 @@ def fold_outcome(out: Path, f: int, models: Sequence[str], classes: Sequence[str
     return FoldOutcome(f, y_test, probs, raw, list(paths), {"weights": weights, "temperature": t_ens})
 
 
+def study_result(page: str | Path) -> dict:
+    """What a finished study leaves in the project's runs table: the report, the ensemble's and its best
+    member's mean accuracy and AUC, and whether the ensemble beats that member (said, not hidden)."""
+    page = Path(page)
+    summary = json.loads((page.parent / "report.json").read_text())
+    ms = summary["mean_std"]
+    ens = next(m for m in summary["models"] if m["kind"] == "ensemble")
+
+    def mean(name: str, key: str):
+        return (ms[name].get(key) or {}).get("mean")
+
+    best = max(ens["members"], key=lambda n: mean(n, "accuracy") or 0.0)
+    beats = (mean(ens["name"], "accuracy") or 0.0) > (mean(best, "accuracy") or 0.0)
+    return {"report": str(page), "k": summary["k"], "ensemble_accuracy": mean(ens["name"], "accuracy"),
+            "ensemble_roc_auc_ovr": mean(ens["name"], "roc_auc_ovr"), "best_member": best,
+            "best_member_accuracy": mean(best, "accuracy"), "best_member_roc_auc_ovr": mean(best, "roc_auc_ovr"),
+            "ensemble_beats_best_member": "yes" if beats else "no",
+            "verdict": " ".join(summary["verdicts"])[:299]}
+
+
 def study_job(cfg: StudyConfig, command: str = ""):
-    """The study as a ``core.jobs.Job`` (state dir = the study folder); the result is the report's path."""
+    """The study as a ``core.jobs.Job`` (state dir = the study folder); the result is :func:`study_result`."""
     from core.jobs import Job
 
-    return Job("study", lambda ctx: str(Study(cfg, ctx, command).run()), state_dir=cfg.out)
+    return Job("study", lambda ctx: study_result(Study(cfg, ctx, command).run()), state_dir=cfg.out)

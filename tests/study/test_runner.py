@@ -25,7 +25,7 @@ def tiny_study(demo_dir, out, **kw) -> StudyConfig:
     return StudyConfig(**base)
 
 
-def run_logged(cfg: StudyConfig) -> tuple[str, list[str]]:
+def run_logged(cfg: StudyConfig) -> tuple[dict, list[str]]:
     job = study_job(cfg)
     logs: list[str] = []
     job.subscribe(lambda e: logs.append(e.message) if e.kind == EventKind.LOG else None)
@@ -53,9 +53,16 @@ def test_folds_never_split_a_case_or_a_near_duplicate_group():
 
 def test_study_end_to_end_and_rerun_skips_finished_steps(demo_dir, tmp_path):
     out = tmp_path / "study"
-    page, logs = run_logged(tiny_study(demo_dir, out))
+    result, logs = run_logged(tiny_study(demo_dir, out))
+    page = result["report"]
     assert Path(page) == out / "report" / "report.html" and Path(page).is_file()
     rep = json.loads((out / "report" / "report.json").read_text())
+    ens_acc = rep["mean_std"][ENSEMBLE]["accuracy"]["mean"]
+    assert result["ensemble_accuracy"] == pytest.approx(ens_acc)
+    best = max((MEMBER_A, MEMBER_B), key=lambda n: rep["mean_std"][n]["accuracy"]["mean"])
+    assert result["best_member"] == best
+    assert result["ensemble_beats_best_member"] == ("yes" if ens_acc > rep["mean_std"][best]["accuracy"]["mean"]
+                                                    else "no")
     assert [m["name"] for m in rep["models"]] == [MEMBER_A, MEMBER_B, CONTROL, ENSEMBLE]
     assert rep["k"] == 3 and len(rep["per_fold"][ENSEMBLE]) == 3
     dups = json.loads((out / "duplicates.json").read_text())
@@ -86,7 +93,7 @@ def test_study_end_to_end_and_rerun_skips_finished_steps(demo_dir, tmp_path):
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name in ("metrics.json", "model.safetensors")}
     again, logs2 = run_logged(tiny_study(demo_dir, out, n_boot=60))
-    assert again == page
+    assert {k: v for k, v in again.items() if k != "verdict"} == {k: v for k, v in result.items() if k != "verdict"}
     assert not any("fine-tuning member" in m or "pretraining" in m or "near-duplicate" in m for m in logs2)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
     with pytest.raises(ValueError, match="other settings"):
@@ -115,7 +122,9 @@ def test_member_a_imagenet_weights_missing_names_the_command(demo_dir, tmp_path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch"))
     with pytest.raises(FileNotFoundError, match="medssl weights get"):
         study_job(tiny_study(demo_dir, tmp_path / "s", member_a_init="imagenet",
-                             overrides={"backbone_a": "convnext_atto"})).run()
+                             overrides={"backbone_a": "convnext_atto", "tiny": False})).run()
+    with pytest.raises(ValueError, match="tiny budget's models have no ImageNet weights"):
+        study_job(tiny_study(demo_dir, tmp_path / "s2", member_a_init="imagenet")).run()
 
 
 def test_study_rejects_unknown_settings(demo_dir, tmp_path):
