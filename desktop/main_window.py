@@ -227,6 +227,7 @@ class MainWindow(QtWidgets.QMainWindow):
         A("job_predict", "Predict folder…", lambda: self.launch_job("predict"))
         A("job_study", "Run study…", self.launch_study)
         A("show_studies", "Studies…", self.show_studies)
+        A("show_duplicates", "Near-duplicates…", self.show_duplicates)
         A("next_suggested", "Next suggested image", self.next_suggested, "next-unlabeled")
         A("show_runs", "Runs browser…", self.show_runs)
         A("show_weights", "ImageNet weights…", self.show_weights)
@@ -255,6 +256,8 @@ class MainWindow(QtWidgets.QMainWindow):
         m.addSeparator()
         m.addAction(a["add_class"])
         m.addAction(a["rename_class"])
+        m.addSeparator()
+        m.addAction(a["show_duplicates"])
         m = mb.addMenu("&Train")
         for aid in ("job_pretrain", "job_finetune", "job_ensemble", "job_predict", "job_study"):
             m.addAction(a[aid])
@@ -456,7 +459,8 @@ class MainWindow(QtWidgets.QMainWindow):
         in_image = page in ("viewer", "mae")
         for aid in ("show_library", "show_viewer", "show_mae", "show_predictions", "rescan", "close_project",
                     "search", "add_class", "rename_class", "job_pretrain", "job_finetune", "job_ensemble",
-                    "job_predict", "job_study", "next_suggested", "show_runs", "show_studies"):
+                    "job_predict", "job_study", "next_suggested", "show_runs", "show_studies",
+                    "show_duplicates"):
             self.actions_by_id[aid].setEnabled(is_open)
         for aid in ("next", "previous"):
             # in the library the grid moves its own selection with the arrow keys
@@ -594,6 +598,15 @@ class MainWindow(QtWidgets.QMainWindow):
         if not self.project.ready:
             return None
         dlg = StudiesDialog(self.project, self)
+        dlg.show()
+        return dlg
+
+    def show_duplicates(self):
+        from desktop.pages.duplicates_page import DuplicatesDialog
+
+        if not self.project.ready:
+            return None
+        dlg = DuplicatesDialog(self.project, self.thumbs, self)
         dlg.show()
         return dlg
 

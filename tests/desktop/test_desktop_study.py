@@ -56,3 +56,40 @@ def test_study_from_the_dialog_then_listed_with_its_report(qtbot, demo_window, m
     again = StudyDialog(win.project, win.settings, win)            # the dialog remembers the settings
     qtbot.addWidget(again)
     assert again.k.value() == 2 and again.budget.currentData() == "tiny" and not again.control.isChecked()
+
+
+def test_duplicates_view_finds_groups_shows_labels_and_stores_the_choice(qtbot, main_window, small_demo, tmp_path):
+    import shutil
+
+    from PIL import Image
+    from PySide6 import QtWidgets
+
+    folder = tmp_path / "demo"
+    shutil.copytree(small_demo, folder)
+    original = next(p for p in sorted((folder / "benign").glob("*.png")) if "_mask" not in p.name)
+    img = Image.open(original)
+    img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.BICUBIC).save(folder / "malignant" / "copy.png")
+    main_window.open_path(folder)
+    qtbot.waitUntil(lambda: main_window.project.ready and main_window.project.scan_complete, timeout=30000)
+    dlg = main_window.show_duplicates()
+    qtbot.addWidget(dlg)
+    assert dlg.groups.count() == 0
+    dlg.find()
+    qtbot.waitUntil(lambda: dlg.find_button.isEnabled(), timeout=60000)
+    store = main_window.project.store
+    rel = {main_window.project.by_id[i].rel_path: i for g in store.duplicate_groups() for i in g}
+    assert {f"benign/{original.name}", "malignant/copy.png"} <= set(rel)
+    row = next(i for i, g in enumerate(store.duplicate_groups()) if rel["malignant/copy.png"] in g)
+    dlg.groups.setCurrentRow(row)
+    assert "labels disagree" in dlg.groups.item(row).text()
+    texts = [w.text() for w in dlg.tiles.findChildren(QtWidgets.QLabel)]
+    assert "label: malignant" in texts and "label: benign" in texts
+    copy_id = rel["malignant/copy.png"]
+    box = dlg.choice_boxes[copy_id]
+    box.setCurrentIndex(box.findData("exclude"))
+    assert store.excluded_image_ids() == {copy_id} and (folder / "malignant" / "copy.png").is_file()
+    again = main_window.show_duplicates()               # the choice is in the project
+    qtbot.addWidget(again)
+    again.groups.setCurrentRow(row)
+    assert again.choice_boxes[copy_id].currentData() == "exclude"
+
