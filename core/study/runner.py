@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from core.train.config import FinetuneConfig
-from core.train.data import LabeledData, Sample
+from core.train.data import LabeledData
 
 MEMBER_A, MEMBER_B, CONTROL, ENSEMBLE = "A", "B", "random-MAE", "A+B"
 
@@ -337,7 +337,7 @@ class Study:
 
     # -- results
     def outcome(self, data: LabeledData, report, seconds: float):
-        from core.study.report import FoldOutcome, ModelInfo, StudyOutcome
+        from core.study.report import ModelInfo, StudyOutcome
 
         s, cfg = self.settings, self.cfg
         folds = [fold_outcome(self.out, f, self.models, data.classes, cfg.ensemble_weights)
@@ -360,7 +360,7 @@ class Study:
                  "conflicting_groups": len(report.conflicting), "pretraining": pre,
                  "ensemble_weights": cfg.ensemble_weights,
                  "fold_guarantee": fold_guarantee(data, report, [f.paths for f in folds])}
-        notes = [f"Ensemble weights (A, B) per fold: "
+        notes = ["Ensemble weights (A, B) per fold: "
                  + "; ".join(f"fold {f.fold}: {f.extra['weights'][0]:.2f}, {f.extra['weights'][1]:.2f} "
                              f"(T = {f.extra['temperature']:.2f})" for f in folds)]
         if cfg.project:
