@@ -225,6 +225,9 @@ class MainWindow(QtWidgets.QMainWindow):
         A("job_finetune", "Fine-tune classifier…", lambda: self.launch_job("finetune"))
         A("job_ensemble", "Build ensemble…", lambda: self.launch_job("ensemble"))
         A("job_predict", "Predict folder…", lambda: self.launch_job("predict"))
+        A("job_study", "Run study…", self.launch_study)
+        A("show_studies", "Studies…", self.show_studies)
+        A("show_duplicates", "Near-duplicates…", self.show_duplicates)
         A("next_suggested", "Next suggested image", self.next_suggested, "next-unlabeled")
         A("show_runs", "Runs browser…", self.show_runs)
         A("show_weights", "ImageNet weights…", self.show_weights)
@@ -253,11 +256,14 @@ class MainWindow(QtWidgets.QMainWindow):
         m.addSeparator()
         m.addAction(a["add_class"])
         m.addAction(a["rename_class"])
+        m.addSeparator()
+        m.addAction(a["show_duplicates"])
         m = mb.addMenu("&Train")
-        for aid in ("job_pretrain", "job_finetune", "job_ensemble", "job_predict"):
+        for aid in ("job_pretrain", "job_finetune", "job_ensemble", "job_predict", "job_study"):
             m.addAction(a[aid])
         m.addSeparator()
         m.addAction(a["show_jobs"])
+        m.addAction(a["show_studies"])
         m.addAction(a["show_runs"])
         m.addAction(a["show_weights"])
         m.addAction(a["next_suggested"])
@@ -453,7 +459,8 @@ class MainWindow(QtWidgets.QMainWindow):
         in_image = page in ("viewer", "mae")
         for aid in ("show_library", "show_viewer", "show_mae", "show_predictions", "rescan", "close_project",
                     "search", "add_class", "rename_class", "job_pretrain", "job_finetune", "job_ensemble",
-                    "job_predict", "next_suggested", "show_runs"):
+                    "job_predict", "job_study", "next_suggested", "show_runs", "show_studies",
+                    "show_duplicates"):
             self.actions_by_id[aid].setEnabled(is_open)
         for aid in ("next", "previous"):
             # in the library the grid moves its own selection with the arrow keys
@@ -572,6 +579,36 @@ class MainWindow(QtWidgets.QMainWindow):
         self.jobs_dock.show()
         self.jobs_panel.select_run(rid)
         return rid
+
+    def launch_study(self, dialog=None) -> int | None:
+        """The Study dialog, then the "study" run (the job `medssl study` runs)."""
+        from desktop.widgets.study_dialog import StudyDialog
+
+        if not self.project.ready:
+            self.statusBar().showMessage("Open a project first.", 4000)
+            return None
+        dlg = dialog or StudyDialog(self.project, self.settings, self)
+        if dialog is None and dlg.exec() != QtWidgets.QDialog.DialogCode.Accepted:
+            return None
+        return self.launch_job("study", dlg)
+
+    def show_studies(self):
+        from desktop.pages.studies_page import StudiesDialog
+
+        if not self.project.ready:
+            return None
+        dlg = StudiesDialog(self.project, self)
+        dlg.show()
+        return dlg
+
+    def show_duplicates(self):
+        from desktop.pages.duplicates_page import DuplicatesDialog
+
+        if not self.project.ready:
+            return None
+        dlg = DuplicatesDialog(self.project, self.thumbs, self)
+        dlg.show()
+        return dlg
 
     def show_runs(self):
         from desktop.pages.runs_browser import RunsBrowser

@@ -18,6 +18,7 @@ from core.jobs import EventKind, Job, JobCancelled, ProgressEvent
 # One module per command, each with register_cli(subparsers). Order = order in `medssl --help`.
 COMMAND_MODULES = (
     "core.cli.scan",
+    "core.cli.study",
     "core.cli.demo",
     "core.cli.weights",
     "core.cli.entropy",

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.data.duplicates import DEFAULT_MAX_HAMMING, DEFAULT_MIN_SSIM
 from core.data.imageio import DEFAULT_MAX_PIXELS
 from core.jobs import Job
 
@@ -23,6 +24,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--store", action="store_true",
                    help="also import the scan into the project store FOLDER/.medssl/project.db")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    d = p.add_argument_group("near-duplicates")
+    d.add_argument("--duplicates", action="store_true",
+                   help="also find near-duplicate groups (perceptual hash, confirmed by SSIM) and the groups whose "
+                        "labels disagree; with --store they are saved in the project (nothing is deleted)")
+    d.add_argument("--max-hamming", type=int, default=DEFAULT_MAX_HAMMING,
+                   help="perceptual hashes (64 bits) differing in at most this many bits are candidates")
+    d.add_argument("--min-ssim", type=float, default=DEFAULT_MIN_SSIM,
+                   help="a candidate pair counts when the SSIM of its thumbnails is at least this")
     p.set_defaults(handler=_scan)
 
 
@@ -35,12 +44,19 @@ def _scan(args: argparse.Namespace) -> int:
     job = Job(f"scan {args.folder.name}", lambda ctx: scan_folder(args.folder, ctx=ctx, max_pixels=args.max_pixels))
     result = run_with_progress(job)
     summary = result.summary()
+    duplicates = None
+    if args.duplicates:
+        duplicates = run_with_progress(Job("near-duplicates", lambda ctx: scan_result_duplicates(
+            result, max_hamming=args.max_hamming, min_ssim=args.min_ssim, ctx=ctx)))
+        summary["near_duplicates"] = duplicates_summary(duplicates)
     if args.store:
         from core.paths import default_store_path
         from core.project.store import ProjectStore
 
         with ProjectStore(default_store_path(args.folder)) as store:
             summary["store"] = {"path": str(default_store_path(args.folder)), **store.import_scan(result)}
+            if duplicates is not None:
+                summary["store"]["duplicate_groups"] = store_duplicates(store, duplicates)
     if args.json:
         summary["errors"] = [{"path": str(e.path), "reason": e.reason} for e in result.errors]
         print(json.dumps(summary, indent=1, default=str))
@@ -48,7 +64,49 @@ def _scan(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     for error in result.errors:
         print(f"  error: {error.path}: {error.reason}")
+    if duplicates is not None:
+        print(format_duplicates(duplicates))
     return 0
+
+
+def scan_result_duplicates(result, *, max_hamming: int = DEFAULT_MAX_HAMMING, min_ssim: float = DEFAULT_MIN_SSIM,
+                           ctx=None):
+    """Near-duplicate groups among a library scan's images (labels from the scan)."""
+    from core.data.duplicates import scan_near_duplicates
+
+    return scan_near_duplicates(result.root, [r.rel_path for r in result.images],
+                                {r.rel_path: r.label for r in result.images}, max_hamming=max_hamming,
+                                min_ssim=min_ssim, ctx=ctx)
+
+
+def store_duplicates(store, report) -> int:
+    """Save a report's groups in the project (by image id; rel paths the store does not know are skipped)."""
+    ids = {r.rel_path: r.id for r in store.images()}
+    groups = [[ids[m] for m in g.members if m in ids] for g in report.groups]
+    groups = [g for g in groups if len(g) > 1]
+    store.save_duplicate_groups(groups, {"max_hamming": report.max_hamming, "min_ssim": report.min_ssim})
+    return len(groups)
+
+
+def duplicates_summary(report) -> dict:
+    return {"groups": len(report.groups), "images": sum(len(g.members) for g in report.groups),
+            "conflicting": len(report.conflicting), "candidates": report.candidates,
+            "max_hamming": report.max_hamming, "min_ssim": report.min_ssim,
+            "members": [{"members": g.members, "labels": g.labels, "conflicting": g.conflicting}
+                        for g in report.groups],
+            "errors": [{"path": k, "reason": r} for k, r in report.errors]}
+
+
+def format_duplicates(report) -> str:
+    lines = [f"near-duplicate groups  {len(report.groups)} ({sum(len(g.members) for g in report.groups)} images; "
+             f"hash distance <= {report.max_hamming}, SSIM >= {report.min_ssim})",
+             f"  with conflicting labels  {len(report.conflicting)}"]
+    for g in report.groups:
+        tag = "labels disagree: " if g.conflicting else ""
+        lines.append(f"  {tag}" + " ~ ".join(f"{m} ({g.labels.get(m) or 'unlabelled'})" for m in g.members))
+    for key, reason in report.errors:
+        lines.append(f"  not compared: {key}: {reason}")
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict) -> str:

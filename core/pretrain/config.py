@@ -22,6 +22,7 @@ IDENTITY_KEYS = ("method", "backbone", "timm_kwargs", "image_size", "cell", "epo
 class TrainConfig:
     method: str = "mae"
     data: str = ""                      # image folder
+    files: list = field(default_factory=list)   # only these images (paths relative to data); empty = all
     out: str = ""                       # run folder
     backbone: str = "convnext_tiny"
     timm_kwargs: dict = field(default_factory=dict)   # timm kwargs (e.g. tiny depths/dims)

@@ -64,6 +64,19 @@ def scan_images(folder: str | Path, ctx=None):
     return result
 
 
+def select_files(records, files, folder):
+    """The scanned ``records`` named in ``files`` (paths relative to ``folder``; empty = all), so that a
+    pretraining can take part of a folder (a study's fold: its training images only)."""
+    if not files:
+        return records
+    by_rel = {r.rel_path: r for r in records}
+    missing = [f for f in files if f not in by_rel]
+    if missing:
+        raise FileNotFoundError(f"{folder}: {len(missing)} of the listed images were not found or not readable, "
+                                f"e.g. {missing[:3]}")
+    return [by_rel[f] for f in dict.fromkeys(files)]
+
+
 def load_grey_resized(path: str | Path, size: int) -> torch.Tensor:
     """One image as grey float32 [size, size] in [0, 1]."""
     from core.data.imageio import read_grey

@@ -380,11 +380,11 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
     run_dir = Path(config.out)
 
     # -- data (the settings are checked before the scan, the images after it)
-    from core.pretrain.data import build_dataset, fingerprint, scan_images
+    from core.pretrain.data import build_dataset, fingerprint, scan_images, select_files
 
     if saved is not None:
         _check_resumable(ckpt, saved, config, None)
-    records = scan_images(config.data, ctx).images
+    records = select_files(scan_images(config.data, ctx).images, config.files, config.data)
     data = {"folder": str(Path(config.data).resolve()), "n_images": len(records),
             "fingerprint": fingerprint([r.content_hash for r in records])}
     if saved is not None:

@@ -175,11 +175,19 @@ def _predict_job(store: "ProjectStore", run: Run, resume: bool) -> Job:
     return Job("predict", predict_fn, state_dir=run_dir)
 
 
+def _study_job(store: "ProjectStore", run: Run, resume: bool) -> Job:
+    from core.study.runner import StudyConfig, study_job
+
+    c = {k: v for k, v in run.config.items() if k in StudyConfig.__dataclass_fields__}
+    return study_job(StudyConfig(**{**c, "out": str(run.folder), "project": str(store.path), "data": None}))
+
+
 JOB_KINDS: dict[str, JobKind] = {
     "pretrain": JobKind("Pretraining", _pretrain_job, "log.jsonl", ("checkpoint-last", "encoder.safetensors")),
     "finetune": JobKind("Fine-tuning", _finetune_job, "history.jsonl", ("checkpoint-best", "checkpoint-last")),
     "ensemble": JobKind("Ensemble", _ensemble_job, None, ("ensemble.json",)),
     "predict": JobKind("Prediction", _predict_job, None, ("predictions.csv",)),
+    "study": JobKind("Study", _study_job),
 }
 
 

@@ -201,11 +201,35 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """Near-duplicate groups (the latest scan, replaced by the next) and the user's keep/exclude choice
+    per image (kept across scans; nothing is ever deleted from disk)."""
+    for sql in (
+        """CREATE TABLE near_duplicate_scan (
+            id      INTEGER PRIMARY KEY CHECK (id = 1),
+            created REAL NOT NULL,
+            params  TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE near_duplicates (
+            group_no INTEGER NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            PRIMARY KEY (group_no, image_id)
+        )""",
+        """CREATE TABLE duplicate_choices (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id),
+            choice   TEXT NOT NULL CHECK (choice IN ('keep', 'exclude')),
+            user     TEXT NOT NULL,
+            time     REAL NOT NULL
+        )""",
+    ):
+        conn.execute(sql)
+
+
 #: SQLite's application id of a project file, "MSSL": packaging/medssl-studio-mime.xml matches it at byte 68.
 APPLICATION_ID = 0x4D53534C
 
 #: Ordered schema migrations; ``len(MIGRATIONS)`` is the schema version this code writes.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 
 
 # -- rows ---------------------------------------------------------------------------------------------
@@ -913,6 +937,48 @@ class ProjectStore:
     def delete_split(self, name: str) -> bool:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM split_sets WHERE name = ?", (name,)).rowcount > 0
+
+    # -- near-duplicates ----------------------------------------------------------------------------------
+    DUPLICATE_CHOICES = ("keep", "exclude")
+
+    def save_duplicate_groups(self, groups: Sequence[Sequence[int]], params: Mapping | None = None) -> None:
+        """Replace the stored near-duplicate groups (image ids) with a new scan's; choices are kept."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM near_duplicates")
+            conn.execute("INSERT OR REPLACE INTO near_duplicate_scan(id, created, params) VALUES (1, ?, ?)",
+                         (time.time(), _json(dict(params or {}))))
+            conn.executemany("INSERT INTO near_duplicates(group_no, image_id) VALUES (?, ?)",
+                             [(g, int(i)) for g, ids in enumerate(groups) for i in ids])
+
+    def duplicate_groups(self) -> list[list[int]]:
+        """The stored groups (image ids, ascending), in the order they were saved."""
+        groups: dict[int, list[int]] = {}
+        for r in self._read("SELECT group_no, image_id FROM near_duplicates ORDER BY group_no, image_id"):
+            groups.setdefault(r[0], []).append(r[1])
+        return list(groups.values())
+
+    def duplicate_scan_params(self) -> dict | None:
+        rows = self._read("SELECT params FROM near_duplicate_scan WHERE id = 1")
+        return _unjson(rows[0][0]) if rows else None
+
+    def set_duplicate_choice(self, image_id: int, choice: str | None, user: str | None = None) -> None:
+        """Keep or exclude an image from training and evaluation (None: no choice); the file stays on disk."""
+        if choice is not None and choice not in self.DUPLICATE_CHOICES:
+            raise ValueError(f"choice must be one of {self.DUPLICATE_CHOICES} or None, got {choice!r}")
+        with self.transaction() as conn:
+            self._check_image(conn, image_id)
+            if choice is None:
+                conn.execute("DELETE FROM duplicate_choices WHERE image_id = ?", (image_id,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO duplicate_choices(image_id, choice, user, time) "
+                             "VALUES (?, ?, ?, ?)", (image_id, choice, user or default_user(), time.time()))
+
+    def duplicate_choices(self) -> dict[int, str]:
+        return {r[0]: r[1] for r in self._read("SELECT image_id, choice FROM duplicate_choices")}
+
+    def excluded_image_ids(self) -> set[int]:
+        """Images the user excluded (as near-duplicates): left out of fine-tuning and studies."""
+        return {r[0] for r in self._read("SELECT image_id FROM duplicate_choices WHERE choice = 'exclude'")}
 
     # -- runs / checkpoints / predictions -------------------------------------------------------------------
     #: a run's error is kept in its metrics JSON under this key (where projects have always had it)

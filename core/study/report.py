@@ -35,6 +35,7 @@ class FoldOutcome:
     probs: dict[str, np.ndarray]                    # model -> [N, C], calibrated
     probs_uncalibrated: dict[str, np.ndarray] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)  # the test images (relative paths)
+    extra: dict = field(default_factory=dict)       # how the fold's ensemble was made (weights, temperature)
 
 
 @dataclass

@@ -54,14 +54,16 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
                       ctx=None) -> LabeledData:
     """Labelled images from a folder (``core.data.library.scan_folder``: class = sub-folder / manifest) or from
     a project store. Group = case id; images without one are grouped by content hash, so exact duplicate
-    files (BUSI has one with two labels) never straddle a split."""
+    files (BUSI has one with two labels) never straddle a split. A project's images the user excluded (a
+    near-duplicate's Exclude) take no part."""
     if project is not None:
         from core.project.store import ProjectStore
 
         store = ProjectStore(project, create=False)
         try:
             labels = store.labels()
-            rows = store.images()
+            excluded = store.excluded_image_ids()
+            rows = [r for r in store.images() if r.id not in excluded]
             classes = list(store.classes())
         finally:
             store.close()
