@@ -3,6 +3,7 @@ a brush stroke saved as a mask PNG, overlay toggles, filter counts, autosave on 
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import sys
 import shutil
@@ -224,6 +225,53 @@ def test_fill_and_clear(qtbot, window, project_dir):
     assert store.masks(item.image_id) == []
     assert not v.mask.any()
     assert window.project.by_id[item.image_id].n_masks == 0
+
+
+def rescan(qtbot, win) -> None:
+    with qtbot.waitSignal(win.project.scanFinished, timeout=20000):
+        win.actions_by_id["rescan"].trigger()
+
+
+def test_a_users_mask_edit_wins_over_the_dataset_file_after_rescan_and_reopen(qtbot, window, project_dir):
+    """Clearing one image's dataset mask and painting over another's: a rescan and a reopen keep both edits,
+    the history says who did what, and the data set's files are never written."""
+    open_and_scan(qtbot, window, project_dir)
+    store = window.project.store
+    cleared = show_first(qtbot, window, 0)
+    dataset_file = Path(store.masks(cleared.image_id)[0].path)
+    dataset_hash = hashlib.sha256(dataset_file.read_bytes()).hexdigest()
+    key(qtbot, window, QtCore.Qt.Key.Key_Delete, QtCore.Qt.KeyboardModifier.ShiftModifier)
+    assert store.masks(cleared.image_id) == []
+
+    painted = show_first(qtbot, window, 1)
+    window.viewer.set_tool("brush")
+    c = window.viewer.canvas
+    c.strokeStarted.emit(5.0, 5.0)
+    c.strokeMoved.emit(40.0, 5.0)
+    c.strokeFinished.emit()
+    assert [m.source for m in store.masks(painted.image_id)] == ["app"]
+
+    def check(store):
+        assert store.masks(cleared.image_id) == []
+        assert [m.source for m in store.masks(painted.image_id)] == ["app"]
+        last = store.mask_history(cleared.image_id)[-1]
+        assert (last.action, last.path, last.user) == ("remove", str(dataset_file), getpass.getuser())
+        assert window.project.by_id[cleared.image_id].n_masks == 0
+        assert hashlib.sha256(dataset_file.read_bytes()).hexdigest() == dataset_hash
+
+    rescan(qtbot, window)
+    check(store)
+    show_first(qtbot, window, 0)
+    assert window.viewer.mask is None or not window.viewer.mask.any()
+    assert window.viewer.ov_lesion.status.text() == "No lesion drawn"
+
+    window.close_project()
+    open_and_scan(qtbot, window, project_dir)
+    check(window.project.store)
+    show_first(qtbot, window, 0)
+    assert window.viewer.mask is None or not window.viewer.mask.any()
+    # undo is not lost history: the dataset file can still be attached again by the user
+    assert any(e.action == "add" and e.source == "dataset" for e in window.project.store.mask_history(cleared.image_id))
 
 
 # -- overlays --------------------------------------------------------------------------------------------
