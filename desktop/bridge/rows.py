@@ -68,15 +68,30 @@ def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
     return {}
 
 
+def lesion_mask_count(store, image_id: int) -> int:
+    """How many attached mask files mark a lesion: an all-black file (BUSI's "normal" images come with one)
+    is no mask, so it gives no "has mask" dot, count or filter hit. A file that cannot be read counts (the
+    viewer says why it is not shown)."""
+    from core.data.imageio import ImageReadError, read_mask
+
+    n = 0
+    for m in store.masks(image_id):
+        try:
+            n += bool(read_mask(m.path).any())
+        except (ImageReadError, OSError):
+            n += 1
+    return n
+
+
 def _mask_counts(store, ids: Iterable[int]) -> dict[int, int]:
-    return {i: len(store.masks(i)) for i in ids}
+    return {i: lesion_mask_count(store, i) for i in ids}
 
 
 def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
     """Every image of the store as library rows (runs off the UI thread; the store is thread-safe).
 
-    ``masks=False`` skips the per-image mask count (one query per image until the store has a bulk
-    query): for a first, fast look at a project whose full rows follow a moment later.
+    ``masks=False`` skips the per-image mask count (it reads every mask file, :func:`lesion_mask_count`):
+    for a first, fast look at a project whose full rows follow a moment later.
     """
     rows = store.images()
     labels = store.labels()

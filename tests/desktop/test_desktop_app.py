@@ -274,6 +274,30 @@ def test_a_users_mask_edit_wins_over_the_dataset_file_after_rescan_and_reopen(qt
     assert any(e.action == "add" and e.source == "dataset" for e in window.project.store.mask_history(cleared.image_id))
 
 
+def test_an_all_black_mask_file_is_no_mask(qtbot, window, tmp_path):
+    """BUSI's "normal" images come with an empty mask file: no dot, not counted, filtered as without mask."""
+    from PIL import Image
+
+    folder = tmp_path / "set" / "benign"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("empty", "lesion"):
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "empty_mask.png")
+    lesion = np.zeros((64, 64), np.uint8)
+    lesion[20:30, 20:30] = 255
+    Image.fromarray(lesion).save(folder / "lesion_mask.png")
+    open_and_scan(qtbot, window, folder.parent)
+    rows = {it.name: it for it in window.library.model.rows}
+    assert rows["empty.png"].n_masks == 0 and rows["lesion.png"].n_masks == 1
+    assert window.project.counts()["masked"] == 1
+    assert window.side.summary.text().endswith("1 with lesion mask")
+    combo = window.side.mask_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["Any", "With mask (1)", "Without mask (1)"]
+    combo.setCurrentIndex(combo.findData("without"))
+    qtbot.waitUntil(lambda: [it.name for it in window.library.model.rows] == ["empty.png"], timeout=5000)
+
+
 # -- overlays --------------------------------------------------------------------------------------------
 def _render(qtbot, win) -> np.ndarray:
     qtbot.wait(30)
@@ -364,9 +388,11 @@ def test_filter_counts_follow_edits(qtbot, window, project_dir):
     side.select_filter("all")
     assert len(model.rows) == n
     side.mask_combo.setCurrentIndex(side.mask_combo.findData("without"))
-    assert len(model.rows) == 0
+    # the demo's normal cases come with all-black mask files: those are no lesion masks
+    normal = {it for it in project.items if it.rel_path.startswith("normal/")}
+    assert len(normal) == 4 and set(model.rows) == normal
     side.mask_combo.setCurrentIndex(side.mask_combo.findData("with"))
-    assert len(model.rows) == n
+    assert len(model.rows) == n - 4 and not set(model.rows) & normal
     side.mask_combo.setCurrentIndex(side.mask_combo.findData("any"))
     name = rows[4].name[:-6]                      # e.g. "case002_US-A"
     expected = sum(1 for it in project.items if name.lower() in it.rel_path.lower())
