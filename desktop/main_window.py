@@ -20,6 +20,7 @@ from desktop.shortcuts import ShortcutsDialog, keys_for
 from desktop.pages.start_page import StartPage
 from desktop.bridge.thumbs import ThumbnailService
 from desktop.pages.viewer import ViewerPage
+from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,14 @@ class MainWindow(QtWidgets.QMainWindow):
         sl = QtWidgets.QVBoxLayout(side_frame)
         sl.setContentsMargins(0, 0, 0, 0)
         sl.addWidget(self.side)
+        side_scroll = QtWidgets.QScrollArea()      # the filters scroll on a short screen (1280×720)
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setWidget(side_frame)
+        side_scroll.setMinimumWidth(side_frame.minimumSizeHint().width())
         self.split = QtWidgets.QSplitter()
-        self.split.addWidget(side_frame)
+        self.split.addWidget(side_scroll)
         self.split.addWidget(self.pages)
         self.split.setStretchFactor(1, 1)
         self.split.setCollapsible(1, False)
@@ -293,7 +300,7 @@ class MainWindow(QtWidgets.QMainWindow):
         spacer = QtWidgets.QWidget()
         spacer.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Preferred)
         tb.addWidget(spacer)
-        self.project_label = QtWidgets.QLabel()
+        self.project_label = ElidedLabel(mode=QtCore.Qt.TextElideMode.ElideMiddle)
         self.project_label.setObjectName("dim")
         tb.addWidget(self.project_label)
         tb.addAction(a["shortcuts"])

@@ -30,6 +30,7 @@ from core.project import runs as core_runs
 from core.project.runs import ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail
 from desktop import theme
 from desktop.bridge.jobs_bridge import JobRunner
+from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
 
@@ -474,19 +475,21 @@ class JobsPanel(QtWidgets.QWidget):
         self.list.setHeaderLabels(["Job", "State", "Progress"])
         self.list.setRootIsDecorated(False)
         self.list.setUniformRowHeights(True)
-        self.list.setMinimumWidth(300)
+        self.list.setMinimumWidth(220)
         self.list.header().setStretchLastSection(False)
         self.list.header().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.list.header().setSectionResizeMode(1, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         self.list.header().setSectionResizeMode(2, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
 
-        self.title = QtWidgets.QLabel("No job selected")
+        self.title = ElidedLabel("No job selected")
         self.title.setStyleSheet("font-weight: bold; font-size: 11pt;")
         self.state_label = QtWidgets.QLabel()
         self.bar = QtWidgets.QProgressBar()
         self.bar.setTextVisible(True)
         self.stats = QtWidgets.QLabel()
         self.stats.setObjectName("dim")
+        self.stats.setWordWrap(True)             # a long error wraps; it never widens the window
+        self.stats.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.cancel_btn = QtWidgets.QPushButton(theme.icon("cancel"), "Cancel")
         self.resume_btn = QtWidgets.QPushButton(theme.icon("next"), "Resume")
         self.cancel_btn.setToolTip("Stop the job at the next safe point; a checkpoint is saved")

@@ -48,7 +48,7 @@ class MaePanel(QtWidgets.QWidget):
         self.seed = 0
 
         self.ckpt = QtWidgets.QComboBox()
-        self.ckpt.setMinimumWidth(320)
+        self.ckpt.setMinimumWidth(200)
         self.ckpt.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.ckpt.currentIndexChanged.connect(lambda _i: self._checkpoint_changed())
         browse = QtWidgets.QPushButton("Choose…")
@@ -69,20 +69,28 @@ class MaePanel(QtWidgets.QWidget):
         self.third.addItem("visible + reconstruction", "pasted")
         self.third.currentIndexChanged.connect(lambda _i: self._show(self.last))
 
-        bar = QtWidgets.QHBoxLayout()
+        # two rows (the run on the first, the mask on the second): one row was wider than a laptop screen
+        bar = QtWidgets.QVBoxLayout()
         bar.setContentsMargins(12, 10, 12, 6)
-        bar.setSpacing(8)
-        for text, w in (("Checkpoint", self.ckpt), (None, browse), ("Mask ratio", self.ratio), (None, self.resample),
-                        ("Right panel", self.third)):
-            if text:
-                l = QtWidgets.QLabel(text)
-                l.setObjectName("dim")
-                bar.addSpacing(6)
-                bar.addWidget(l)
-            bar.addWidget(w)
-        bar.addStretch(1)
+        bar.setSpacing(4)
+        for widgets in (((("Checkpoint", self.ckpt), (None, browse))),
+                        (("Mask ratio", self.ratio), (None, self.resample), ("Right panel", self.third))):
+            row = QtWidgets.QHBoxLayout()
+            row.setSpacing(8)
+            for text, w in widgets:
+                if text:
+                    l = QtWidgets.QLabel(text)
+                    l.setObjectName("dim")
+                    row.addSpacing(6)
+                    row.addWidget(l)
+                row.addWidget(w, 1 if w is self.ckpt else 0)
+            if self.ckpt not in (w for _t, w in widgets):
+                row.addStretch(1)
+            bar.addLayout(row)
 
         self.canvases = [ImageCanvas(), ImageCanvas(), ImageCanvas()]
+        for c in self.canvases:          # three side by side still fit a 1280×720 screen with the jobs panel
+            c.setMinimumSize(150, 150)
         self.titles = [QtWidgets.QLabel(t) for t in ("Original", "Hidden cells", "MAE reconstruction")]
         grid = QtWidgets.QGridLayout()
         grid.setContentsMargins(12, 0, 12, 0)

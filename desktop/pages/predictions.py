@@ -17,6 +17,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
 from desktop.pages.jobs_panel import CURVE_COLORS, style_plot
+from desktop.widgets.elided_label import ElidedLabel
 
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
 
@@ -350,13 +351,13 @@ class PredictionsPage(QtWidgets.QWidget):
         self.search = QtWidgets.QLineEdit()
         self.search.setPlaceholderText("Filter by file name…")
         self.search.setClearButtonEnabled(True)
-        self.search.setMinimumWidth(160)
+        self.search.setMinimumWidth(110)
         self.show_combo = QtWidgets.QComboBox()
         for label, v in (("All images", "all"), ("Labelled", "labelled"), ("Unlabeled", "unlabeled"),
                          ("Incorrect", "incorrect"), ("Correct", "correct"), ("Suggested to label", "suggested")):
             self.show_combo.addItem(label, v)
         self.pred_combo = QtWidgets.QComboBox()
-        self.count_label = QtWidgets.QLabel()
+        self.count_label = ElidedLabel()
         self.count_label.setObjectName("dim")
         self.suggest_btn = QtWidgets.QPushButton(theme.icon("next-unlabeled"), "Suggest next to label")
         self.suggest_btn.setToolTip("Rank unlabeled images by member disagreement + predictive entropy "

@@ -19,6 +19,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from desktop.bridge import mask_ops
 from desktop import theme
 from desktop.bridge.annotation import MaskFiles, push_mask_edit, set_label
+from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.canvas import Z_CAM, Z_HEAT, Z_LESION, Z_MAE, ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.widgets.overlays import ColorBar, OverlayControl, SwatchLegend
@@ -220,9 +221,8 @@ class ViewerPage(QtWidgets.QWidget):
         self.prev_btn.clicked.connect(lambda: self.navigate.emit(-1))
         self.next_btn.clicked.connect(lambda: self.navigate.emit(+1))
         self.next_unl_btn.clicked.connect(self.nextUnlabeled)
-        self.title = QtWidgets.QLabel()
+        self.title = ElidedLabel(mode=QtCore.Qt.TextElideMode.ElideMiddle)
         self.title.setObjectName("heading")
-        self.title.setMinimumWidth(120)
         self.title.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.position = QtWidgets.QLabel()
         self.position.setObjectName("dim")

@@ -298,6 +298,32 @@ def test_an_all_black_mask_file_is_no_mask(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: [it.name for it in window.library.model.rows] == ["empty.png"], timeout=5000)
 
 
+def test_the_window_fits_1280x720_with_a_long_failed_job_error_and_long_names(qtbot, window, tmp_path):
+    """Long texts elide or wrap: a failed job's long error, a long image name and a long project folder
+    never make the window wider than a 1280×720 laptop screen, on any page, with the jobs panel shown."""
+    from PIL import Image
+
+    folder = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / "benign"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / (("very_long_image_file_name_" * 6) + ".png"))
+    open_and_scan(qtbot, window, folder.parent)
+    store = window.project.store
+    rid = store.add_run("finetune", "fine-tune " + "with a long name " * 8)
+    store.update_run(rid, state="failed", error="RuntimeError: " + "the optimiser met a NaN in the loss " * 20)
+    window.jobs.load()
+    window.jobs_dock.show()
+    window.jobs_panel.select_run(rid)
+    assert "NaN" in window.jobs_panel.stats.text()
+    show_first(qtbot, window)
+    for page in ("library", "viewer", "mae", "predictions"):
+        window.show_page(page)
+        window.resize(1280, 720)
+        qtbot.wait(20)
+        hint = window.minimumSizeHint()
+        assert hint.width() <= 1280 and hint.height() <= 720, (page, hint)
+        assert window.width() <= 1280 and window.height() <= 720, (page, window.size())
+
+
 # -- overlays --------------------------------------------------------------------------------------------
 def _render(qtbot, win) -> np.ndarray:
     qtbot.wait(30)
