@@ -365,8 +365,24 @@ class MainWindow(QtWidgets.QMainWindow):
         if path:
             self.open_path(path)
 
+    def confirm_stop_jobs(self, doing: str) -> bool:
+        """Ask before ``doing`` (e.g. "Opening another folder") stops this window's jobs. True: go ahead."""
+        titles = self.jobs.active_titles()
+        if not titles:
+            return True
+        more = f" and {len(titles) - 1} queued job{'s' if len(titles) > 2 else ''}" if len(titles) > 1 else ""
+        answer = QtWidgets.QMessageBox.question(
+            self, "A job is running",
+            f"{titles[0]}{more} is still in progress.\n\n{doing} stops it: it saves a checkpoint first, and "
+            "Resume in the jobs panel continues it when you open this project again.\n\nStop it now?",
+            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.Cancel,
+            QtWidgets.QMessageBox.StandardButton.Cancel)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+
     def open_path(self, path: str | Path) -> bool:
-        self.jobs.shutdown()
+        if not self.confirm_stop_jobs("Opening another folder"):
+            return False
+        self.jobs.shutdown("another folder was opened")
         try:
             paths = self.project.open(path)
         except Exception as exc:  # shown to the user, never a crash
@@ -403,8 +419,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.job_status.track(runner)
         runner.start()
 
-    def close_project(self) -> None:
-        self.jobs.shutdown()
+    def close_project(self) -> bool:
+        if not self.confirm_stop_jobs("Closing the project"):
+            return False
+        self.jobs.shutdown("the project was closed")
         self.project.close()
         self.thumbs.set_cache_dir(None)
         self.viewer.show_item(None)
@@ -412,6 +430,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.central.setCurrentWidget(self.start)
         self._update_title()
         self._update_enabled()
+        return True
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
@@ -644,12 +663,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def closeEvent(self, ev: QtGui.QCloseEvent) -> None:
-        # nothing to ask: every edit is already committed to the store
+        # every edit is already committed to the store: only a running job is worth a question
+        if not self.confirm_stop_jobs("Quitting"):
+            ev.ignore()
+            return
         self.settings.set_value("window/geometry", self.saveGeometry())
         self.settings.sync()
         if self.demo_runner is not None and self.demo_runner.running:
             self.demo_runner.cancel()
-        self.jobs.shutdown()
+        self.jobs.shutdown("the app was closed")
         self.project.close(wait=True)
         self.thumbs.shutdown()
         self.caller.shutdown()
