@@ -617,6 +617,10 @@ class MainWindow(QtWidgets.QMainWindow):
         return dlg
 
     def _job_finished(self, rid: int, kind: str) -> None:
+        if kind == "pretrain":
+            self.mae.reload_checkpoints()          # the new run is offered by name
+        elif kind == "ensemble":
+            self.viewer.refresh_ensembles()
         if kind == "predict":
             self.predictions.refresh()
             self.project.reload_predictions()   # library badges, filters and sort by prediction / uncertainty

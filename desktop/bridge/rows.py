@@ -83,6 +83,27 @@ def lesion_mask_count(store, image_id: int) -> int:
     return n
 
 
+def run_choices(store, use: str) -> list[tuple[str, str]]:
+    """(label, path) of the project's runs usable as ``use``, newest first, labelled by name so nobody has to
+    find a path under the hidden ``.medssl`` folder: ``"mae"`` an MAE pretraining's run folder holding a
+    checkpoint, ``"ensemble"`` an ensemble file an ensemble run wrote."""
+    out = []
+    for run in reversed(store.list_runs("pretrain" if use == "mae" else "ensemble")):
+        if use == "mae":
+            if str(run.config.get("method", "")).lower() != "mae" or not run.run_dir:
+                continue
+            path = Path(run.run_dir)
+            if not any(path.glob("checkpoint-*")):
+                continue
+        else:
+            path = Path(run.ensemble_file or "")
+            if not run.ensemble_file or not path.is_file():
+                continue
+        state = "" if run.state == "finished" else f" ({run.state})"
+        out.append((f"{run.name} · run #{run.id}{state}", str(path)))
+    return out
+
+
 def _mask_counts(store, ids: Iterable[int]) -> dict[int, int]:
     return {i: lesion_mask_count(store, i) for i in ids}
 

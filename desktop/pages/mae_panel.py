@@ -16,23 +16,9 @@ from desktop import theme
 from desktop.widgets.canvas import ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.rows import run_choices
 
 META_KEY = "desktop.mae_checkpoint"
-
-
-def find_checkpoints(store) -> list[tuple[str, str]]:
-    """(label, path) of MAE runs the store knows, newest first."""
-    out = []
-    for run in reversed(store.list_runs()):
-        method = str((run.config or {}).get("method", run.kind or "")).lower()
-        if "mae" not in method and "mae" not in (run.kind or "").lower() and "mae" not in run.name.lower():
-            continue
-        paths = [c.path for c in store.checkpoints(run.id)]
-        if run.run_dir:
-            paths.insert(0, run.run_dir)
-        for p in paths[:1]:
-            out.append((f"{run.name} ({run.state})", p))
-    return out
 
 
 class MaePanel(QtWidgets.QWidget):
@@ -136,7 +122,7 @@ class MaePanel(QtWidgets.QWidget):
         self.ckpt.blockSignals(True)
         self.ckpt.clear()
         if self.project.ready:
-            for label, path in find_checkpoints(self.project.store):
+            for label, path in run_choices(self.project.store, "mae"):
                 self.ckpt.addItem(label, path)
                 self.ckpt.setItemData(self.ckpt.count() - 1, path, QtCore.Qt.ItemDataRole.ToolTipRole)
             saved = self.project.store.get_meta(META_KEY)
@@ -156,8 +142,13 @@ class MaePanel(QtWidgets.QWidget):
             self.project.store.set_meta(META_KEY, path)
 
     def browse(self) -> None:
-        start = str(self.project.paths.folder) if self.project.paths else str(Path.home())
-        path = QtWidgets.QFileDialog.getExistingDirectory(self, "Choose an MAE run or checkpoint folder", start)
+        from core.project.runs import runs_folder
+
+        runs = runs_folder(self.project.paths.project_dir) if self.project.paths else None
+        start = str(runs if runs is not None and runs.is_dir() else Path.home())   # .medssl is hidden
+        path = QtWidgets.QFileDialog.getExistingDirectory(
+            self, "Choose an MAE run or checkpoint folder", start,
+            QtWidgets.QFileDialog.Option.ShowDirsOnly | QtWidgets.QFileDialog.Option.DontUseNativeDialog)
         if path:
             self.set_checkpoint(path)
 
@@ -172,8 +163,8 @@ class MaePanel(QtWidgets.QWidget):
 
     # -- showing --------------------------------------------------------------------------------------
     def _set_empty(self, text: str | None = None) -> None:
-        self.empty.setText(text or "No MAE checkpoint chosen.\n\nPretrain one with "
-                                   "“medssl pretrain mae …”, then choose its run folder above (Choose…).")
+        self.empty.setText(text or "No MAE pretraining in this project yet.\n\nTrain → Pretrain encoder… with "
+                                   "the MAE method makes one; it is listed above by name when it has a checkpoint.")
         self.stack.setCurrentWidget(self.empty)
         self.status.setText("")
 
@@ -184,7 +175,7 @@ class MaePanel(QtWidgets.QWidget):
 
     def showEvent(self, ev) -> None:
         super().showEvent(ev)
-        self.refresh()
+        self.reload_checkpoints()     # runs made since (in this window or from the command line) are listed
 
     def resample_mask(self) -> None:
         self.seed += 1

@@ -591,3 +591,38 @@ def test_identical_files_with_different_labels_are_reported(qtbot, window, proje
     qtbot.waitUntil(lambda: any("identical files with different labels" in m for m in messages), timeout=10000)
     text = next(m for m in messages if "identical files" in m)
     assert f"benign/{src.name} (benign)" in text and f"malignant/copy-of-{src.name} (malignant)" in text
+
+
+def test_every_run_of_the_project_is_offered_by_name(qtbot, window, project_dir):
+    """MAE panel and Grad-CAM list the project's own runs by name (made after the project opened, too);
+    no hint sends the user to the command line."""
+    from core.project.runs import runs_folder
+
+    open_and_scan(qtbot, window, project_dir)
+    store = window.project.store
+    assert "medssl " not in window.mae.empty.text()
+    show_first(qtbot, window)
+    assert "medssl " not in window.viewer.ov_cam.status.text() + window.viewer.ov_cam.toolTip()
+
+    runs = runs_folder(window.project.paths.project_dir)
+    mae_dir = runs / "pretrain-1-my-mae"
+    (mae_dir / "checkpoint-last").mkdir(parents=True)
+    mae = store.add_run("pretrain", "my MAE run", {"method": "mae"}, run_dir=mae_dir, state="finished")
+    simclr_dir = runs / "pretrain-2-simclr"
+    (simclr_dir / "checkpoint-last").mkdir(parents=True)
+    store.add_run("pretrain", "a SimCLR run", {"method": "simclr"}, run_dir=simclr_dir, state="finished")
+    ens_dir = runs / "ensemble-3-three-models"
+    ens_dir.mkdir(parents=True)
+    (ens_dir / "ensemble.json").write_text('{"format": "medssl-ensemble", "members": []}')
+    ens = store.add_run("ensemble", "three models", {}, run_dir=ens_dir, state="finished")
+
+    window.show_page("mae")
+    combo = window.mae.ckpt
+    assert [combo.itemText(i) for i in range(combo.count())] == [f"my MAE run · run #{mae}"]
+    assert window.mae.checkpoint() == str(mae_dir)
+
+    window.jobs.runFinished.emit(ens, "ensemble")      # as when the ensemble job ends in this window
+    v = window.viewer
+    assert v.ov_cam.check.isEnabled()
+    assert not v.cam_ensemble.isHidden() and v.cam_ensemble.currentText() == f"three models · run #{ens}"
+    assert v.ensemble_path() == str(ens_dir / "ensemble.json")
