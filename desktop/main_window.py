@@ -21,6 +21,7 @@ from desktop.pages.start_page import StartPage
 from desktop.bridge.thumbs import ThumbnailService
 from desktop.pages.viewer import ViewerPage
 from desktop.widgets.elided_label import ElidedLabel
+from desktop.widgets.scan_problems import ScanProblemsButton
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pixel_label = QtWidgets.QLabel()
         self.pixel_label.setMinimumWidth(260)
         self.job_status = JobStatus()
+        self.scan_problems = ScanProblemsButton()
+        self.statusBar().addPermanentWidget(self.scan_problems)
         self.statusBar().addPermanentWidget(self.pixel_label)
         self.statusBar().addPermanentWidget(self.job_status)
         self.statusBar().setSizeGripEnabled(True)
@@ -318,6 +321,10 @@ class MainWindow(QtWidgets.QMainWindow):
         p.error.connect(lambda text: QtWidgets.QMessageBox.warning(self, "MedSSL Studio", text))
         p.editApplied.connect(self._edit_applied)
         p.itemsReset.connect(self._update_title)
+        p.scanFinished.connect(lambda result: self.scan_problems.set_problems(
+            result.errors, result.counts.get("label_conflicts") or []))
+        p.opened.connect(lambda _paths: self.scan_problems.clear())
+        p.closed.connect(self.scan_problems.clear)
         self.library.openItem.connect(self.open_item)
         self.viewer.navigate.connect(self.navigate)
         self.viewer.nextUnlabeled.connect(self.next_unlabeled)

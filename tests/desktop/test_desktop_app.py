@@ -626,3 +626,33 @@ def test_every_run_of_the_project_is_offered_by_name(qtbot, window, project_dir)
     assert v.ov_cam.check.isEnabled()
     assert not v.cam_ensemble.isHidden() and v.cam_ensemble.currentText() == f"three models · run #{ens}"
     assert v.ensemble_path() == str(ens_dir / "ensemble.json")
+
+
+def test_unreadable_files_and_label_conflicts_are_itemised_until_the_next_scan(qtbot, window, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "set"
+    for cls in ("benign", "malignant"):
+        (root / cls).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(root / "benign" / "good.png")
+    shutil.copy(root / "benign" / "good.png", root / "malignant" / "copy.png")
+    (root / "benign" / "broken.png").write_bytes(b"not a png at all")
+    open_and_scan(qtbot, window, root)
+    button = window.scan_problems
+    assert button.isVisibleTo(window) and "1 unreadable file" in button.text() and "1 label conflict" in button.text()
+    dlg = button.open_list()
+    rows = [(dlg.tree.topLevelItem(i).text(0), dlg.tree.topLevelItem(i).text(1))
+            for i in range(dlg.tree.topLevelItemCount())]
+    assert len(rows) == 2
+    assert rows[0][0] == str(root / "benign" / "broken.png") and rows[0][1]
+    assert "benign/good.png (benign)" in rows[1][0] and "malignant/copy.png (malignant)" in rows[1][0]
+    assert "label" in rows[1][1]
+    dlg.close()
+    qtbot.wait(300)                                  # a later message does not hide the list
+    assert button.isVisibleTo(window)
+
+    (root / "benign" / "broken.png").unlink()
+    (root / "malignant" / "copy.png").unlink()
+    rescan(qtbot, window)
+    assert not button.isVisibleTo(window)
