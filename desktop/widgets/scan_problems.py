@@ -72,8 +72,9 @@ class ScanProblemsDialog(QtWidgets.QDialog):
             item.setToolTip(0, path)
             item.setToolTip(1, reason)
             self.tree.addTopLevelItem(item)
+        self.tree.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)   # the file name stays readable
         self.tree.resizeColumnToContents(0)
-        self.tree.setColumnWidth(0, min(self.tree.columnWidth(0), 460))
+        self.tree.setColumnWidth(0, min(self.tree.columnWidth(0), 520))
         copy = QtWidgets.QPushButton("Copy list")
         copy.clicked.connect(lambda: QtGui.QGuiApplication.clipboard().setText(
             "\n".join(f"{p}\t{r}" for p, r in rows)))
