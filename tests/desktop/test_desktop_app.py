@@ -656,3 +656,11 @@ def test_unreadable_files_and_label_conflicts_are_itemised_until_the_next_scan(q
     (root / "malignant" / "copy.png").unlink()
     rescan(qtbot, window)
     assert not button.isVisibleTo(window)
+
+
+def test_the_runs_browser_fits_the_screen(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    dlg = window.show_runs()
+    qtbot.addWidget(dlg)
+    screen = window.screen().availableGeometry()
+    assert dlg.width() <= screen.width() and dlg.height() <= screen.height()
