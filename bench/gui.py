@@ -8,7 +8,10 @@ the UI thread could not react):
 * ``max_ui_block_ms``: the longest UI stall from opening through the whole scan + import, scrolling the
   grid from top to bottom, filtering, searching, opening and labelling an image in the viewer, closing
   the project and opening it again (``phase_block_ms`` splits it by phase);
-* ``warm_first_thumbnails_s``: the same folder opened again (store and thumbnail cache present).
+* ``warm_first_thumbnails_s``: the same folder opened again (store and thumbnail cache present);
+* phases ``predictions``, ``confusion_roc``, ``runs_browser``, ``heatmap``: the pages found slow in use
+  (first show of the Predictions page with a 3-member prediction run over every image, its Confusion & ROC
+  tab, the runs browser, the entropy heatmap of a 948×704 image).
 
 The machine's own load shows up as stalls too: ``load_avg`` is reported alongside.
 
@@ -198,6 +201,8 @@ def run(folder: Path, out: dict) -> None:
     win.navigate(+1)
     spin(300)
 
+    measure_pages(win, probe, out)
+
     # warm re-open (store + thumbnail cache present)
     probe.set_phase("warm")
     win.close_project()
@@ -214,6 +219,63 @@ def run(folder: Path, out: dict) -> None:
     out["max_ui_block_ms"] = probe.block_ms()          # over everything: cold open ... warm re-open
     out["phase_block_ms"] = {k: round(max(0.0, v) * 1000, 1) for k, v in probe.phase_max.items()}
     win.close()
+
+
+def add_prediction_run(store, n_members: int = 3) -> int:
+    """A finished prediction run over every image (random probabilities), as a predict job leaves it."""
+    import numpy as np
+
+    images = [im.id for im in store.images()]
+    classes = store.classes()
+    rng = np.random.default_rng(0)
+    mp = rng.dirichlet(np.ones(len(classes)), size=(n_members, len(images)))
+    p = mp.mean(0)
+    ent = -(p * np.log(p)).sum(1)
+    rid = store.add_run("predict", "bench predictions", {}, state="finished")
+    store.add_prediction_arrays(rid, images, classes, [f"m{k}" for k in range(n_members)], p, mp, ent,
+                                np.zeros(len(images)))
+    for k in range(2):                      # two fine-tuning runs with curves for the runs browser
+        fid = store.add_run("finetune", f"bench fine-tune {k}", {"epochs": 20}, state="finished")
+        store.update_run(fid, metrics={"val_accuracy": 0.8})
+    return rid
+
+
+def measure_pages(win, probe, out: dict) -> None:
+    """The pages the issue found slow, each its own phase: Predictions (first show), Confusion & ROC,
+    the runs browser, and the entropy heatmap of a large (948×704) image."""
+    import numpy as np
+    from PIL import Image
+
+    add_prediction_run(win.project.store)
+    spin(100)
+    probe.set_phase("predictions")
+    win.predictions.refresh()
+    win.show_page("predictions")
+    spin(400)
+    probe.set_phase("confusion_roc")
+    win.predictions.tabs.setCurrentWidget(win.predictions.charts)
+    spin(400)
+    win.predictions.tabs.setCurrentIndex(0)
+    probe.set_phase("runs_browser")
+    dlg = win.show_runs()
+    spin(500)
+    if dlg is not None:
+        dlg.close()
+    spin(100)
+    probe.set_phase("heatmap")
+    big = Path(os.environ["MEDSSL_DATA_DIR"]) / "bench-large.png"     # not in the project folder
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((704, 948)) * 255).astype(np.uint8)).save(big)
+    from desktop.bridge.rows import Item
+
+    win.open_item(Item(str(big), big.name))
+    wait(lambda: win.viewer.loaded is not None and win.viewer.loaded.item.path == str(big), 20)
+    win.viewer.ov_heat.set_checked(True)
+    wait(lambda: win.viewer.canvas.layer_visible("entropy"), 30)
+    spin(300)
+    win.viewer.ov_heat.set_checked(False)
+    win.show_page("library")
+    spin(200)
 
 
 def main() -> None:

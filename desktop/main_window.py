@@ -20,6 +20,8 @@ from desktop.shortcuts import ShortcutsDialog, keys_for
 from desktop.pages.start_page import StartPage
 from desktop.bridge.thumbs import ThumbnailService
 from desktop.pages.viewer import ViewerPage
+from desktop.widgets.elided_label import ElidedLabel
+from desktop.widgets.scan_problems import ScanProblemsButton
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +118,14 @@ class MainWindow(QtWidgets.QMainWindow):
         sl = QtWidgets.QVBoxLayout(side_frame)
         sl.setContentsMargins(0, 0, 0, 0)
         sl.addWidget(self.side)
+        side_scroll = QtWidgets.QScrollArea()      # the filters scroll on a short screen (1280×720)
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setWidget(side_frame)
+        side_scroll.setMinimumWidth(side_frame.minimumSizeHint().width())
         self.split = QtWidgets.QSplitter()
-        self.split.addWidget(side_frame)
+        self.split.addWidget(side_scroll)
         self.split.addWidget(self.pages)
         self.split.setStretchFactor(1, 1)
         self.split.setCollapsible(1, False)
@@ -132,6 +140,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pixel_label = QtWidgets.QLabel()
         self.pixel_label.setMinimumWidth(260)
         self.job_status = JobStatus()
+        self.scan_problems = ScanProblemsButton()
+        self.statusBar().addPermanentWidget(self.scan_problems)
         self.statusBar().addPermanentWidget(self.pixel_label)
         self.statusBar().addPermanentWidget(self.job_status)
         self.statusBar().setSizeGripEnabled(True)
@@ -299,7 +309,7 @@ class MainWindow(QtWidgets.QMainWindow):
         spacer = QtWidgets.QWidget()
         spacer.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Preferred)
         tb.addWidget(spacer)
-        self.project_label = QtWidgets.QLabel()
+        self.project_label = ElidedLabel(mode=QtCore.Qt.TextElideMode.ElideMiddle)
         self.project_label.setObjectName("dim")
         tb.addWidget(self.project_label)
         tb.addAction(a["shortcuts"])
@@ -317,6 +327,10 @@ class MainWindow(QtWidgets.QMainWindow):
         p.error.connect(lambda text: QtWidgets.QMessageBox.warning(self, "MedSSL Studio", text))
         p.editApplied.connect(self._edit_applied)
         p.itemsReset.connect(self._update_title)
+        p.scanFinished.connect(lambda result: self.scan_problems.set_problems(
+            result.errors, result.counts.get("label_conflicts") or []))
+        p.opened.connect(lambda _paths: self.scan_problems.clear())
+        p.closed.connect(self.scan_problems.clear)
         self.library.openItem.connect(self.open_item)
         self.viewer.navigate.connect(self.navigate)
         self.viewer.nextUnlabeled.connect(self.next_unlabeled)
@@ -364,8 +378,24 @@ class MainWindow(QtWidgets.QMainWindow):
         if path:
             self.open_path(path)
 
+    def confirm_stop_jobs(self, doing: str) -> bool:
+        """Ask before ``doing`` (e.g. "Opening another folder") stops this window's jobs. True: go ahead."""
+        titles = self.jobs.active_titles()
+        if not titles:
+            return True
+        more = f" and {len(titles) - 1} queued job{'s' if len(titles) > 2 else ''}" if len(titles) > 1 else ""
+        answer = QtWidgets.QMessageBox.question(
+            self, "A job is running",
+            f"{titles[0]}{more} is still in progress.\n\n{doing} stops it: it saves a checkpoint first, and "
+            "Resume in the jobs panel continues it when you open this project again.\n\nStop it now?",
+            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.Cancel,
+            QtWidgets.QMessageBox.StandardButton.Cancel)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+
     def open_path(self, path: str | Path) -> bool:
-        self.jobs.shutdown()
+        if not self.confirm_stop_jobs("Opening another folder"):
+            return False
+        self.jobs.shutdown("another folder was opened")
         try:
             paths = self.project.open(path)
         except Exception as exc:  # shown to the user, never a crash
@@ -402,8 +432,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.job_status.track(runner)
         runner.start()
 
-    def close_project(self) -> None:
-        self.jobs.shutdown()
+    def close_project(self) -> bool:
+        if not self.confirm_stop_jobs("Closing the project"):
+            return False
+        self.jobs.shutdown("the project was closed")
         self.project.close()
         self.thumbs.set_cache_dir(None)
         self.viewer.show_item(None)
@@ -411,6 +443,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.central.setCurrentWidget(self.start)
         self._update_title()
         self._update_enabled()
+        return True
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
@@ -628,6 +661,10 @@ class MainWindow(QtWidgets.QMainWindow):
         return dlg
 
     def _job_finished(self, rid: int, kind: str) -> None:
+        if kind == "pretrain":
+            self.mae.reload_checkpoints()          # the new run is offered by name
+        elif kind == "ensemble":
+            self.viewer.refresh_ensembles()
         if kind == "predict":
             self.predictions.refresh()
             self.project.reload_predictions()   # library badges, filters and sort by prediction / uncertainty
@@ -674,12 +711,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def closeEvent(self, ev: QtGui.QCloseEvent) -> None:
-        # nothing to ask: every edit is already committed to the store
+        # every edit is already committed to the store: only a running job is worth a question
+        if not self.confirm_stop_jobs("Quitting"):
+            ev.ignore()
+            return
         self.settings.set_value("window/geometry", self.saveGeometry())
         self.settings.sync()
         if self.demo_runner is not None and self.demo_runner.running:
             self.demo_runner.cancel()
-        self.jobs.shutdown()
+        self.jobs.shutdown("the app was closed")
         self.project.close(wait=True)
         self.thumbs.shutdown()
         self.caller.shutdown()

@@ -586,7 +586,10 @@ class ProjectStore:
         that changed in the dataset itself is picked up. A scanned label of None never clears a label.
 
         Dataset masks (``source='dataset'``) are synced to the scan's ``mask_paths``; masks drawn in the app
-        are left alone. Returns counts: ``new``, ``moved``, ``updated``, ``unchanged``, ``duplicates``
+        are left alone, and a dataset mask a user detached (an edit, erase or clear in the app) stays
+        detached and a file the app wrote beside an image is not taken for a dataset mask: the user's edit
+        wins over the data set's file for good; only a removal by an import (the file had gone) is undone
+        when the file comes back. Returns counts: ``new``, ``moved``, ``updated``, ``unchanged``, ``duplicates``
         (same bytes twice in the scan; the first path wins), ``labels`` (history rows written),
         ``masks_added``, ``masks_removed``, ``missing`` (stored images not in this scan; kept).
         """
@@ -600,6 +603,12 @@ class ProjectStore:
                 "SELECT e.image_id, e.label FROM label_events e JOIN (SELECT image_id, MAX(id) AS last_id "
                 "FROM label_events WHERE action = 'import' GROUP BY image_id) m ON e.id = m.last_id")}
             dataset_masks = self._current_masks_by_image(conn, source="dataset")
+            decided_by_user: dict[int, set[str]] = {}   # the app's own files, and dataset files a user detached
+            for image_id, path in conn.execute(
+                    "SELECT e.image_id, e.path FROM mask_events e JOIN (SELECT image_id, path, MAX(id) AS last_id "
+                    "FROM mask_events GROUP BY image_id, path) m ON e.id = m.last_id "
+                    "WHERE e.source = 'app' OR (e.action = 'remove' AND e.user != ?)", (user,)):
+                decided_by_user.setdefault(image_id, set()).add(path)
             known_classes = {r[0] for r in conn.execute("SELECT name FROM classes")}
             for name in sorted({*scan_result.classes} | {r.label for r in scan_result.images if r.label is not None}):
                 if name not in known_classes:
@@ -642,7 +651,7 @@ class ProjectStore:
                 for p in sorted(have - wanted):
                     self._insert_mask_event(conn, image_id, p, "dataset", "remove", user, now)
                     counts["masks_removed"] += 1
-                for p in sorted(wanted - have):
+                for p in sorted(wanted - have - decided_by_user.get(image_id, set())):
                     self._insert_mask_event(conn, image_id, p, "dataset", "add", user, now)
                     counts["masks_added"] += 1
             counts["missing"] = len(set(existing) - seen)

@@ -56,6 +56,14 @@ class JobRunner(QtCore.QObject):
         self._event.emit(event)
 
     # -- control ----------------------------------------------------------------------------------
+    def wait_painting(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the job to end while the window keeps repainting (user input waits,
+        so nothing re-enters). True when it ended."""
+        deadline = time.monotonic() + timeout_s
+        while not self.job.wait(0.03) and time.monotonic() < deadline:
+            QtCore.QCoreApplication.processEvents(QtCore.QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents, 30)
+        return self.job.done
+
     def start(self) -> "JobRunner":
         self.job.start()
         return self

@@ -16,7 +16,7 @@ from PySide6 import QtCore, QtGui
 
 from core.jobs import Job, JobContext
 from desktop.bridge.jobs_bridge import JobRunner
-from desktop.bridge.rows import Item, OpenResult, quick_listing, read_items  # noqa: F401  (re-exported)
+from desktop.bridge.rows import Item, OpenResult, lesion_mask_count, quick_listing, read_items  # noqa: F401  (re-exported)
 from desktop.settings import ProjectPaths, locate_project
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class ProjectModel(QtCore.QObject):
             for it in items:
                 if it.image_id in self._edited:
                     it.label = self.store.current_label(it.image_id)
-                    it.n_masks = len(self.store.masks(it.image_id))
+                    it.n_masks = lesion_mask_count(self.store, it.image_id)
         old = self.items
         if len(old) == len(items) and all(a.path == b.path for a, b in zip(old, items)):
             # the same files (a rescan, or stored rows followed by complete ones): update the row
@@ -287,7 +287,7 @@ class ProjectModel(QtCore.QObject):
         self._edited.add(image_id)
         it = self.by_id.get(image_id)
         if it is not None:
-            it.n_masks = len(self.store.masks(image_id))
+            it.n_masks = lesion_mask_count(self.store, image_id)
         self.itemChanged.emit(image_id)
 
     def reload_predictions(self) -> None:

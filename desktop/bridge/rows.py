@@ -68,15 +68,51 @@ def latest_predictions(store) -> dict[int, tuple[str | None, float | None]]:
     return {}
 
 
+def lesion_mask_count(store, image_id: int) -> int:
+    """How many attached mask files mark a lesion: an all-black file (BUSI's "normal" images come with one)
+    is no mask, so it gives no "has mask" dot, count or filter hit. A file that cannot be read counts (the
+    viewer says why it is not shown)."""
+    from core.data.imageio import ImageReadError, read_mask
+
+    n = 0
+    for m in store.masks(image_id):
+        try:
+            n += bool(read_mask(m.path).any())
+        except (ImageReadError, OSError):
+            n += 1
+    return n
+
+
+def run_choices(store, use: str) -> list[tuple[str, str]]:
+    """(label, path) of the project's runs usable as ``use``, newest first, labelled by name so nobody has to
+    find a path under the hidden ``.medssl`` folder: ``"mae"`` an MAE pretraining's run folder holding a
+    checkpoint, ``"ensemble"`` an ensemble file an ensemble run wrote."""
+    out = []
+    for run in reversed(store.list_runs("pretrain" if use == "mae" else "ensemble")):
+        if use == "mae":
+            if str(run.config.get("method", "")).lower() != "mae" or not run.run_dir:
+                continue
+            path = Path(run.run_dir)
+            if not any(path.glob("checkpoint-*")):
+                continue
+        else:
+            path = Path(run.ensemble_file or "")
+            if not run.ensemble_file or not path.is_file():
+                continue
+        state = "" if run.state == "finished" else f" ({run.state})"
+        out.append((f"{run.name} · run #{run.id}{state}", str(path)))
+    return out
+
+
 def _mask_counts(store, ids: Iterable[int]) -> dict[int, int]:
-    return {i: len(store.masks(i)) for i in ids}
+    return {i: lesion_mask_count(store, i) for i in ids}
 
 
 def read_items(store, ctx=None, *, masks: bool = True) -> list[Item]:
     """Every image of the store as library rows (runs off the UI thread; the store is thread-safe).
 
-    ``masks=False`` skips the per-image mask count (one query per image until the store has a bulk
-    query): for a first, fast look at a project whose full rows follow a moment later.
+    ``masks=False`` skips the per-image mask count (it reads every mask file, :func:`lesion_mask_count`):
+    for a first, fast look at a project whose full rows follow a moment later.
     """
     rows = store.images()
     labels = store.labels()

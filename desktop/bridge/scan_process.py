@@ -76,7 +76,7 @@ def scan_worker(store_path: str, root: str, folder_writable: bool, send_rows: bo
                 store.set_meta("root", str(root_path))
             send(("store",))
             if send_rows and store.images():
-                send(("rows", read_items(store, ctx)))
+                send(("rows", read_items(store, ctx, masks=False)))   # a first look; the mask dots follow
             ctx.check_cancelled()
             scan = scan_folder(root_path, ctx=ctx, workers=min(4, os.cpu_count() or 1))
             ctx.check_cancelled()

@@ -30,6 +30,7 @@ from core.project import runs as core_runs
 from core.project.runs import ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail
 from desktop import theme
 from desktop.bridge.jobs_bridge import JobRunner
+from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
 
@@ -340,21 +341,34 @@ class JobsManager(QtCore.QObject):
         self._pump()
 
     # -- lifetime -------------------------------------------------------------------------------------
-    def shutdown(self, wait_s: float = 20.0) -> None:
-        """Stop the running job (it saves a checkpoint) before the project closes; the run stays resumable."""
+    def active_titles(self) -> list[str]:
+        """The jobs this window runs or has queued (what closing the project would stop), running first."""
+        mine = [e for e in self.entries.values() if e.runner is not None
+                or (e.state == core_runs.QUEUED and not e.other_process)]
+        return [e.title for e in sorted(mine, key=lambda e: (e.runner is None, e.run_id))]
+
+    def shutdown(self, reason: str = "the app was closed", wait_s: float = 20.0) -> None:
+        """Stop the running job (it saves a checkpoint) before the project closes; the run stays resumable
+        and its record says what stopped it (``reason``, e.g. "another folder was opened"), not a crash."""
         e = self.running()
         store = self.store
         if e is not None and e.runner is not None:
-            e.runner.cancel()
-            e.runner.job.wait(wait_s)
-            e.runner._finish()
+            runner = e.runner
+            runner.cancel()
+            stopped = runner.wait_painting(wait_s)
+            runner._finish()
             e.runner = None
-            if store is not None:
-                core_runs.mark_interrupted(store, e.run_id)
-            e.state = core_runs.INTERRUPTED
+            ended_itself = store is not None and store.get_run(e.run_id).state == core_runs.FINISHED
+            if store is not None and not ended_itself:
+                note = (f"stopped when {reason}: Resume continues from its last checkpoint" if stopped else
+                        f"stopped when {reason} (it did not reach a safe point within {wait_s:.0f} s): "
+                        "Resume continues from its last checkpoint")
+                core_runs.mark_interrupted(store, e.run_id, note=note)
+                e.state = core_runs.INTERRUPTED
         for q in self.entries.values():
-            if q.state == core_runs.QUEUED and store is not None:
-                core_runs.mark_interrupted(store, q.run_id)
+            if q.state == core_runs.QUEUED and q.runner is None and not q.other_process and store is not None:
+                core_runs.mark_interrupted(store, q.run_id, note=f"not started: {reason} while it waited; "
+                                                                 "Resume starts it")
         self.entries = {}
         self.reset.emit()
 
@@ -474,19 +488,21 @@ class JobsPanel(QtWidgets.QWidget):
         self.list.setHeaderLabels(["Job", "State", "Progress"])
         self.list.setRootIsDecorated(False)
         self.list.setUniformRowHeights(True)
-        self.list.setMinimumWidth(300)
+        self.list.setMinimumWidth(220)
         self.list.header().setStretchLastSection(False)
         self.list.header().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.list.header().setSectionResizeMode(1, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         self.list.header().setSectionResizeMode(2, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
 
-        self.title = QtWidgets.QLabel("No job selected")
+        self.title = ElidedLabel("No job selected")
         self.title.setStyleSheet("font-weight: bold; font-size: 11pt;")
         self.state_label = QtWidgets.QLabel()
         self.bar = QtWidgets.QProgressBar()
         self.bar.setTextVisible(True)
         self.stats = QtWidgets.QLabel()
         self.stats.setObjectName("dim")
+        self.stats.setWordWrap(True)             # a long error wraps; it never widens the window
+        self.stats.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.cancel_btn = QtWidgets.QPushButton(theme.icon("cancel"), "Cancel")
         self.resume_btn = QtWidgets.QPushButton(theme.icon("next"), "Resume")
         self.cancel_btn.setToolTip("Stop the job at the next safe point; a checkpoint is saved")

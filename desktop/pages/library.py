@@ -449,6 +449,11 @@ class LibraryPage(QtWidgets.QWidget):
         return self.model.item_at(self.grid.currentIndex().row())
 
 
+def whole_percent(part: int, whole: int) -> int:
+    """Rounded down: "778 of 779 labelled" is 99 %, never 100 % while one image is left."""
+    return 100 * part // whole if whole else 0
+
+
 class ProjectPanel(QtWidgets.QWidget):
     """Left side panel: classes with counts (a label filter), other filters, add / rename classes."""
 
@@ -595,8 +600,7 @@ class ProjectPanel(QtWidgets.QWidget):
             self.pred_combo.setToolTip(tip)
             self.unc_spin.setToolTip(tip or "Show only images whose prediction uncertainty is at least this value")
             labeled = c["all"] - c["unlabeled"]
-            pct = 100.0 * labeled / c["all"] if c["all"] else 0.0
-            self.summary.setText(f"{labeled:,} of {c['all']:,} labelled ({pct:.0f} %) · "
+            self.summary.setText(f"{labeled:,} of {c['all']:,} labelled ({whole_percent(labeled, c['all'])} %) · "
                                  f"{c['masked']:,} with lesion mask")
         finally:
             self._updating = False

@@ -16,23 +16,9 @@ from desktop import theme
 from desktop.widgets.canvas import ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.rows import run_choices
 
 META_KEY = "desktop.mae_checkpoint"
-
-
-def find_checkpoints(store) -> list[tuple[str, str]]:
-    """(label, path) of MAE runs the store knows, newest first."""
-    out = []
-    for run in reversed(store.list_runs()):
-        method = str((run.config or {}).get("method", run.kind or "")).lower()
-        if "mae" not in method and "mae" not in (run.kind or "").lower() and "mae" not in run.name.lower():
-            continue
-        paths = [c.path for c in store.checkpoints(run.id)]
-        if run.run_dir:
-            paths.insert(0, run.run_dir)
-        for p in paths[:1]:
-            out.append((f"{run.name} ({run.state})", p))
-    return out
 
 
 class MaePanel(QtWidgets.QWidget):
@@ -48,7 +34,7 @@ class MaePanel(QtWidgets.QWidget):
         self.seed = 0
 
         self.ckpt = QtWidgets.QComboBox()
-        self.ckpt.setMinimumWidth(320)
+        self.ckpt.setMinimumWidth(200)
         self.ckpt.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.ckpt.currentIndexChanged.connect(lambda _i: self._checkpoint_changed())
         browse = QtWidgets.QPushButton("Choose…")
@@ -69,20 +55,28 @@ class MaePanel(QtWidgets.QWidget):
         self.third.addItem("visible + reconstruction", "pasted")
         self.third.currentIndexChanged.connect(lambda _i: self._show(self.last))
 
-        bar = QtWidgets.QHBoxLayout()
+        # two rows (the run on the first, the mask on the second): one row was wider than a laptop screen
+        bar = QtWidgets.QVBoxLayout()
         bar.setContentsMargins(12, 10, 12, 6)
-        bar.setSpacing(8)
-        for text, w in (("Checkpoint", self.ckpt), (None, browse), ("Mask ratio", self.ratio), (None, self.resample),
-                        ("Right panel", self.third)):
-            if text:
-                l = QtWidgets.QLabel(text)
-                l.setObjectName("dim")
-                bar.addSpacing(6)
-                bar.addWidget(l)
-            bar.addWidget(w)
-        bar.addStretch(1)
+        bar.setSpacing(4)
+        for widgets in (((("Checkpoint", self.ckpt), (None, browse))),
+                        (("Mask ratio", self.ratio), (None, self.resample), ("Right panel", self.third))):
+            row = QtWidgets.QHBoxLayout()
+            row.setSpacing(8)
+            for text, w in widgets:
+                if text:
+                    l = QtWidgets.QLabel(text)
+                    l.setObjectName("dim")
+                    row.addSpacing(6)
+                    row.addWidget(l)
+                row.addWidget(w, 1 if w is self.ckpt else 0)
+            if self.ckpt not in (w for _t, w in widgets):
+                row.addStretch(1)
+            bar.addLayout(row)
 
         self.canvases = [ImageCanvas(), ImageCanvas(), ImageCanvas()]
+        for c in self.canvases:          # three side by side still fit a 1280×720 screen with the jobs panel
+            c.setMinimumSize(150, 150)
         self.titles = [QtWidgets.QLabel(t) for t in ("Original", "Hidden cells", "MAE reconstruction")]
         grid = QtWidgets.QGridLayout()
         grid.setContentsMargins(12, 0, 12, 0)
@@ -128,7 +122,7 @@ class MaePanel(QtWidgets.QWidget):
         self.ckpt.blockSignals(True)
         self.ckpt.clear()
         if self.project.ready:
-            for label, path in find_checkpoints(self.project.store):
+            for label, path in run_choices(self.project.store, "mae"):
                 self.ckpt.addItem(label, path)
                 self.ckpt.setItemData(self.ckpt.count() - 1, path, QtCore.Qt.ItemDataRole.ToolTipRole)
             saved = self.project.store.get_meta(META_KEY)
@@ -148,8 +142,13 @@ class MaePanel(QtWidgets.QWidget):
             self.project.store.set_meta(META_KEY, path)
 
     def browse(self) -> None:
-        start = str(self.project.paths.folder) if self.project.paths else str(Path.home())
-        path = QtWidgets.QFileDialog.getExistingDirectory(self, "Choose an MAE run or checkpoint folder", start)
+        from core.project.runs import runs_folder
+
+        runs = runs_folder(self.project.paths.project_dir) if self.project.paths else None
+        start = str(runs if runs is not None and runs.is_dir() else Path.home())   # .medssl is hidden
+        path = QtWidgets.QFileDialog.getExistingDirectory(
+            self, "Choose an MAE run or checkpoint folder", start,
+            QtWidgets.QFileDialog.Option.ShowDirsOnly | QtWidgets.QFileDialog.Option.DontUseNativeDialog)
         if path:
             self.set_checkpoint(path)
 
@@ -164,8 +163,8 @@ class MaePanel(QtWidgets.QWidget):
 
     # -- showing --------------------------------------------------------------------------------------
     def _set_empty(self, text: str | None = None) -> None:
-        self.empty.setText(text or "No MAE checkpoint chosen.\n\nPretrain one with "
-                                   "“medssl pretrain mae …”, then choose its run folder above (Choose…).")
+        self.empty.setText(text or "No MAE pretraining in this project yet.\n\nTrain → Pretrain encoder… with "
+                                   "the MAE method makes one; it is listed above by name when it has a checkpoint.")
         self.stack.setCurrentWidget(self.empty)
         self.status.setText("")
 
@@ -176,7 +175,7 @@ class MaePanel(QtWidgets.QWidget):
 
     def showEvent(self, ev) -> None:
         super().showEvent(ev)
-        self.refresh()
+        self.reload_checkpoints()     # runs made since (in this window or from the command line) are listed
 
     def resample_mask(self) -> None:
         self.seed += 1

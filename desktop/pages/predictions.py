@@ -17,6 +17,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from core import csvcells
 from desktop import theme
 from desktop.pages.jobs_panel import CURVE_COLORS, style_plot
+from desktop.widgets.elided_label import ElidedLabel
 
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
 
@@ -212,21 +213,28 @@ def export_csv(path: str | Path, model: PredictionsModel, proxy: QtCore.QSortFil
     return n
 
 
-# -- confusion / ROC (scikit-learn; labelled images) -------------------------------------------------------
+# -- confusion / ROC (numpy; labelled images) -----------------------------------------------------------
+# numpy, not scikit-learn: importing sklearn takes 1-8 s and froze the window the first time the page showed
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(y, pred, labels=list(range(n)))
+    """[n, n] counts: rows the true class, columns the predicted one."""
+    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
+    return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(fpr, tpr, auc) of one-vs-rest scores; auc is NaN when a class is missing."""
-    from sklearn import metrics
-
+    """(fpr, tpr, auc) of one-vs-rest scores, one point per distinct score (ties move together, as in
+    scikit-learn's roc_curve); auc is NaN when a class is missing."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     if positive.all() or not positive.any():
         return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
-    fpr, tpr, _ = metrics.roc_curve(positive, scores)
-    return fpr, tpr, float(metrics.roc_auc_score(positive, scores))
+    order = np.argsort(-scores, kind="mergesort")
+    s, pos = scores[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(pos)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    tpr = np.r_[0.0, tp / pos.sum()]
+    fpr = np.r_[0.0, fp / (~pos).sum()]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
 class ConfusionRocView(QtWidgets.QWidget):
@@ -350,13 +358,13 @@ class PredictionsPage(QtWidgets.QWidget):
         self.search = QtWidgets.QLineEdit()
         self.search.setPlaceholderText("Filter by file name…")
         self.search.setClearButtonEnabled(True)
-        self.search.setMinimumWidth(160)
+        self.search.setMinimumWidth(110)
         self.show_combo = QtWidgets.QComboBox()
         for label, v in (("All images", "all"), ("Labelled", "labelled"), ("Unlabeled", "unlabeled"),
                          ("Incorrect", "incorrect"), ("Correct", "correct"), ("Suggested to label", "suggested")):
             self.show_combo.addItem(label, v)
         self.pred_combo = QtWidgets.QComboBox()
-        self.count_label = QtWidgets.QLabel()
+        self.count_label = ElidedLabel()
         self.count_label.setObjectName("dim")
         self.suggest_btn = QtWidgets.QPushButton(theme.icon("next-unlabeled"), "Suggest next to label")
         self.suggest_btn.setToolTip("Rank unlabeled images by member disagreement + predictive entropy "
@@ -400,6 +408,9 @@ class PredictionsPage(QtWidgets.QWidget):
         self.table.verticalHeader().setDefaultSectionSize(24)
         self.table.horizontalHeader().setHighlightSections(False)
         self.table.setWordWrap(False)
+        # column widths from the first rows only: sizing to every row of a large run asked the model for
+        # each cell and froze the window for seconds when the page first showed
+        self.table.horizontalHeader().setResizeContentsPrecision(50)
         self.charts = ConfusionRocView()
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.table, "Table")
@@ -472,13 +483,14 @@ class PredictionsPage(QtWidgets.QWidget):
         self._count()
 
     def _size_columns(self) -> None:
+        # measured once, from the first rows (ResizeToContents re-measured every cell on each change)
         h = self.table.horizontalHeader()
         for c, (_t, kind, _k) in enumerate(self.model.columns):
+            h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.Interactive)
             if kind == "name":
-                h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.Interactive)
                 self.table.setColumnWidth(c, 220)
             else:
-                h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+                self.table.resizeColumnToContents(c)
 
     def _filter(self, **kw) -> None:
         self.proxy.set_filter(**kw)

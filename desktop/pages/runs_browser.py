@@ -101,7 +101,8 @@ class RunsBrowser(QtWidgets.QDialog):
         super().__init__(parent)
         self.project = project
         self.setWindowTitle("Runs")
-        self.resize(1400, 860)
+        screen = (parent.screen() if parent is not None else QtWidgets.QApplication.primaryScreen()).availableGeometry()
+        self.resize(min(1400, screen.width() - 40), min(860, screen.height() - 40))   # fits a 1280×720 laptop
         self.left = RunPane(lambda: project.store)
         self.right = RunPane(lambda: project.store)
         split = QtWidgets.QSplitter()

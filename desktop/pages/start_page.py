@@ -97,7 +97,8 @@ class StartPage(QtWidgets.QWidget):
         cv.addWidget(foot)
         card.setMinimumHeight(440)
 
-        outer = QtWidgets.QVBoxLayout(self)
+        content = QtWidgets.QWidget()
+        outer = QtWidgets.QVBoxLayout(content)
         outer.addStretch(1)
         row = QtWidgets.QHBoxLayout()
         row.addStretch(1)
@@ -105,6 +106,14 @@ class StartPage(QtWidgets.QWidget):
         row.addStretch(1)
         outer.addLayout(row)
         outer.addStretch(2)
+        # scrolls on a small screen instead of making the window taller / wider than the screen
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(scroll)
 
     def _big_button(self, icon: str, text: str, detail: str, primary: bool = False) -> QtWidgets.QPushButton:
         b = QtWidgets.QPushButton()

@@ -19,10 +19,12 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from desktop.bridge import mask_ops
 from desktop import theme
 from desktop.bridge.annotation import MaskFiles, push_mask_edit, set_label
+from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.canvas import Z_CAM, Z_HEAT, Z_LESION, Z_MAE, ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.widgets.overlays import ColorBar, OverlayControl, SwatchLegend
 from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.rows import run_choices
 
 WL_PRESETS = [("full", "Full range"), ("auto", "Auto (1–99 %)"), ("narrow", "High contrast (5–95 %)"),
               ("custom", "Custom")]
@@ -220,9 +222,8 @@ class ViewerPage(QtWidgets.QWidget):
         self.prev_btn.clicked.connect(lambda: self.navigate.emit(-1))
         self.next_btn.clicked.connect(lambda: self.navigate.emit(+1))
         self.next_unl_btn.clicked.connect(self.nextUnlabeled)
-        self.title = QtWidgets.QLabel()
+        self.title = ElidedLabel(mode=QtCore.Qt.TextElideMode.ElideMiddle)
         self.title.setObjectName("heading")
-        self.title.setMinimumWidth(120)
         self.title.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.position = QtWidgets.QLabel()
         self.position.setObjectName("dim")
@@ -350,9 +351,9 @@ class ViewerPage(QtWidgets.QWidget):
             ctl.opacityChanged.connect(lambda a, c=ctl: self.canvas.set_layer_opacity(c.name, a))
         self._cam_cache: OrderedDict[tuple, dict] = OrderedDict()
         self._ensembles: dict[str, object] = {}
-        self._update_cam_availability()
-        self.project.storeReady.connect(self._update_cam_availability)
-        self.project.itemsReset.connect(self._update_cam_availability)
+        self.refresh_ensembles()
+        self.project.storeReady.connect(self.refresh_ensembles)
+        self.project.itemsReset.connect(self.refresh_ensembles)
         self.ov_lesion.set_checked(True)
         v.addWidget(box)
 
@@ -431,12 +432,20 @@ class ViewerPage(QtWidgets.QWidget):
         self.cam_member = QtWidgets.QComboBox()
         self.cam_member.addItem("ensemble (weighted)", "")
         self.cam_member.currentIndexChanged.connect(lambda _i: self._update_cam())
-        self.cam_choose = QtWidgets.QPushButton("Choose ensemble…")
-        self.cam_choose.setToolTip("The ensemble file (medssl-ensemble JSON) whose members explain the image")
+        self.cam_ensemble = QtWidgets.QComboBox()     # the project's ensemble runs, by name
+        self.cam_ensemble.setToolTip("The ensemble whose members explain the image")
+        self.cam_ensemble.activated.connect(
+            lambda i: self.set_ensemble(self.cam_ensemble.itemData(i)) if self.cam_ensemble.itemData(i) else None)
+        self.cam_ensemble_label = QtWidgets.QLabel("Ensemble")
+        self.cam_ensemble_label.setObjectName("dim")
+        self.cam_choose = QtWidgets.QPushButton("Choose ensemble file…")
+        self.cam_choose.setToolTip("An ensemble file (medssl-ensemble JSON) from elsewhere")
         self.cam_choose.clicked.connect(self.choose_ensemble)
-        grid.addWidget(l, 0, 0)
-        grid.addWidget(self.cam_member, 0, 1)
-        grid.addWidget(self.cam_choose, 1, 0, 1, 2)
+        grid.addWidget(self.cam_ensemble_label, 0, 0)
+        grid.addWidget(self.cam_ensemble, 0, 1)
+        grid.addWidget(l, 1, 0)
+        grid.addWidget(self.cam_member, 1, 1)
+        grid.addWidget(self.cam_choose, 2, 0, 1, 2)
         grid.setColumnStretch(1, 1)
         return w
 
@@ -444,7 +453,8 @@ class ViewerPage(QtWidgets.QWidget):
     CAM_META = "desktop.ensemble"
 
     def ensemble_path(self) -> str | None:
-        """The chosen ensemble file, else the one the newest predicting run names in its config."""
+        """The chosen ensemble file, else the one the newest predicting run names in its config, else the
+        newest ensemble run's."""
         store = self.project.store
         if store is None:
             return None
@@ -454,13 +464,14 @@ class ViewerPage(QtWidgets.QWidget):
         for run in reversed(store.list_runs()):
             if run.ensemble_file and Path(run.ensemble_file).is_file() and store.has_predictions(run.id):
                 return run.ensemble_file
-        return None
+        made = run_choices(store, "ensemble")
+        return made[0][1] if made else None
 
     def set_ensemble(self, path: str | None) -> None:
         if self.project.store is not None:
             self.project.store.set_meta(self.CAM_META, path)
         self._cam_cache.clear()
-        self._update_cam_availability()
+        self.refresh_ensembles()
         if path:
             self.ov_cam.set_checked(True)
 
@@ -471,15 +482,26 @@ class ViewerPage(QtWidgets.QWidget):
         if path:
             self.set_ensemble(path)
 
-    def _update_cam_availability(self) -> None:
+    def refresh_ensembles(self) -> None:
+        """Offer the project's ensembles by name; Grad-CAM is available when one is chosen or made."""
         path = self.ensemble_path()
         self.ov_cam.set_available(path is not None,
-                                  "Needs a fine-tuned ensemble (made with “medssl ensemble”): choose its file."
-                                  if path is None else "")
+                                  "Needs an ensemble of fine-tuned models: Train → Build ensemble… makes one, "
+                                  "then it is listed here by name." if path is None else "")
+        made = run_choices(self.project.store, "ensemble") if self.project.store is not None else []
+        if path is not None and path not in (p for _l, p in made):
+            made.append((Path(path).name, path))
+        self.cam_ensemble.clear()
+        for label, p in made:
+            self.cam_ensemble.addItem(label, p)
+            self.cam_ensemble.setItemData(self.cam_ensemble.count() - 1, p, QtCore.Qt.ItemDataRole.ToolTipRole)
+        self.cam_ensemble.setCurrentIndex(self.cam_ensemble.findData(path) if path is not None else -1)
+        self.cam_ensemble.setVisible(bool(made))
+        self.cam_ensemble_label.setVisible(bool(made))
         self.cam_member.setVisible(path is not None)
         self.cam_member_label.setVisible(path is not None)
         self.ov_cam.body.setVisible(self.ov_cam.enabled_overlay or path is None)
-        self.cam_choose.setText(f"Ensemble: {Path(path).name} (change…)" if path else "Choose ensemble…")
+        self.cam_choose.setText("Choose another ensemble file…" if path else "Choose ensemble file…")
 
     def _update_cam(self) -> None:
         if self.loaded is None or not self.ov_cam.enabled_overlay:

@@ -3,6 +3,7 @@ a brush stroke saved as a mask PNG, overlay toggles, filter counts, autosave on 
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import sys
 import shutil
@@ -226,6 +227,103 @@ def test_fill_and_clear(qtbot, window, project_dir):
     assert window.project.by_id[item.image_id].n_masks == 0
 
 
+def rescan(qtbot, win) -> None:
+    with qtbot.waitSignal(win.project.scanFinished, timeout=20000):
+        win.actions_by_id["rescan"].trigger()
+
+
+def test_a_users_mask_edit_wins_over_the_dataset_file_after_rescan_and_reopen(qtbot, window, project_dir):
+    """Clearing one image's dataset mask and painting over another's: a rescan and a reopen keep both edits,
+    the history says who did what, and the data set's files are never written."""
+    open_and_scan(qtbot, window, project_dir)
+    store = window.project.store
+    cleared = show_first(qtbot, window, 0)
+    dataset_file = Path(store.masks(cleared.image_id)[0].path)
+    dataset_hash = hashlib.sha256(dataset_file.read_bytes()).hexdigest()
+    key(qtbot, window, QtCore.Qt.Key.Key_Delete, QtCore.Qt.KeyboardModifier.ShiftModifier)
+    assert store.masks(cleared.image_id) == []
+
+    painted = show_first(qtbot, window, 1)
+    window.viewer.set_tool("brush")
+    c = window.viewer.canvas
+    c.strokeStarted.emit(5.0, 5.0)
+    c.strokeMoved.emit(40.0, 5.0)
+    c.strokeFinished.emit()
+    assert [m.source for m in store.masks(painted.image_id)] == ["app"]
+
+    def check(store):
+        assert store.masks(cleared.image_id) == []
+        assert [m.source for m in store.masks(painted.image_id)] == ["app"]
+        last = store.mask_history(cleared.image_id)[-1]
+        assert (last.action, last.path, last.user) == ("remove", str(dataset_file), getpass.getuser())
+        assert window.project.by_id[cleared.image_id].n_masks == 0
+        assert hashlib.sha256(dataset_file.read_bytes()).hexdigest() == dataset_hash
+
+    rescan(qtbot, window)
+    check(store)
+    show_first(qtbot, window, 0)
+    assert window.viewer.mask is None or not window.viewer.mask.any()
+    assert window.viewer.ov_lesion.status.text() == "No lesion drawn"
+
+    window.close_project()
+    open_and_scan(qtbot, window, project_dir)
+    check(window.project.store)
+    show_first(qtbot, window, 0)
+    assert window.viewer.mask is None or not window.viewer.mask.any()
+    # undo is not lost history: the dataset file can still be attached again by the user
+    assert any(e.action == "add" and e.source == "dataset" for e in window.project.store.mask_history(cleared.image_id))
+
+
+def test_an_all_black_mask_file_is_no_mask(qtbot, window, tmp_path):
+    """BUSI's "normal" images come with an empty mask file: no dot, not counted, filtered as without mask."""
+    from PIL import Image
+
+    folder = tmp_path / "set" / "benign"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("empty", "lesion"):
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "empty_mask.png")
+    lesion = np.zeros((64, 64), np.uint8)
+    lesion[20:30, 20:30] = 255
+    Image.fromarray(lesion).save(folder / "lesion_mask.png")
+    open_and_scan(qtbot, window, folder.parent)
+    rows = {it.name: it for it in window.library.model.rows}
+    assert rows["empty.png"].n_masks == 0 and rows["lesion.png"].n_masks == 1
+    assert window.project.counts()["masked"] == 1
+    assert window.side.summary.text().endswith("1 with lesion mask")
+    combo = window.side.mask_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["Any", "With mask (1)", "Without mask (1)"]
+    combo.setCurrentIndex(combo.findData("without"))
+    qtbot.waitUntil(lambda: [it.name for it in window.library.model.rows] == ["empty.png"], timeout=5000)
+
+
+def test_the_window_fits_1280x720_with_a_long_failed_job_error_and_long_names(qtbot, window, tmp_path):
+    """Long texts elide or wrap: a failed job's long error, a long image name and a long project folder
+    never make the window wider than a 1280×720 laptop screen, on any page, with the jobs panel shown."""
+    from PIL import Image
+
+    folder = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / "benign"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / (("very_long_image_file_name_" * 6) + ".png"))
+    open_and_scan(qtbot, window, folder.parent)
+    store = window.project.store
+    rid = store.add_run("finetune", "fine-tune " + "with a long name " * 8)
+    store.update_run(rid, state="failed", error="RuntimeError: " + "the optimiser met a NaN in the loss " * 20)
+    window.jobs.load()
+    window.jobs_dock.show()
+    window.jobs_panel.select_run(rid)
+    assert "NaN" in window.jobs_panel.stats.text()
+    show_first(qtbot, window)
+    for page in ("library", "viewer", "mae", "predictions"):
+        window.show_page(page)
+        window.resize(1280, 720)
+        qtbot.wait(20)
+        hint = window.minimumSizeHint()
+        assert hint.width() <= 1280 and hint.height() <= 720, (page, hint)
+        assert window.width() <= 1280 and window.height() <= 720, (page, window.size())
+
+
 # -- overlays --------------------------------------------------------------------------------------------
 def _render(qtbot, win) -> np.ndarray:
     qtbot.wait(30)
@@ -316,9 +414,11 @@ def test_filter_counts_follow_edits(qtbot, window, project_dir):
     side.select_filter("all")
     assert len(model.rows) == n
     side.mask_combo.setCurrentIndex(side.mask_combo.findData("without"))
-    assert len(model.rows) == 0
+    # the demo's normal cases come with all-black mask files: those are no lesion masks
+    normal = {it for it in project.items if it.rel_path.startswith("normal/")}
+    assert len(normal) == 4 and set(model.rows) == normal
     side.mask_combo.setCurrentIndex(side.mask_combo.findData("with"))
-    assert len(model.rows) == n
+    assert len(model.rows) == n - 4 and not set(model.rows) & normal
     side.mask_combo.setCurrentIndex(side.mask_combo.findData("any"))
     name = rows[4].name[:-6]                      # e.g. "case002_US-A"
     expected = sum(1 for it in project.items if name.lower() in it.rel_path.lower())
@@ -491,3 +591,76 @@ def test_identical_files_with_different_labels_are_reported(qtbot, window, proje
     qtbot.waitUntil(lambda: any("identical files with different labels" in m for m in messages), timeout=10000)
     text = next(m for m in messages if "identical files" in m)
     assert f"benign/{src.name} (benign)" in text and f"malignant/copy-of-{src.name} (malignant)" in text
+
+
+def test_every_run_of_the_project_is_offered_by_name(qtbot, window, project_dir):
+    """MAE panel and Grad-CAM list the project's own runs by name (made after the project opened, too);
+    no hint sends the user to the command line."""
+    from core.project.runs import runs_folder
+
+    open_and_scan(qtbot, window, project_dir)
+    store = window.project.store
+    assert "medssl " not in window.mae.empty.text()
+    show_first(qtbot, window)
+    assert "medssl " not in window.viewer.ov_cam.status.text() + window.viewer.ov_cam.toolTip()
+
+    runs = runs_folder(window.project.paths.project_dir)
+    mae_dir = runs / "pretrain-1-my-mae"
+    (mae_dir / "checkpoint-last").mkdir(parents=True)
+    mae = store.add_run("pretrain", "my MAE run", {"method": "mae"}, run_dir=mae_dir, state="finished")
+    simclr_dir = runs / "pretrain-2-simclr"
+    (simclr_dir / "checkpoint-last").mkdir(parents=True)
+    store.add_run("pretrain", "a SimCLR run", {"method": "simclr"}, run_dir=simclr_dir, state="finished")
+    ens_dir = runs / "ensemble-3-three-models"
+    ens_dir.mkdir(parents=True)
+    (ens_dir / "ensemble.json").write_text('{"format": "medssl-ensemble", "members": []}')
+    ens = store.add_run("ensemble", "three models", {}, run_dir=ens_dir, state="finished")
+
+    window.show_page("mae")
+    combo = window.mae.ckpt
+    assert [combo.itemText(i) for i in range(combo.count())] == [f"my MAE run · run #{mae}"]
+    assert window.mae.checkpoint() == str(mae_dir)
+
+    window.jobs.runFinished.emit(ens, "ensemble")      # as when the ensemble job ends in this window
+    v = window.viewer
+    assert v.ov_cam.check.isEnabled()
+    assert not v.cam_ensemble.isHidden() and v.cam_ensemble.currentText() == f"three models · run #{ens}"
+    assert v.ensemble_path() == str(ens_dir / "ensemble.json")
+
+
+def test_unreadable_files_and_label_conflicts_are_itemised_until_the_next_scan(qtbot, window, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "set"
+    for cls in ("benign", "malignant"):
+        (root / cls).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(root / "benign" / "good.png")
+    shutil.copy(root / "benign" / "good.png", root / "malignant" / "copy.png")
+    (root / "benign" / "broken.png").write_bytes(b"not a png at all")
+    open_and_scan(qtbot, window, root)
+    button = window.scan_problems
+    assert button.isVisibleTo(window) and "1 unreadable file" in button.text() and "1 label conflict" in button.text()
+    dlg = button.open_list()
+    rows = [(dlg.tree.topLevelItem(i).text(0), dlg.tree.topLevelItem(i).text(1))
+            for i in range(dlg.tree.topLevelItemCount())]
+    assert len(rows) == 2
+    assert rows[0][0] == str(root / "benign" / "broken.png") and rows[0][1]
+    assert "benign/good.png (benign)" in rows[1][0] and "malignant/copy.png (malignant)" in rows[1][0]
+    assert "label" in rows[1][1]
+    dlg.close()
+    qtbot.wait(300)                                  # a later message does not hide the list
+    assert button.isVisibleTo(window)
+
+    (root / "benign" / "broken.png").unlink()
+    (root / "malignant" / "copy.png").unlink()
+    rescan(qtbot, window)
+    assert not button.isVisibleTo(window)
+
+
+def test_the_runs_browser_fits_the_screen(qtbot, window, project_dir):
+    open_and_scan(qtbot, window, project_dir)
+    dlg = window.show_runs()
+    qtbot.addWidget(dlg)
+    screen = window.screen().availableGeometry()
+    assert dlg.width() <= screen.width() and dlg.height() <= screen.height()

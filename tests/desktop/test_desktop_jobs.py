@@ -307,3 +307,39 @@ def test_a_run_of_another_process_is_shown_running_and_does_not_hold_the_queue(q
         assert store.get_run(elsewhere.id).state == "running"
     finally:
         lock.release()
+
+
+def test_opening_another_folder_or_quitting_asks_before_stopping_a_job(qtbot, window, questions, tmp_path):
+    from PySide6 import QtWidgets
+
+    folder = window.project.paths.folder
+    other = tmp_path / "other" / "benign"
+    other.mkdir(parents=True)
+    import shutil
+
+    shutil.copy(next((folder / "benign").glob("*_0.png")), other / "a.png")
+    dlg = tiny_pretrain(window, epochs=30, batch=2)
+    rid = window.launch_job("pretrain", dlg)
+    qtbot.waitUntil(lambda: len(window.jobs.entries[rid].losses) >= 1, timeout=60000)
+    title = window.jobs.entries[rid].title
+
+    questions.answer = QtWidgets.QMessageBox.StandardButton.Cancel
+    assert not window.open_path(other.parent)            # the user said no: nothing changes
+    assert title in questions[-1]
+    assert window.project.paths.folder == folder and window.jobs.entries[rid].state == "running"
+    assert not window.close()                              # quitting asks too
+    assert window.isVisible() and window.jobs.entries[rid].runner is not None
+    n_asked = len(questions)
+
+    questions.answer = QtWidgets.QMessageBox.StandardButton.Yes
+    assert window.open_path(other.parent)
+    assert len(questions) == n_asked + 1
+    qtbot.waitUntil(lambda: window.project.scan_complete, timeout=20000)
+    assert window.open_path(folder)                        # no job runs now: no question
+    assert len(questions) == n_asked + 1
+    qtbot.waitUntil(lambda: window.project.ready and rid in window.jobs.entries, timeout=30000)
+    e = window.jobs.entries[rid]
+    assert e.state == "interrupted" and window.jobs.can_resume(rid)
+    assert "another folder was opened" in e.error and "crash" not in e.error
+    window.jobs_panel.select_run(rid)
+    assert "another folder was opened" in window.jobs_panel.stats.text()

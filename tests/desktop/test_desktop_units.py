@@ -202,3 +202,11 @@ def test_app_version_and_help(capsys):
     assert "medssl-studio" in capsys.readouterr().out
     help_text = build_parser().format_help()
     assert "PROJECT" in help_text.upper() or "path" in help_text
+
+
+def test_labelled_percentage_never_rounds_up_to_done():
+    from desktop.pages.library import whole_percent
+
+    assert whole_percent(778, 779) == 99
+    assert whole_percent(779, 779) == 100
+    assert whole_percent(0, 0) == 0 and whole_percent(1, 3) == 33

@@ -1,0 +1,90 @@
+"""What the last scan could not use, itemised: each unreadable file with its reason, and each set of
+identical files filed under different labels. A status-bar button stays until the next scan and opens the
+list (a status-bar message that vanishes after a few seconds is easy to miss and names no file)."""
+
+from __future__ import annotations
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from desktop import theme
+
+CONFLICT_REASON = "identical files with different labels: the project keeps the first file's label"
+
+
+def problem_rows(errors, conflicts) -> list[tuple[str, str]]:
+    """(file, reason) rows: the scan's ``ScanError`` s, then one row per set of identical files."""
+    rows = [(str(e.path), e.reason) for e in errors]
+    rows += [(" = ".join(group), CONFLICT_REASON) for group in conflicts]
+    return rows
+
+
+def summary(errors, conflicts) -> str:
+    parts = []
+    if errors:
+        parts.append(f"{len(errors)} unreadable file{'s' if len(errors) != 1 else ''}")
+    if conflicts:
+        parts.append(f"{len(conflicts)} label conflict{'s' if len(conflicts) != 1 else ''}")
+    return " · ".join(parts)
+
+
+class ScanProblemsButton(QtWidgets.QToolButton):
+    """Status-bar button "⚠ 4 unreadable files": hidden when the last scan found nothing wrong."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.setAutoRaise(True)
+        self.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.setStyleSheet(f"QToolButton {{ color: {theme.WARN}; }}")
+        self.setToolTip("Files the scan skipped or merged, and why: click for the list")
+        self.rows: list[tuple[str, str]] = []
+        self.clicked.connect(self.open_list)
+        self.hide()
+
+    def set_problems(self, errors, conflicts) -> None:
+        self.rows = problem_rows(errors, conflicts)
+        self.setText(f"⚠ {summary(errors, conflicts)}")
+        self.setVisible(bool(self.rows))
+
+    def clear(self) -> None:
+        self.rows = []
+        self.hide()
+
+    def open_list(self) -> "ScanProblemsDialog":
+        dlg = ScanProblemsDialog(self.rows, self.window())
+        dlg.show()
+        return dlg
+
+
+class ScanProblemsDialog(QtWidgets.QDialog):
+    """The list: file, reason; Copy puts it on the clipboard as tab-separated text."""
+
+    def __init__(self, rows: list[tuple[str, str]], parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Scan problems")
+        self.setAttribute(QtCore.Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.resize(820, 360)
+        self.tree = QtWidgets.QTreeWidget()
+        self.tree.setHeaderLabels(["File", "Problem"])
+        self.tree.setRootIsDecorated(False)
+        self.tree.setWordWrap(True)
+        for path, reason in rows:
+            item = QtWidgets.QTreeWidgetItem([path, reason])
+            item.setToolTip(0, path)
+            item.setToolTip(1, reason)
+            self.tree.addTopLevelItem(item)
+        self.tree.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)   # the file name stays readable
+        self.tree.resizeColumnToContents(0)
+        self.tree.setColumnWidth(0, min(self.tree.columnWidth(0), 520))
+        copy = QtWidgets.QPushButton("Copy list")
+        copy.clicked.connect(lambda: QtGui.QGuiApplication.clipboard().setText(
+            "\n".join(f"{p}\t{r}" for p, r in rows)))
+        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)
+        buttons.addButton(copy, QtWidgets.QDialogButtonBox.ButtonRole.ActionRole)
+        buttons.rejected.connect(self.close)
+        lay = QtWidgets.QVBoxLayout(self)
+        note = QtWidgets.QLabel(f"{len(rows)} problem{'s' if len(rows) != 1 else ''} in the last scan. The other "
+                                "files were imported; fix or remove these and rescan (F5).")
+        note.setWordWrap(True)
+        lay.addWidget(note)
+        lay.addWidget(self.tree, 1)
+        lay.addWidget(buttons)
