@@ -152,10 +152,8 @@ def predict(spec: Path, demo: Path, out: Path, device: torch.device) -> dict:
 
 def onnx_export(spec: Path, out: Path, device: torch.device) -> dict:
     from core.inference.ensemble import load_ensemble
-    from core.inference.predict import export_onnx, has_onnxruntime
+    from core.inference.predict import export_onnx
 
-    if not has_onnxruntime():
-        raise Skipped("onnx / onnxruntime not installed")
     if not spec.is_file():
         raise Skipped("no ensemble file (the ensemble check did not run)")
     ens = load_ensemble(spec, str(device))

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from core.inference.ensemble import create_spec, load_ensemble  # noqa: E402
 from core.models.classifier import build_classifier, save_classifier_checkpoint  # noqa: E402
 from core.train.config import FinetuneConfig
-from core.inference.predict import (CPU_BATCH_SIZE, cached_onnx_path, export_onnx, has_onnxruntime, list_images,  # noqa: E402
+from core.inference.predict import (CPU_BATCH_SIZE, cached_onnx_path, export_onnx, list_images,  # noqa: E402
                           predict_folder)
 
 CLASSES = ["benign", "malignant", "normal"]
@@ -178,7 +178,7 @@ def main() -> int:
         ens.module(torch.rand(1, 3, args.size, args.size))
     flops_per_image = fc.get_total_flops()
 
-    backend = "onnx" if has_onnxruntime() else "torch"   # what predict_folder(backend="auto") runs on a CPU
+    backend = "onnx"   # what predict_folder(backend="auto") runs on a CPU
     export_s = None
     if backend == "onnx":
         t = time.perf_counter()

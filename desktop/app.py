@@ -61,13 +61,14 @@ def create_app(argv: Sequence[str] | None = None):
 def preload_engine() -> None:
     """Import the torch-backed engine modules now, in the UI thread, before the window exists.
 
-    Importing torch takes a few seconds and holds Python's GIL most of that time; done later from a
-    worker thread it would freeze the window for that long. Done here, behind the splash screen, the
-    window never stalls on it.
+    Importing torch (or scikit-learn, for the predictions page's confusion matrix and ROC) takes seconds and
+    holds Python's GIL most of that time; done later, even from a worker thread, it would freeze the window
+    for that long. Done here, behind the splash screen, the window never stalls on it.
     """
     import importlib
 
-    for name in ("core.analysis.entropy", "core.analysis.masking", "core.data.library", "core.project.store", "core.data.demo"):
+    for name in ("core.analysis.entropy", "core.analysis.masking", "core.data.library", "core.project.store",
+                 "core.data.demo", "sklearn.metrics"):
         importlib.import_module(name)
 
 

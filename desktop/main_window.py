@@ -14,7 +14,8 @@ from desktop.pages.jobs_panel import JobsManager, JobsPanel
 from desktop.pages.predictions import PredictionsPage
 from desktop.pages.library import LibraryPage, ProjectPanel
 from desktop.pages.mae_panel import MaePanel
-from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.project import ProjectModel
+from desktop.bridge.rows import Item
 from desktop.settings import Settings, demo_folder, demo_ready
 from desktop.shortcuts import ShortcutsDialog, keys_for
 from desktop.pages.start_page import StartPage

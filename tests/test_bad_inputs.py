@@ -88,7 +88,6 @@ def test_predict(corpus, tmp_path):
 
 
 def test_manifest_with_missing_escaping_and_formula_rows(corpus, capsys):
-    from core.cli import main
     from core.data.library import scan_folder
 
     root, bad, maybe = corpus

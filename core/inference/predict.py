@@ -59,7 +59,7 @@ from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_dist
 log = logging.getLogger(__name__)
 
 __all__ = ["list_images", "predict_folder", "export_onnx", "OnnxEnsemble", "predict_job", "output_columns",
-           "cached_onnx_path", "has_onnxruntime", "part_files"]
+           "cached_onnx_path", "part_files"]
 
 CPU_BATCH_SIZE = 4   # measured best on the 2-core CI CPU for ConvNeXt-Tiny at 224 px (bench/predict.py)
 
@@ -230,11 +230,8 @@ class OnnxEnsemble:
 
     def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True,
                  device: str = "cpu"):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeError("ONNX Runtime is missing from this install (a dependency of medssl-studio): "
-                               "pip install onnx onnxruntime") from None
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -265,15 +262,6 @@ def ort_providers(available: Sequence[str], device_type: str) -> list[str]:
     convolutions would move probabilities by about 1e-3 and fail a check of the graph that is not about them."""
     wanted = ("CUDAExecutionProvider", "CPUExecutionProvider") if device_type == "cuda" else ("CPUExecutionProvider",)
     return [p for p in wanted if p in available]
-
-
-def has_onnxruntime() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def cached_onnx_path(ens: LoadedEnsemble, opset: int = 17) -> Path:
@@ -478,8 +466,7 @@ def predict_folder(folder: str | Path, out: str | Path, *, ensemble: LoadedEnsem
                 raise ValueError("give an ensemble file (or an ONNX export)")
             ens = ensemble if isinstance(ensemble, LoadedEnsemble) else load_ensemble(ensemble, ranks.device)
             on_gpu = ens.device.type == "cuda"
-            use_onnx = backend == "onnx" or (backend == "auto" and not on_gpu and precision != "bf16"
-                                             and has_onnxruntime())
+            use_onnx = backend == "onnx" or (backend == "auto" and not on_gpu and precision != "bf16")
             if use_onnx:
                 path = cached_onnx_path(ens)
                 if ranks.is_main and not path.is_file():

@@ -24,7 +24,8 @@ import numpy as np
 from PySide6 import QtGui
 
 from desktop.bridge import mask_ops
-from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.project import ProjectModel
+from desktop.bridge.rows import Item
 
 
 # -- labels -------------------------------------------------------------------------------------------

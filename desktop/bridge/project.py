@@ -16,7 +16,7 @@ from PySide6 import QtCore, QtGui
 
 from core.jobs import Job, JobContext
 from desktop.bridge.jobs_bridge import JobRunner
-from desktop.bridge.rows import Item, OpenResult, lesion_mask_count, quick_listing, read_items  # noqa: F401  (re-exported)
+from desktop.bridge.rows import Item, OpenResult, lesion_mask_count, read_items
 from desktop.settings import ProjectPaths, locate_project
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
-from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.project import ProjectModel
+from desktop.bridge.rows import Item
 from desktop.bridge.thumbs import ThumbnailService
 
 ItemRole = QtCore.Qt.ItemDataRole.UserRole + 1

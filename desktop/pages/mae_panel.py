@@ -15,7 +15,8 @@ from PySide6 import QtCore, QtWidgets
 from desktop import theme
 from desktop.widgets.canvas import ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
-from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.project import ProjectModel
+from desktop.bridge.rows import Item
 from desktop.bridge.rows import run_choices
 
 META_KEY = "desktop.mae_checkpoint"

@@ -16,7 +16,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core import csvcells
 from desktop import theme
-from desktop.pages.jobs_panel import CURVE_COLORS, style_plot
+from desktop.pages.jobs_panel import style_plot
 from desktop.widgets.elided_label import ElidedLabel
 
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
@@ -213,28 +213,24 @@ def export_csv(path: str | Path, model: PredictionsModel, proxy: QtCore.QSortFil
     return n
 
 
-# -- confusion / ROC (numpy; labelled images) -----------------------------------------------------------
-# numpy, not scikit-learn: importing sklearn takes 1-8 s and froze the window the first time the page showed
+# -- confusion / ROC (labelled images) ------------------------------------------------------------------
+# scikit-learn is imported behind the splash screen (desktop.app.preload_engine): here it is already loaded
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """[n, n] counts: rows the true class, columns the predicted one."""
-    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
-    return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y, pred, labels=list(range(n)))
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(fpr, tpr, auc) of one-vs-rest scores, one point per distinct score (ties move together, as in
-    scikit-learn's roc_curve); auc is NaN when a class is missing."""
-    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    """(fpr, tpr, auc) of one-vs-rest scores; auc is NaN when a class is missing."""
+    from sklearn import metrics
+
+    positive = np.asarray(positive, dtype=bool)
     if positive.all() or not positive.any():
         return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, pos = scores[order], positive[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(pos)[last_of_tie]
-    fp = (last_of_tie + 1) - tp
-    tpr = np.r_[0.0, tp / pos.sum()]
-    fpr = np.r_[0.0, fp / (~pos).sum()]
-    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+    fpr, tpr, _ = metrics.roc_curve(positive, scores)
+    return fpr, tpr, float(metrics.auc(fpr, tpr))
 
 
 class ConfusionRocView(QtWidgets.QWidget):

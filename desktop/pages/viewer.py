@@ -23,7 +23,8 @@ from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.canvas import Z_CAM, Z_HEAT, Z_LESION, Z_MAE, ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.widgets.overlays import ColorBar, OverlayControl, SwatchLegend
-from desktop.bridge.project import Item, ProjectModel
+from desktop.bridge.project import ProjectModel
+from desktop.bridge.rows import Item
 from desktop.bridge.rows import run_choices
 
 WL_PRESETS = [("full", "Full range"), ("auto", "Auto (1–99 %)"), ("narrow", "High contrast (5–95 %)"),

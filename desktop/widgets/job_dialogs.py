@@ -16,7 +16,6 @@ from typing import Sequence
 
 from PySide6 import QtCore, QtWidgets
 
-from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller
 from desktop.widgets.weights_offer import WeightsOffer
 
@@ -612,4 +611,4 @@ class PredictDialog(JobDialog):
 
 
 DIALOGS = {"pretrain": PretrainDialog, "finetune": FinetuneDialog, "ensemble": EnsembleDialog, "predict": PredictDialog}
-__all__ = ["DIALOGS", "PretrainDialog", "FinetuneDialog", "EnsembleDialog", "PredictDialog", "devices", "theme"]
+__all__ = ["DIALOGS", "PretrainDialog", "FinetuneDialog", "EnsembleDialog", "PredictDialog", "device_entries"]

@@ -115,7 +115,7 @@ def test_version_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [f"medssl", __version__, "False"]
+    assert out.stdout.split() == ["medssl", __version__, "False"]
 
 
 @pytest.mark.parametrize("command", [["finetune"], ["pretrain", "mae", "FOLDER"]])
