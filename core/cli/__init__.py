@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobCancelled as exc:
         print(f"medssl: {exc}", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as exc:
         print(f"medssl: error: {exc}", file=sys.stderr)
         return 1
 

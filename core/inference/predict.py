@@ -50,7 +50,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from core import csvcells
 from core.csvcells import unescape_cell
-from core.inference.ensemble import LoadedEnsemble, js_divergence, load_ensemble, predictive_entropy
+from core.analysis.metrics import js_divergence, predictive_entropy
+from core.inference.ensemble import LoadedEnsemble, load_ensemble
 from core.inference.logits import to_unit_float
 from core.data.transforms import load_8bit, resize_pil
 from core.data.walk import walk_folder

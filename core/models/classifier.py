@@ -93,16 +93,19 @@ def load_matching_weights(model: nn.Module, sd: dict[str, torch.Tensor], what: s
 def pretrained_metadata(path: str | Path) -> dict:
     """What a pretraining checkpoint says about itself: method, backbone, timm_kwargs, image_size,
     mean, std (from ``encoder.safetensors`` metadata or the checkpoint's config.json); {} if unknown."""
-    from core.pretrain.config import RENAMED_KEYS
+    from core.pretrain.config import current_names
+    from core.train.checkpoint import PRETRAIN_DIR, find_checkpoint_dir
 
     p = Path(path)
-    cands = [p / "config.json", p / "checkpoint-last" / "config.json"] if p.is_dir() else [p.parent / "config.json"]
+    if p.is_dir():
+        last = find_checkpoint_dir(p / PRETRAIN_DIR)      # also what a kill between two renames left
+        cands = [p / "config.json"] + ([last / "config.json"] if last is not None else [])
+    else:
+        cands = [p.parent / "config.json"]
     meta: dict[str, Any] = {}
     enc = p / "encoder.safetensors" if p.is_dir() else p
     if enc.is_file() and enc.suffix == ".safetensors":
-        raw = safetensors_metadata(enc)
-        for k, v in raw.items():
-            k = RENAMED_KEYS.get(k, k)
+        for k, v in current_names(safetensors_metadata(enc)).items():
             try:
                 meta[k] = json.loads(v) if k in ("timm_kwargs", "mean", "std", "image_size") else v
             except ValueError:
@@ -113,7 +116,7 @@ def pretrained_metadata(path: str | Path) -> dict:
                 cfg = read_json(c)
             except ValueError:
                 continue
-            inner = {RENAMED_KEYS.get(k, k): v for k, v in cfg.get("config", cfg).items()}
+            inner = current_names(cfg.get("config", cfg))
             for k in ("method", "backbone", "timm_kwargs", "image_size", "mean", "std"):
                 if k in inner:
                     meta[k] = inner[k]

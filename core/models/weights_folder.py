@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core.data.library import file_sha256
 from core.models.weights import split_name, weights_dir
+from core.train.checkpoint import fsync_path, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -102,23 +103,8 @@ def read_manifest() -> dict[str, InstalledWeights]:
     return {name: InstalledWeights(**entry) for name, entry in raw.items()}
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(entries: dict[str, InstalledWeights]) -> None:
-    folder = weights_dir()
-    tmp = folder / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({n: asdict(e) for n, e in sorted(entries.items())}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
-    _fsync_dir(folder)
+    write_json_atomic(weights_dir() / MANIFEST, {n: asdict(e) for n, e in sorted(entries.items())}, indent=1)
 
 
 def check_fits(name: str, path: Path) -> int:
@@ -153,19 +139,17 @@ def install_file(src: Path, name: str, source: str, *, sha256: str | None = None
     final = folder / f"{name}{suffix}"
     digest = sha256 or file_sha256(src)
     if move:
-        with open(src, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_path(src)
         os.replace(src, final)
     else:
         tmp = folder / f".{name}{suffix}.importing"
         shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_path(tmp)
         if file_sha256(tmp) != digest:
             tmp.unlink(missing_ok=True)
             raise WeightsFileError(f"{src}: the copy in {folder} differs from the original (disk error?)")
         os.replace(tmp, final)
-    _fsync_dir(folder)
+    fsync_path(folder)
     try:
         licence = pretrained_cfg(name).get("license")
     except WeightsFileError:

@@ -12,6 +12,11 @@ from core.train.precision import PRECISION_HELP, PRECISIONS
 
 # Runs written before the option names were aligned with fine-tuning's: old name -> new name.
 RENAMED_KEYS = {"backbone_kwargs": "timm_kwargs", "clip_grad": "grad_clip", "workers": "num_workers"}
+
+
+def current_names(d: dict) -> dict:
+    """A stored config (or encoder metadata) with today's option names."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in d.items()}
 # Config fields that must match for --resume (everything that changes the trajectory).
 IDENTITY_KEYS = ("method", "backbone", "timm_kwargs", "image_size", "cell", "epochs", "batch_size",
                  "accum_steps", "lr", "min_lr", "weight_decay", "betas", "warmup_epochs", "grad_clip",
@@ -62,7 +67,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        d = {RENAMED_KEYS.get(k, k): v for k, v in d.items()}
+        d = current_names(d)
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.betas, cfg.mean, cfg.std = tuple(cfg.betas), tuple(cfg.mean), tuple(cfg.std)
         return cfg

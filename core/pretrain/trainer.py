@@ -50,7 +50,7 @@ import torch.nn as nn
 
 from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
-from core.pretrain.config import IDENTITY_KEYS, RENAMED_KEYS, TrainConfig
+from core.pretrain.config import IDENTITY_KEYS, TrainConfig, current_names
 from core.train.checkpoint import read_json, resolve_pretrain_checkpoint, trim_epoch_log, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
@@ -138,7 +138,7 @@ def _medssl_version() -> str:
 def _config_differences(saved: dict, current: TrainConfig, fingerprint: str | None) -> list[str]:
     diffs = []
     cur = current.to_dict()
-    was = {RENAMED_KEYS.get(k, k): v for k, v in saved["config"].items()}
+    was = current_names(saved["config"])
     for k in IDENTITY_KEYS:
         a, b = was.get(k), json.loads(json.dumps(cur[k]))
         if a != b:

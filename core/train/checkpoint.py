@@ -29,7 +29,8 @@ def _complete(folder: Path, required: tuple[str, ...]) -> bool:
     return all((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in required)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (its entries) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -73,7 +74,7 @@ def write_json_atomic(path: str | Path, obj: Any, **dump_kwargs) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(path.parent)
+    fsync_path(path.parent)
     return path
 
 
@@ -113,7 +114,7 @@ def trim_epoch_log(path: str | Path, epochs_done: int) -> int:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
     return len(lines) - len(kept)
 
 
@@ -128,8 +129,8 @@ def write_checkpoint_dir(final: str | Path, write: Callable[[Path], None]) -> Pa
     try:
         write(tmp)
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)        # its space back; the complete checkpoint is untouched
         clear = _write_failure(final, exc)
@@ -140,7 +141,7 @@ def write_checkpoint_dir(final: str | Path, write: Callable[[Path], None]) -> Pa
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
 

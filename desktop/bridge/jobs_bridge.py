@@ -7,9 +7,7 @@ signals and never touch the job's thread. The training-jobs panel reuses this ad
 
 from __future__ import annotations
 
-
 import time
-from typing import Any
 
 from PySide6 import QtCore
 
@@ -113,15 +111,6 @@ class JobRunner(QtCore.QObject):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-
-
-def run_job(name: str, fn, *, parent: QtCore.QObject | None = None, state_dir=None) -> JobRunner:
-    """Convenience: wrap ``fn(ctx)`` in a Job and return its (not yet started) runner."""
-    return JobRunner(Job(name, fn, state_dir=state_dir), parent)
-
-
-def result_of(runner: JobRunner) -> Any:
-    return runner.job.result
 
 
 class _CallSignals(QtCore.QObject):
