@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from core.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, is_mask_file, mask_image_stem, probe_image, read_image
-from core.data.walk import attach_masks, walk_folder
+from core.data.walk import ScanError, attach_masks, walk_folder
 
 if TYPE_CHECKING:
     from core.jobs import JobContext
@@ -63,17 +63,6 @@ class ImageRecord:
     width: int = 0
     height: int = 0
     is_color: bool = False
-
-
-@dataclass(frozen=True)
-class ScanError:
-    """A file the scan could not use, and why (one human sentence)."""
-
-    path: Path
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 @dataclass
@@ -146,7 +135,7 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     if not root_path.is_dir():
         raise NotADirectoryError(f"{root_path}: not a folder")
     walk = walk_folder(root_path, ctx=ctx)
-    errors = [ScanError(p.path, p.reason) for p in walk.problems]
+    errors = list(walk.problems)
     image_paths = set(walk.images)
     mask_paths = walk.mask_files
     manifest = _read_manifest(root_path, errors)

@@ -15,9 +15,9 @@ folder means the same images everywhere. The rules:
 - Symbolic links: a link to a file is an image like its target. A link to a folder is followed, but
   every real folder is listed once: a folder reached both directly and through a link is listed under
   its direct path, and a link back to a folder already listed (a loop) is not entered. A link that leads
-  nowhere (missing target, or a link to itself) with an image suffix is a :class:`WalkProblem`.
+  nowhere (missing target, or a link to itself) with an image suffix is a :class:`ScanError`.
 - A name that is not valid UTF-8 (possible on Linux) cannot be stored or shown faithfully: such an
-  image, or folder, is a :class:`WalkProblem` (its path written with ``\\xNN`` escapes) and is skipped;
+  image, or folder, is a :class:`ScanError` (its path written with ``\\xNN`` escapes) and is skipped;
   the walk goes on. So is a folder that
   cannot be listed (permissions).
 - ``exclude`` folders (e.g. an output folder inside the input) are not entered.
@@ -38,7 +38,7 @@ from core.data.imageio import IMAGE_EXTENSIONS, is_dicom_file, is_mask_file, mas
 if TYPE_CHECKING:
     from core.jobs import JobContext
 
-__all__ = ["FolderWalk", "WalkProblem", "walk_folder", "attach_masks", "is_image_name", "printable_path"]
+__all__ = ["FolderWalk", "ScanError", "walk_folder", "attach_masks", "is_image_name", "printable_path"]
 
 SKIPPED_NAMES = frozenset({"DICOMDIR"})
 _MASK_INDEX = re.compile(r"_mask(?:_(\d+))?\.png$", re.IGNORECASE)
@@ -46,8 +46,8 @@ _IMAGE_SUFFIXES = frozenset(e.lower() for e in IMAGE_EXTENSIONS)
 
 
 @dataclass(frozen=True)
-class WalkProblem:
-    """An entry the walk could not use, and why (one human sentence)."""
+class ScanError:
+    """A file the walk or the scan could not use, and why (one human sentence)."""
 
     path: Path
     reason: str
@@ -65,7 +65,7 @@ class FolderWalk:
     masks: dict[Path, list[Path]] = field(default_factory=dict)      # image -> its mask files
     mask_files: list[Path] = field(default_factory=list)             # every mask file found
     orphan_masks: list[Path] = field(default_factory=list)           # mask files with no image
-    problems: list[WalkProblem] = field(default_factory=list)
+    problems: list[ScanError] = field(default_factory=list)
 
     def rel_path(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -94,7 +94,7 @@ def walk_folder(root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike]
     seen = {os.path.realpath(root_path)}
     images: list[Path] = []
     mask_files: list[Path] = []
-    problems: list[WalkProblem] = []
+    problems: list[ScanError] = []
     real_dirs: list[Path] = [root_path]   # folders to list now (reached without a link)
     linked_dirs: list[Path] = []          # folder links, entered once every direct folder is listed
     while real_dirs or linked_dirs:
@@ -125,13 +125,13 @@ def walk_folder(root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike]
 
 
 def _list_folder(folder: Path, images: list[Path], masks: list[Path],
-                 problems: list[WalkProblem]) -> tuple[list[Path], list[Path]]:
+                 problems: list[ScanError]) -> tuple[list[Path], list[Path]]:
     """Sort one folder's entries: images and masks into the lists; (sub-folders, folder links) returned."""
     try:
         with os.scandir(folder) as it:
             entries = list(it)
     except OSError as exc:
-        problems.append(WalkProblem(printable_path(folder), f"cannot list the folder ({exc.strerror or exc})"))
+        problems.append(ScanError(printable_path(folder), f"cannot list the folder ({exc.strerror or exc})"))
         return [], []
     subdirs: list[Path] = []
     links: list[Path] = []
@@ -146,7 +146,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
             is_dir = False
         if is_dir:
             if not _valid_utf8(name):
-                problems.append(WalkProblem(printable_path(path), "the folder name is not valid UTF-8, so its "
+                problems.append(ScanError(printable_path(path), "the folder name is not valid UTF-8, so its "
                                                               "images were skipped (rename it)"))
             elif entry.is_symlink():
                 links.append(path)
@@ -156,7 +156,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
         by_name = is_image_name(name) or is_mask_file(name)
         if entry.is_symlink() and not os.path.exists(path):
             if by_name:
-                problems.append(WalkProblem(printable_path(path), "symbolic link that leads nowhere (its target is "
+                problems.append(ScanError(printable_path(path), "symbolic link that leads nowhere (its target is "
                                                               "missing, or it points back to itself)"))
             continue
         if not _is_regular_file(entry):
@@ -164,7 +164,7 @@ def _list_folder(folder: Path, images: list[Path], masks: list[Path],
         if not (by_name or is_dicom_file(path)):
             continue
         if not _valid_utf8(name):
-            problems.append(WalkProblem(printable_path(path), "the file name is not valid UTF-8, so it was skipped "
+            problems.append(ScanError(printable_path(path), "the file name is not valid UTF-8, so it was skipped "
                                                           "(rename it)"))
         elif is_mask_file(name):
             masks.append(path)
