@@ -56,6 +56,8 @@ def register_cli(subparsers) -> None:
     s.add_argument("--split-name", default="default",
                    help="with --project: the split saved in the store under this name (made and saved on "
                         "first use; k-fold splits are saved as NAME-Kfold), so all runs share it")
+    s.add_argument("--folds-file", default=None, metavar="FOLDS_JSON",
+                   help="with --kfold: the folds a study made (its OUT/folds.json), to rerun a study's fold by hand")
     s.add_argument("--new-split", action="store_true",
                    help="with --project: make the split again (seed, fractions) and replace the saved one; runs "
                         "already made keep their own split.json")
@@ -80,6 +82,9 @@ def _finetune(args) -> int:
         raise ValueError("give --out RUN_DIR (the run folder)")
     if not args.out and args.resume:
         raise ValueError("--resume continues the run in --out: give --out RUN_DIR")
+    if args.folds_file and (not args.kfold or args.project):
+        raise ValueError("--folds-file goes with --kfold K and an image folder (a project keeps its folds by "
+                         "--split-name)")
     init = args.init or ("pretrained" if args.init_weights else "imagenet")
     backbone, timm_kwargs = args.backbone, dict(args.timm_kwarg)
     if init == "pretrained":
@@ -110,7 +115,7 @@ def _finetune(args) -> int:
     else:
         job = finetune_job(cfg, args.out, folder=args.data, project=args.project, kfold=args.kfold,
                            resume=args.resume, folds=args.folds, split_name=args.split_name,
-                           new_split=args.new_split)
+                           new_split=args.new_split, folds_file=args.folds_file)
         result, out = run_with_progress(job, quiet=args.quiet or not main_rank), Path(args.out)
     if not main_rank:
         return 0

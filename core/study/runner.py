@@ -99,13 +99,13 @@ def finetune_config(cfg: StudyConfig, member: str, init_weights: str | None = No
 
 def finetune_command(cfg: StudyConfig, member: str, fold: int, out: str, init_weights: str | None = None
                      ) -> list[str]:
-    """``medssl finetune`` arguments that rerun one fold of a member by hand (a project study: its folds
-    are saved in the store under the study's split name) and give the same numbers."""
-    if not cfg.project:
-        raise ValueError("a fold is rerun by hand from the project the study ran on (--project)")
+    """``medssl finetune`` arguments that rerun one fold of a member by hand and give the same numbers: the
+    folds come from the store under the study's split name (a project study) or from ``OUT/folds.json``."""
     c = finetune_config(cfg, member, init_weights)
-    args = ["finetune", "--project", cfg.project, "--out", out, "--kfold", str(cfg.k), "--folds", str(fold),
-            "--split-name", study_split_name(cfg), "--backbone", c.backbone, "--init", c.init,
+    source = (["--project", cfg.project, "--split-name", study_split_name(cfg)] if cfg.project
+              else [str(Path(cfg.data).absolute()), "--folds-file", str(Path(cfg.out).absolute() / "folds.json")])
+    args = ["finetune", *source, "--out", out, "--kfold", str(cfg.k), "--folds", str(fold),
+            "--backbone", c.backbone, "--init", c.init,
             "--image-size", str(c.image_size), "--epochs", str(c.epochs), "--batch-size", str(c.batch_size),
             "--lr", str(c.lr), "--warmup-epochs", str(c.warmup_epochs), "--patience", str(c.patience),
             "--seed", str(c.seed), "--precision", c.precision]
@@ -363,11 +363,10 @@ class Study:
         notes = ["Ensemble weights (A, B) per fold: "
                  + "; ".join(f"fold {f.fold}: {f.extra['weights'][0]:.2f}, {f.extra['weights'][1]:.2f} "
                              f"(T = {f.extra['temperature']:.2f})" for f in folds)]
-        if cfg.project:
-            import shlex
+        import shlex
 
-            notes.append("Rerun fold 0 of member A by hand (same numbers): medssl " + " ".join(
-                shlex.quote(a) for a in finetune_command(cfg, MEMBER_A, 0, str(self.out / "rerun-A-fold0"))))
+        notes.append("Rerun fold 0 of member A by hand (same numbers): medssl " + " ".join(
+            shlex.quote(a) for a in finetune_command(cfg, MEMBER_A, 0, str(self.out / "rerun-A-fold0"))))
         config = {**cfg.to_dict(), "settings": s,
                   "finetune": {m: finetune_config(cfg, m).to_dict() for m in (MEMBER_A, MEMBER_B)}}
         return StudyOutcome(f"Study: {Path(cfg.data or cfg.project).name}", data.classes, models, folds, comparisons,

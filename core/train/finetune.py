@@ -410,11 +410,32 @@ def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: 
 
 
 # ---------------------------------------------------------------------------------------------------- job
+def folds_from_file(path: str | Path, data: "LabeledData", k: int) -> list[int | None]:
+    """The fold of every sample from a study's ``folds.json`` (``{"k": K, "fold": {rel_path: i}}``); images
+    the file does not list are left out, as the study left them out."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        fold, saved_k = dict(saved["fold"]), int(saved["k"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a folds file ({exc})") from None
+    if saved_k != k:
+        raise ValueError(f"{path} holds a {saved_k}-fold split; pass --kfold {saved_k}")
+    if any(not isinstance(f, int) or not 0 <= f < k for f in fold.values()):
+        raise ValueError(f"{path}: fold numbers must be 0..{k - 1}")
+    fold_of = [fold.get(s.rel_path) for s in data.samples]
+    if not any(f is not None for f in fold_of):
+        raise ValueError(f"{path}: none of its images is in the data")
+    return fold_of
+
+
 def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path | None = None,
                  project: str | Path | None = None, kfold: int | None = None, resume: bool = False,
-                 folds: Sequence[int] | None = None, split_name: str = "default", new_split: bool = False):
+                 folds: Sequence[int] | None = None, split_name: str = "default", new_split: bool = False,
+                 folds_file: str | Path | None = None):
     """A ``core.jobs.Job`` for one run or a k-fold run; state dir = the run folder. With a project store the
-    split comes from (or is saved to) the store under ``split_name`` (``new_split``: made again)."""
+    split comes from (or is saved to) the store under ``split_name`` (``new_split``: made again); with
+    ``folds_file`` (a study's ``folds.json``) the k-fold split is the one a study made."""
     from core.jobs import Job
 
     run_dir = Path(run_dir)
@@ -434,7 +455,10 @@ def finetune_job(cfg: FinetuneConfig, run_dir: str | Path, *, folder: str | Path
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                                   f"another --out")
         if kfold:
-            fold_of = project_folds(cfg, data, kfold, project, split_name, ctx, new_split) if project else None
+            if folds_file:
+                fold_of = folds_from_file(folds_file, data, kfold)
+            else:
+                fold_of = project_folds(cfg, data, kfold, project, split_name, ctx, new_split) if project else None
             from core.train.kfold import run_kfold   # kfold builds on finetune()
 
             return run_kfold(cfg, data, run_dir, kfold, resume=resume, ctx=ctx, folds=folds, fold_of=fold_of)

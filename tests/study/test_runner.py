@@ -131,7 +131,8 @@ def test_study_rejects_unknown_settings(demo_dir, tmp_path):
         tiny_study(demo_dir, tmp_path, overrides={"epoch": 3}).settings()
 
 
-def test_a_project_study_fold_rerun_by_hand_gives_the_same_numbers(demo_dir, tmp_path):
+@pytest.mark.parametrize("source", ["project", "folder"])
+def test_a_study_fold_rerun_by_hand_gives_the_same_numbers(demo_dir, tmp_path, source):
     import shutil
 
     from core.cli import main
@@ -140,12 +141,15 @@ def test_a_project_study_fold_rerun_by_hand_gives_the_same_numbers(demo_dir, tmp
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
-    assert main(["scan", str(data), "--store", "--json"]) == 0
-    db = str(default_store_path(data))
-    cfg = tiny_study(None, tmp_path / "st", data=None, project=db, k=2, control=False, panels=0)
+    if source == "project":
+        assert main(["scan", str(data), "--store", "--json"]) == 0
+        cfg = tiny_study(None, tmp_path / "st", data=None, project=str(default_store_path(data)), k=2,
+                         control=False, panels=0)
+    else:       # the folds travel in OUT/folds.json (medssl finetune --folds-file)
+        cfg = tiny_study(data, tmp_path / "st", k=2, control=False, panels=0)
     run_logged(cfg)
     rep = json.loads((tmp_path / "st" / "report" / "report.json").read_text())
-    assert "medssl finetune --project" in " ".join(rep["notes"])
+    assert ("--project" if source == "project" else "--folds-file") in " ".join(rep["notes"])
     for member, init in ((MEMBER_A, None), (MEMBER_B, str(tmp_path / "st" / "pretrain" / "entropy-fold1"))):
         by_hand = tmp_path / f"hand-{member}"
         assert main(finetune_command(cfg, member, 1, str(by_hand), init) + ["--quiet"]) == 0
@@ -153,3 +157,22 @@ def test_a_project_study_fold_rerun_by_hand_gives_the_same_numbers(demo_dir, tmp
         assert (json.loads((by_hand / "fold1" / "metrics.json").read_text())["test"]
                 == json.loads((study_fold / "metrics.json").read_text())["test"])
         assert (by_hand / "fold1" / "logits_test.csv").read_text() == (study_fold / "logits_test.csv").read_text()
+
+
+def test_folds_file_is_checked(demo_dir, tmp_path):
+    from core.train.data import load_labeled_data
+    from core.train.finetune import folds_from_file
+
+    data = load_labeled_data(demo_dir)
+    path = tmp_path / "folds.json"
+    path.write_text(json.dumps({"k": 3, "fold": {data.samples[0].rel_path: 0, data.samples[1].rel_path: 2}}))
+    fold_of = folds_from_file(path, data, 3)
+    assert fold_of[:2] == [0, 2] and set(fold_of[2:]) == {None}
+    with pytest.raises(ValueError, match="3-fold split; pass --kfold 3"):
+        folds_from_file(path, data, 5)
+    path.write_text(json.dumps({"k": 3, "fold": {data.samples[0].rel_path: 7}}))
+    with pytest.raises(ValueError, match="fold numbers must be 0..2"):
+        folds_from_file(path, data, 3)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="folds.json: not a folds file"):
+        folds_from_file(path, data, 3)
