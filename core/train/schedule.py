@@ -36,7 +36,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     gets ``lr_scale = layer_decay ** (d - i)``: the pretrained stem moves least)."""
     skip = no_weight_decay_names(model)
     if layer_decay and layer_decay < 1.0:
-        from timm.optim._param_groups import param_groups_layer_decay
+        from timm.optim import param_groups_layer_decay
 
         return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
     decay, no_decay = [], []
