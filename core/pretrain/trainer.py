@@ -50,7 +50,7 @@ import torch.nn as nn
 
 from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
-from core.pretrain.config import IDENTITY_KEYS, TrainConfig, current_names
+from core.pretrain.config import IDENTITY_KEYS, TRAIN_OPTIONS, TrainConfig, current_names
 from core.train.checkpoint import read_json, resolve_pretrain_checkpoint, trim_epoch_log, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
@@ -161,6 +161,7 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
     ckpt = resolve_pretrain_checkpoint(path)
     meta = read_json(ckpt / "config.json")
     config = TrainConfig.from_dict(meta["config"])
+    TRAIN_OPTIONS.check_config(config, ckpt / "config.json")       # before a model of that size is built
     model = get_method(config.method).build(config)
     model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=True)
     return model.to(device).eval(), config, meta
@@ -335,6 +336,7 @@ class _Run:
 
 
 def _validate(config: TrainConfig, method) -> None:
+    TRAIN_OPTIONS.check_config(config)         # the CLI's bounds, also for a config from a project store
     method.check_options(config.options, config)
     if config.image_size % config.cell:
         raise ValueError(f"image size {config.image_size} must be a multiple of {config.cell}")

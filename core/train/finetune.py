@@ -49,7 +49,7 @@ from core.models.classifier import build_classifier, save_classifier_checkpoint
 from core.models.weights import read_safetensors, read_torch_file
 from core.train.checkpoint import (REQUIRED, find_checkpoint_dir, read_json, repair_checkpoint_dir, trim_epoch_log,
                                    write_json_atomic)
-from core.train.config import FinetuneConfig
+from core.train.config import AUGMENT_OPTIONS, FINETUNE_OPTIONS, FinetuneConfig
 from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, LabeledData, Sample, load_labeled_data,
                              project_folds, project_parts, write_split)
 from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
@@ -271,6 +271,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     config's fractions and seed (stratified, grouped by case).
     """
     run_dir = Path(run_dir)
+    FINETUNE_OPTIONS.check_config(cfg)         # the CLI's bounds, also for a config from a project store
+    AUGMENT_OPTIONS.check_config(cfg.aug)
     dd = setup_distributed(cfg.device)
     is_main, world, device = dd.is_main, dd.world_size, dd.device
 
