@@ -531,7 +531,8 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
         root = Path(data_root) if data_root else Path(s["root"])
         if ctx is not None:
             ctx.progress(k, len(spec.members), message=f"member {m.name}")
-        lg = _member_logits(ck, rel, root, part, device, ctx)
+        with _naming(spec, m):
+            lg = _member_logits(ck, rel, root, part, device, ctx)
         t = m.temperature or 1.0
         if calibrate:
             vrel = [r for r, _ in s.get("val") or []]

@@ -193,7 +193,7 @@ def test_reconstruct_refuses_a_pickle(mae_run, demo_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["optimizer.pt", "model.safetensors"])
-def test_resume_state_refuses_a_pickle(name, mae_run, demo_dir, tmp_path, capsys):
+def test_resume_state_refuses_a_pickle(name, mae_run, finetuned_run, demo_dir, tmp_path, capsys):
     """The resume state of a pretraining run (auto-resume by the same command) and of a fine-tuning run."""
     run = tmp_path / "mae"
     shutil.copytree(mae_run, run)
