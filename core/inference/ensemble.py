@@ -9,7 +9,16 @@ Ensemble file (JSON; member paths relative to the file)::
 
 ``checkpoint`` is a checkpoint folder, a fine-tuning run folder (its ``checkpoint-best``) or, for
 cross-validated evaluation only, a k-fold run folder. ``temperature`` is written by calibration (absent or
-null = 1, uncalibrated).
+null = 1, uncalibrated). ``absolute``: where the member was when the file was written.
+
+Members outside the file's folder are allowed, with checks. The window keeps each ensemble in its own run
+folder beside the members' (``runs/ensemble-7/ensemble.json`` -> ``../finetune-3``), so a member path may
+climb out of the folder (``../x``) or be absolute. A member is resolved relative to the file, else at its
+``absolute`` place (the ensemble's folder moved without its members); one found at neither is an error
+naming the file and the member. Whatever a path points at is only read as a classifier checkpoint:
+``config.json`` of the MedSSL classifier format and safetensors weights (never unpickled), anything else is
+refused naming the file and the member; nothing is ever written at a member's path (temperatures go into
+the ensemble file, reports beside it).
 
 Calibration: each member's logits on *its own* validation split (``split.json`` of its run) are scaled by
 one temperature T fitted by minimising the negative log-likelihood (torch LBFGS on log T). Then the
@@ -24,6 +33,7 @@ output for ConvNeXt, the head conv for EfficientNet) and the gradient of the cla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -59,6 +69,7 @@ class EnsembleMember:
     name: str = ""
     weight: float = 1.0
     temperature: float | None = None
+    absolute: str | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -71,10 +82,16 @@ class EnsembleSpec:
     extra: dict = field(default_factory=dict)
 
     def resolve(self, member: EnsembleMember) -> Path:
+        """The member's folder: relative to the file, else where it was when the file was written."""
         p = Path(member.checkpoint).expanduser()
         if not p.is_absolute() and self.path is not None:
             p = self.path.parent / p
-        return p
+        if p.exists():
+            return p
+        if member.absolute and Path(member.absolute).exists():
+            return Path(member.absolute)
+        raise FileNotFoundError(f"{self.path}: member {member.name}: {member.checkpoint} does not exist (looked "
+                                f"for {p}{' and ' + member.absolute if member.absolute else ''})")
 
     def save(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path is not None else self.path
@@ -125,11 +142,23 @@ def load_spec(path: str | Path) -> EnsembleSpec:
             raise ValueError(f"{path}: member {i} has no 'checkpoint' path")
         w = _positive_number(m.get("weight", 1.0), path, f"member {i}'s weight")
         t = m.get("temperature")
+        absolute = m.get("absolute")
         out.append(EnsembleMember(m["checkpoint"], str(m.get("name") or f"m{i}"), w,
                                   _positive_number(t, path, f"member {i}'s temperature") if t is not None
-                                  else None))
+                                  else None, absolute if isinstance(absolute, str) else None))
     extra = {k: v for k, v in d.items() if k not in ("format", "version", "members")}
     return EnsembleSpec(out, path.resolve(), extra)
+
+
+@contextlib.contextmanager
+def _naming(spec: EnsembleSpec, member: EnsembleMember):
+    """A member that is not a classifier checkpoint: the error names the ensemble file and the member."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as exc:
+        text = str(exc)
+        raise ValueError(text if text.startswith(str(spec.path)) else f"{spec.path}: member {member.name}: {text}"
+                         ) from None
 
 
 def create_spec(path: str | Path, checkpoints: Sequence[str | Path], *, names: Sequence[str] | None = None,
@@ -144,7 +173,7 @@ def create_spec(path: str | Path, checkpoints: Sequence[str | Path], *, names: S
         except ValueError:
             rel = str(c)
         members.append(EnsembleMember(rel, names[i] if names else c.name,
-                                      float(weights[i]) if weights else 1.0))
+                                      float(weights[i]) if weights else 1.0, absolute=str(c)))
     spec = EnsembleSpec(members, path)
     spec.save()
     return spec
@@ -320,7 +349,8 @@ def load_ensemble(spec: EnsembleSpec | str | Path, device: str | torch.device | 
         if is_kfold_run(p):
             raise ValueError(f"member {m.name}: {p} is a k-fold run; point the ensemble at one checkpoint "
                              f"(e.g. {p}/fold0) for prediction, or use `medssl ensemble` to evaluate CV")
-        model, cfg = load_classifier(p, device)
+        with _naming(spec, m):
+            model, cfg = load_classifier(p, device)
         models.append(model)
         configs.append(cfg)
         if m.temperature is None:
@@ -476,7 +506,10 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
     from core.train.distributed import pick_device
 
     device = pick_device(str(device) if device else None)
-    ckpts = [resolve_classifier_checkpoint(spec.resolve(m)) for m in spec.members]
+    ckpts = []
+    for m in spec.members:
+        with _naming(spec, m):
+            ckpts.append(resolve_classifier_checkpoint(spec.resolve(m)))
     splits = [read_split(c.parent if c.name.startswith("checkpoint-") else c) for c in ckpts]
     classes = splits[0]["classes"]
     for m, s in zip(spec.members, splits):
@@ -498,7 +531,8 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
         root = Path(data_root) if data_root else Path(s["root"])
         if ctx is not None:
             ctx.progress(k, len(spec.members), message=f"member {m.name}")
-        lg = _member_logits(ck, rel, root, part, device, ctx)
+        with _naming(spec, m):
+            lg = _member_logits(ck, rel, root, part, device, ctx)
         t = m.temperature or 1.0
         if calibrate:
             vrel = [r for r, _ in s.get("val") or []]

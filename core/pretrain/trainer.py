@@ -22,8 +22,8 @@ Run folder (``config.out``)::
     job.json, job.log                   core.jobs status and events (when run as a job with this state dir)
 
 Resume (``resume=``) restores everything: weights, optimizer, RNG, epoch/step counters, epoch
-accumulators. The continued run gives the same losses as an uninterrupted one (same device and
-precision), because nothing random depends on process state: batches come from a per-epoch seeded
+accumulators, the NaN guard's counts. The continued run gives the same losses as an uninterrupted one
+(same device and precision), because nothing random depends on process state: batches come from a per-epoch seeded
 permutation, and per-sample randomness (flips, masks) from (seed, epoch, dataset index). The saved
 config must match on everything that changes the result (``IDENTITY_KEYS`` plus the data fingerprint).
 ``init_weights`` instead loads encoder weights only and starts a fresh run.
@@ -50,7 +50,7 @@ import torch.nn as nn
 
 from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
-from core.pretrain.config import IDENTITY_KEYS, TrainConfig, current_names
+from core.pretrain.config import IDENTITY_KEYS, TRAIN_OPTIONS, TrainConfig, current_names
 from core.train.checkpoint import read_json, resolve_pretrain_checkpoint, trim_epoch_log, write_checkpoint_dir
 from core.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed, unwrap
 from core.train.nan_guard import NanGuard
@@ -102,9 +102,9 @@ def _save_encoder(encoder_sd: dict, path: Path, metadata: dict[str, str]) -> Pat
 
 
 def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config: TrainConfig,
-                     data: dict, progress: dict, extra: dict, rng: list[dict]) -> Path:
+                     data: dict, progress: dict, extra: dict, rng: list[dict], nan_guard: dict) -> Path:
     """Write checkpoint-last atomically (``core.train.checkpoint``) and encoder.safetensors; ``rng``: every
-    rank's RNG state (``core.train.rng.gather_rng_states``)."""
+    rank's RNG state (``core.train.rng.gather_rng_states``), ``nan_guard``: the NaN guard's counts."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -113,7 +113,7 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, config:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
         torch.save({"optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else {},
-                    "rng": rng, "progress": progress}, tmp / "optimizer.pt")
+                    "rng": rng, "progress": progress, "nan_guard": nan_guard}, tmp / "optimizer.pt")
         meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data, "progress": progress,
                 "versions": {"torch": torch.__version__, "timm": _timm_version(), "medssl": _medssl_version()},
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
@@ -161,6 +161,7 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
     ckpt = resolve_pretrain_checkpoint(path)
     meta = read_json(ckpt / "config.json")
     config = TrainConfig.from_dict(meta["config"])
+    TRAIN_OPTIONS.check_config(config, ckpt / "config.json")       # before a model of that size is built
     model = get_method(config.method).build(config)
     model.load_state_dict(read_safetensors(ckpt / "model.safetensors"), strict=True)
     return model.to(device).eval(), config, meta
@@ -329,12 +330,13 @@ class _Run:
         rng = gather_rng_states(self.device)        # every rank calls save: each rank's state is kept
         if self.dd.is_main:
             _save_checkpoint(self.run_dir, unwrap(self.model), self.optimizer, self.scaler, self.config, self.data,
-                             self.progress, self.extra_meta, rng)
+                             self.progress, self.extra_meta, rng, self.guard.state_dict())
         barrier()
         self.saved_at_step = self.progress["global_step"]
 
 
 def _validate(config: TrainConfig, method) -> None:
+    TRAIN_OPTIONS.check_config(config)         # the CLI's bounds, also for a config from a project store
     method.check_options(config.options, config)
     if config.image_size % config.cell:
         raise ValueError(f"image size {config.image_size} must be a multiple of {config.cell}")
@@ -412,6 +414,8 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
     optimizer = method.build_optimizer(param_groups(model, config.weight_decay), config)
     scaler = make_grad_scaler(precision, device)
 
+    guard = NanGuard(config.max_nan_skips, device=device,
+                     hint=f"lower --lr, or resume from the last good checkpoint in {run_dir}")
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch, "finished": False, "epoch_sums": {}, "epoch_count": 0,
                 "skipped_steps": 0}
@@ -422,10 +426,11 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"], dd.rank, device)
+        guard.load_state_dict(state.get("nan_guard", {}))
         progress.update(state["progress"])
-        if dd.is_main:
-            trim_epoch_log(run_dir / "log.jsonl", progress["epoch"])
         log(f"resuming from {ckpt} at epoch {progress['epoch']}, step {progress['global_step']}/{total_steps}")
+    if dd.is_main:      # lines a kill left after the last checkpoint (all of them when it came before the first)
+        trim_epoch_log(run_dir / "log.jsonl", progress["epoch"])
     if dd.enabled:
         import warnings
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -442,8 +447,6 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
         extra_meta["init_weights"] = str(config.init_weights)
     if progress["finished"]:
         log(f"{run_dir}: training already finished ({total_steps} steps)")
-    guard = NanGuard(config.max_nan_skips, device=device,
-                     hint=f"lower --lr, or resume from the last good checkpoint in {run_dir}")
     probe = _probe_batch(dataset, config.probe_size) if dd.is_main and config.probe_size > 0 else None
     return _Run(config, method, ctx, dd, run_dir, dataset, data, model, optimizer, scaler, precision, guard,
                 progress, result, extra_meta, probe, steps_per_epoch,

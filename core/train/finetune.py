@@ -14,9 +14,11 @@ k-fold runs: ``core.train.kfold``; the data and splits: ``core.train.data``; the
 format: ``core.models.classifier``.
 
 Resume rules (as in pretraining): ``resume=True`` continues from ``checkpoint-last`` (weights, optimiser,
-schedule position, early-stopping state) and refuses a checkpoint whose model config differs;
-``init_weights`` only loads weights (a pretraining checkpoint, ImageNet file or another classifier). A run
-folder that already has a checkpoint is never silently overwritten.
+schedule position, early-stopping and NaN-guard state, every rank's RNG) and refuses a checkpoint whose
+model config differs; ``init_weights`` only loads weights (a pretraining checkpoint, ImageNet file or
+another classifier). A run folder that already has a checkpoint is never silently overwritten. History
+rows written after the last checkpoint (a kill between the row and the checkpoint) are dropped on resume;
+the resumed run writes them again.
 
 Training: AdamW, layer-wise lr decay (timm's layer groups), per-iteration cosine schedule with linear
 warm-up, label smoothing, class-balanced sampling (or class-weighted loss), early stopping on validation
@@ -44,10 +46,10 @@ from torch.utils.data import DataLoader
 from core.analysis.metrics import classification_metrics
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
-from core.models.weights import read_safetensors
+from core.models.weights import read_safetensors, read_torch_file
 from core.train.checkpoint import (REQUIRED, find_checkpoint_dir, read_json, repair_checkpoint_dir, trim_epoch_log,
                                    write_json_atomic)
-from core.train.config import FinetuneConfig
+from core.train.config import AUGMENT_OPTIONS, FINETUNE_OPTIONS, FinetuneConfig
 from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, LabeledData, Sample, load_labeled_data,
                              project_folds, project_parts, write_split)
 from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
@@ -155,12 +157,19 @@ class _Loaders:
         per_rank_bs = cfg.batch_size // world
         self.train = DataLoader(train_ds, batch_size=per_rank_bs, sampler=self.sampler, num_workers=self.workers,
                                 drop_last=len(train_ds) // world > per_rank_bs, persistent_workers=self.workers > 0,
-                                pin_memory=dd.device.type == "cuda")
+                                pin_memory=dd.device.type == "cuda", generator=self._worker_seeds())
 
     def evaluation(self, samples: Sequence[Sample], persistent: bool = False) -> DataLoader:
         ds = ClassifierDataset(samples, self.cidx, self.cache, train=False, mean=self.mean, std=self.std)
         return DataLoader(ds, batch_size=max(self.cfg.batch_size, 32), shuffle=False, num_workers=self.workers,
-                          persistent_workers=persistent and self.workers > 0)
+                          persistent_workers=persistent and self.workers > 0, generator=self._worker_seeds())
+
+    def _worker_seeds(self) -> torch.Generator:
+        """A loader's own generator for the worker seed it draws when an iterator starts. With the global
+        one, persistent workers draw it in epoch 1 only, a resumed run in its first epoch again: the global
+        RNG (drop path) then ran one draw off an uninterrupted run's. Augmentation is seeded per draw
+        (:class:`EpochSampler`), so the workers' own seeds change nothing."""
+        return torch.Generator().manual_seed(self.cfg.seed)
 
 
 def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device: torch.device) -> nn.Module:
@@ -172,23 +181,23 @@ def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device:
 
 
 def _resume_state(last_dir: Path, best_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: dict,
-                  stopper: EarlyStopping, dd: DistInfo) -> tuple[int, dict | None]:
-    """Weights, optimizer, scaler, this rank's RNG and early-stopping state from ``checkpoint-last``:
-    (epochs done, best weights)."""
+                  stopper: EarlyStopping, guard: NanGuard, dd: DistInfo) -> tuple[int, dict | None]:
+    """Weights, optimizer, scaler, this rank's RNG, early-stopping and NaN-guard state from
+    ``checkpoint-last``: (epochs done, best weights)."""
     prev_cfg = read_json(last_dir / "config.json")
     diff = _same_model(prev_cfg, ckpt_cfg)
     if diff:
         raise ValueError(f"{last_dir}: cannot resume, the model differs in {diff}; use a new --out")
     model.load_state_dict(read_safetensors(last_dir / "model.safetensors"))
-    try:
-        st = torch.load(last_dir / "optimizer.pt", map_location="cpu", weights_only=True)
-    except Exception as e:   # written by an older version with pickled numpy state: never unpickle it
-        raise ValueError(f"{last_dir / 'optimizer.pt'}: not a safe resume state ({type(e).__name__}); "
-                         f"start a new --out, or --init-weights {best_dir}") from e
+    try:        # an older version pickled numpy state: never unpickled
+        st = read_torch_file(last_dir / "optimizer.pt")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; start a new --out, or --init-weights {best_dir}") from None
     optimizer.load_state_dict(st["optimizer"])
     if scaler is not None and st.get("scaler"):
         scaler.load_state_dict(st["scaler"])
     stopper.best, stopper.best_epoch, stopper.bad_epochs = st["best"], st["best_epoch"], st["bad_epochs"]
+    guard.load_state_dict(st.get("nan_guard", {}))
     ckpt_cfg["init"] = prev_cfg.get("init", ckpt_cfg["init"])
     best_state = read_safetensors(best_dir / "model.safetensors") if find_checkpoint_dir(best_dir) else None
     restore_rng_state(st["rng"], dd.rank, dd.device)
@@ -262,6 +271,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     config's fractions and seed (stratified, grouped by case).
     """
     run_dir = Path(run_dir)
+    FINETUNE_OPTIONS.check_config(cfg)         # the CLI's bounds, also for a config from a project store
+    AUGMENT_OPTIONS.check_config(cfg.aug)
     dd = setup_distributed(cfg.device)
     is_main, world, device = dd.is_main, dd.world_size, dd.device
 
@@ -318,16 +329,16 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     iters = len(train_loader)
     schedule = {"iters": iters, "total": iters * cfg.epochs, "warmup": int(round(cfg.warmup_epochs * iters))}
     stopper = EarlyStopping()
+    guard = NanGuard(hint=NAN_HINT, device=device)
     start_epoch, best_state = 0, None
     if resume and find_checkpoint_dir(last_dir, RESUME_FILES) == last_dir:
         start_epoch, best_state = _resume_state(last_dir, best_dir, model, optimizer, scaler, ckpt_cfg, stopper,
-                                                dd)
-        if is_main:
-            trim_epoch_log(run_dir / "history.jsonl", start_epoch)
+                                                guard, dd)
         say(f"resumed from {last_dir} after epoch {start_epoch}")
+    if is_main:     # rows a kill left after the last checkpoint (all of them when it came before the first)
+        trim_epoch_log(run_dir / "history.jsonl", start_epoch)
 
     # -- the loop
-    guard = NanGuard(hint=NAN_HINT, device=device)
     stop_reason = "epochs"
     t0 = time.time()
     pace = _Pace(time.perf_counter())
@@ -356,8 +367,8 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         row["best_epoch"] = stopper.best_epoch
         rng = gather_rng_states(device)     # every rank's, so that each resumes with its own
         if is_main:
-            _end_of_epoch(run_dir, model, optimizer, scaler, ckpt_cfg, stopper, row, improved, cfg.epochs, ctx, say,
-                          rng)
+            _end_of_epoch(run_dir, model, optimizer, scaler, ckpt_cfg, stopper, guard, row, improved, cfg.epochs,
+                          ctx, say, rng)
     else:
         if stopper.bad_epochs >= cfg.patience:
             stop_reason = "early stopping"
@@ -385,7 +396,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
 
 
 def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: dict, stopper: EarlyStopping,
-                  row: dict, improved: bool, epochs: int, ctx, say: Callable[[str], None],
+                  guard: NanGuard, row: dict, improved: bool, epochs: int, ctx, say: Callable[[str], None],
                   rng: list[dict]) -> None:
     """Rank 0: checkpoint-best (when better), the history row, checkpoint-last, the epoch-end event."""
     epoch = row["epoch"]
@@ -396,7 +407,7 @@ def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: 
         fh.write(json.dumps(row) + "\n")
     state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {},
              "epoch": epoch, "best": stopper.best, "best_epoch": stopper.best_epoch,
-             "bad_epochs": stopper.bad_epochs, "rng": rng}
+             "bad_epochs": stopper.bad_epochs, "nan_guard": guard.state_dict(), "rng": rng}
     save_classifier_checkpoint(run_dir / "checkpoint-last", model, {**ckpt_cfg, "epoch": epoch}, state)
     msg = f"epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}"
     if "val_balanced_accuracy" in row:

@@ -3,6 +3,8 @@
 A single bad batch (an odd image, an fp16 overflow) should not end a run, but a run whose loss stays NaN
 is lost and must stop with a message that says what to try. Under DDP every rank must take the same
 decision, or the ranks that step would wait forever in the next all-reduce for the ones that skipped.
+Its counts are part of a checkpoint's resume state, so that a resumed run gives up where an uninterrupted
+one would.
 """
 
 from __future__ import annotations
@@ -41,3 +43,10 @@ class NanGuard:
                                      f"{' at ' + where if where else ''}; {self.hint}")
         self.skipped += 1
         return False
+
+    def state_dict(self) -> dict[str, int]:
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The counts :meth:`state_dict` saved ({} from a checkpoint without them: counting starts again)."""
+        self.in_a_row, self.skipped = int(state.get("in_a_row", 0)), int(state.get("skipped", 0))

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["Option", "OptionSpec", "ConfigOptions"]
@@ -46,6 +48,11 @@ class OptionSpec:
         """``value`` if it lies in the range, else ValueError naming the option and the range."""
         if self.choices is not None and value is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if value is not None and self.type in (int, float):      # a config file may hold anything
+            whole = self.type is int
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{self.name} must be {'a whole' if whole else 'a finite'} number, got {value!r}")
         if value is None or (self.min is None and self.max is None):
             return value
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
@@ -77,6 +84,16 @@ class ConfigOptions:
 
     def __iter__(self):
         return iter(self._specs)
+
+    def check_config(self, config: Any, where: str | Path | None = None) -> None:
+        """Every declared option of ``config`` in its range and of its type: a config read from a file or a
+        project store (resume, reconstruct, the window) is held to the CLI's bounds, so an absurd value (an
+        image size of 10**6, negative epochs) is a ValueError naming ``where`` before anything is allocated."""
+        for name, spec in self._specs.items():
+            try:
+                spec.check(getattr(config, name))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
 
     def add_argument(self, parser, name: str, *flags: str, show_default: bool = False,
                      **overrides: Any) -> argparse.Action:

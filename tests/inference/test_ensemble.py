@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,40 @@ def test_checkpoint_values_are_validated(tmp_path, change, reason):
     with pytest.raises(ValueError, match=reason) as err:
         load_classifier(ckpt)
     assert str(ckpt) in str(err.value)
+
+
+def test_members_outside_the_folder_are_checked_and_a_moved_ensemble_still_loads(tmp_path):
+    """The policy of the module docstring: members outside the file's folder are allowed (the window's
+    runs/ensemble-N/ensemble.json -> ../finetune-M); a path to something that is not a classifier checkpoint
+    (../../x, an absolute folder elsewhere) is refused naming the file and the member; moving the ensemble's
+    folder without its members still loads (its absolute place), moving the project with both too."""
+    from core.models.classifier import save_classifier_checkpoint
+
+    model, ccfg = build_classifier(tiny_cfg(), CLASSES, lambda m: None)
+    project = tmp_path / "project"
+    save_classifier_checkpoint(project / "runs" / "finetune-1" / "checkpoint-best", model, ccfg)
+    path = project / "runs" / "ensemble-2" / "ensemble.json"
+    create_spec(path, [project / "runs" / "finetune-1"])
+    assert json.loads(path.read_text())["members"][0]["checkpoint"] == "../finetune-1"
+    assert load_ensemble(path).names == ["finetune-1"]
+
+    moved = tmp_path / "elsewhere" / "ensemble-2"                    # the ensemble's folder alone
+    moved.parent.mkdir()
+    path.parent.rename(moved)
+    assert load_ensemble(moved / "ensemble.json").names == ["finetune-1"]
+    whole = tmp_path / "moved-project"                               # the project with both
+    project.rename(whole)
+    shutil.copytree(moved, whole / "runs" / "ensemble-2")
+    assert load_ensemble(whole / "runs" / "ensemble-2" / "ensemble.json").names == ["finetune-1"]
+
+    stranger = tmp_path / "stranger"
+    (stranger / "x").mkdir(parents=True)
+    (stranger / "x" / "config.json").write_text('{"not": "a checkpoint"}')
+    (stranger / "x" / "model.safetensors").write_bytes(b"junk")
+    outside = stranger / "ens.json"
+    for member, reason in (("../../x", "does not exist"), (str(stranger / "x"), "not a MedSSL classifier"),
+                           ("/etc", "no classifier checkpoint")):
+        outside.write_text(json.dumps({"members": [{"checkpoint": member, "name": "m"}]}))
+        with pytest.raises(ValueError if reason != "does not exist" else FileNotFoundError, match=reason) as err:
+            load_ensemble(outside)
+        assert str(outside) in str(err.value) and "member m" in str(err.value)

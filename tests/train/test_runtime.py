@@ -210,6 +210,22 @@ def test_nan_guard_skips_and_gives_up_after_n_in_a_row():
     assert guard.skipped == 5
 
 
+def test_nan_guard_resumed_from_its_state_gives_up_where_an_uninterrupted_one_would():
+    """Its counts travel in a checkpoint's resume state: two bad steps before a kill and two after give up
+    like four in a row (a fresh guard would have allowed three more)."""
+    guard = NanGuard(3)
+    assert [guard.step_ok(float("nan")) for _ in range(2)] == [False, False]
+    resumed = NanGuard(3)
+    resumed.load_state_dict(guard.state_dict())
+    assert not resumed.step_ok(float("nan"))
+    with pytest.raises(FloatingPointError, match="4 non-finite steps in a row"):
+        resumed.step_ok(float("nan"))
+    assert resumed.skipped == 3
+    older = NanGuard(3)
+    older.load_state_dict({})                                        # a checkpoint from before the counts
+    assert (older.in_a_row, older.skipped) == (0, 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
