@@ -250,7 +250,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.actions_by_id["show_jobs"] = self.jobs_dock.toggleViewAction()
         self.actions_by_id["show_jobs"].setText("Jobs panel")
 
-    UNDO_BUTTON_PX = 190
+    UNDO_BUTTON_PX = 150
 
     def _short_undo_text(self, action: QtGui.QAction, verb: str, text: str) -> None:
         """The toolbar button shows "Undo <edit>" elided to a fixed width (a long file name in the edit's

@@ -31,6 +31,7 @@ from core.project.runs import (ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, 
                                read_step_losses)
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
+from desktop.pages.library import whole_percent
 from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
@@ -426,9 +427,35 @@ def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str) -> None:
 def legend_title(title: str, entries: list[tuple[str, str]]) -> str:
     """A plot title that is also its legend (coloured names after the title): an in-plot legend covers the
     curves of the short plots in the jobs panel and the runs browser."""
-    names = "&nbsp;&nbsp;".join(f"<span style='color:{color}'>&#9679;&nbsp;{name}</span>" for name, color in entries)
+    names = " ".join(f"<span style='color:{color}; white-space:nowrap'>&#9679;&nbsp;{name}</span>"
+                     for name, color in entries)
     return (f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>"
-            + (f"&nbsp;&nbsp;&nbsp;<span style='font-size:9pt'>{names}</span>" if names else ""))
+            + (f"&nbsp;&nbsp; <span style='font-size:9pt'>{names}</span>" if names else ""))
+
+
+class LegendPlot(QtWidgets.QWidget):
+    """A plot under a title-legend label that wraps: a title inside pyqtgraph's plot is as wide as its text
+    and, with four curve names, made the plot wider than its pane, which then clipped it."""
+
+    def __init__(self, left: str, bottom: str, parent=None):
+        super().__init__(parent)
+        self.title = QtWidgets.QLabel()
+        self.title.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.title.setWordWrap(True)
+        self.title.setAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter)
+        self.title.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.title.setStyleSheet(f"background: {theme.PANEL}; padding-top: 4px;")
+        self.plot = pg.PlotWidget()
+        style_plot(self.plot, "", left, bottom)
+        self.plot.getPlotItem().setTitle(None)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.title)
+        lay.addWidget(self.plot, 1)
+
+    def set_title(self, title: str, entries: list[tuple[str, str]]) -> None:
+        self.title.setText(legend_title(title, entries))
 
 
 #: short legend names, so that the title-legend fits above the per-epoch plot
@@ -462,13 +489,13 @@ class CurvesWidget(QtWidgets.QWidget):
         style_plot(self.loss_plot, "Training loss", "loss", "step")
         self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(theme.ACCENT, width=1.5))
         self.loss_smooth = self.loss_plot.plot(pen=pg.mkPen("#f0a04b", width=2))
-        self.val_plot = pg.PlotWidget()
-        style_plot(self.val_plot, "Per epoch", "value", "epoch")
+        self.val_box = LegendPlot("value", "epoch")
+        self.val_plot = self.val_box.plot
         self.val_curves: dict[str, pg.PlotDataItem] = {}
         lay = QtWidgets.QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.loss_plot)
-        lay.addWidget(self.val_plot)
+        lay.addWidget(self.val_box)
 
     def show_entry(self, e: JobEntry | None) -> None:
         if e is None or not e.losses:
@@ -512,7 +539,7 @@ class CurvesWidget(QtWidgets.QWidget):
             xs = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
             self.val_curves[k].setData(xs, [float(h.get(k, float("nan"))) for h in hist])
         title = "Validation" if e is not None and e.kind == "finetune" else "Per epoch"
-        self.val_plot.getPlotItem().setTitle(legend_title(title, entries))
+        self.val_box.set_title(title, entries)
 
 
 def ensemble_report_rows(report: dict) -> list[list[str]]:
@@ -761,7 +788,7 @@ class JobsPanel(QtWidgets.QWidget):
         it.setText(1, e.state)
         it.setForeground(1, QtGui.QBrush(QtGui.QColor(STATE_COLORS.get(e.state, theme.TEXT))))
         frac = e.fraction
-        it.setText(2, f"{100 * frac:.0f} %" if frac is not None else "")
+        it.setText(2, f"{whole_percent(e.step, e.total)} %" if frac is not None else "")
 
     def _changed(self, rid: int) -> None:
         self._update_item(rid)
@@ -814,7 +841,7 @@ class JobsPanel(QtWidgets.QWidget):
         if e.total and e.total > 0:
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.step, e.total))
-            self.bar.setFormat(f"{100 * e.step / e.total:.0f} %  ({e.step:,} / {e.total:,})"
+            self.bar.setFormat(f"{whole_percent(e.step, e.total)} %  ({e.step:,} / {e.total:,})"
                                if e.state != "finished" else "done")
         elif e.state == "running":
             self.bar.setRange(0, 0)

@@ -12,8 +12,8 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core.project.runs import read_history
 from desktop import theme
-from desktop.pages.jobs_panel import (CURVE_COLORS, JobEntry, RunView, has_curves, kind_label, legend_title,
-                                      style_plot)
+from desktop.pages.jobs_panel import (CURVE_COLORS, CURVE_NAMES, JobEntry, LegendPlot, RunView, has_curves,
+                                      kind_label)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -111,8 +111,8 @@ class RunsBrowser(QtWidgets.QDialog):
         split.addWidget(self.left)
         split.addWidget(self.right)
         self.compare_metric = QtWidgets.QComboBox()
-        self.overlay = pg.PlotWidget()
-        style_plot(self.overlay, "Both runs", "value", "epoch")
+        self.overlay_box = LegendPlot("value", "epoch")
+        self.overlay = self.overlay_box.plot
         bottom = QtWidgets.QWidget()
         bl = QtWidgets.QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
@@ -120,7 +120,7 @@ class RunsBrowser(QtWidgets.QDialog):
         row.addWidget(QtWidgets.QLabel("Compare per epoch"))
         row.addWidget(self.compare_metric, 1)
         bl.addLayout(row)
-        bl.addWidget(self.overlay, 1)
+        bl.addWidget(self.overlay_box, 1)
         outer = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         outer.addWidget(split)
         outer.addWidget(bottom)
@@ -195,5 +195,7 @@ class RunsBrowser(QtWidgets.QDialog):
             self.overlay.plot(xs, ys, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5, symbolBrush=color)
             self.overlay_series[pane.label] = (xs, ys)
             entries.append((f"{'left' if i == 0 else 'right'}: {pane.label}", color))
-        self.overlay.getPlotItem().setTitle(legend_title("Both runs", entries))
-        self.overlay.getPlotItem().getAxis("left").setLabel(key or "value", color=theme.TEXT_DIM)
+        self.overlay_box.set_title(f"Both runs: {key}" if key else "Both runs", entries)
+        # the axis gets the short name: "val_balanced_accuracy" did not fit the height of the plot
+        self.overlay.getPlotItem().getAxis("left").setLabel(CURVE_NAMES.get(key, key) or "value",
+                                                             color=theme.TEXT_DIM)

@@ -375,6 +375,7 @@ def test_resume_keeps_the_loss_before_the_resume_and_a_reopened_run_reads_it(qtb
     rid = window.jobs.submit("toy", "toy", {})
     e = wait_state(qtbot, window, rid, ("cancelled",), timeout=20000)
     assert [s for s, _ in e.losses] == [1, 2, 3, 4]
+    assert window.jobs_panel.items[rid].text(2) == "66 %"        # 4 of 6 steps: never rounded up
     window.jobs_panel.select_run(rid)
     window.jobs_panel.resume_btn.click()
     e = wait_state(qtbot, window, rid, ("finished",), timeout=20000)
