@@ -293,8 +293,8 @@ class JobsManager(QtCore.QObject):
         self.progressed.emit(rid)
 
     def read_losses(self, rid: int) -> None:
-        """Read the run's step losses from its folder once (a worker thread; a long pretraining's job.log
-        is large); the points this session's job reported since win where both have a step."""
+        """Read the run's step losses from its folder once, in a worker thread (a long pretraining's job.log
+        is large); where the file and this session's live points both have a step, the live point wins."""
         e = self.entries.get(rid)
         if e is None or e.losses_read or not has_curves(e.kind):
             return
