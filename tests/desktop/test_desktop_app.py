@@ -787,3 +787,5 @@ def test_the_runs_browser_opens_on_two_runs_with_curves(qtbot, window, project_d
     assert {dlg.left.combo.currentData(), dlg.right.combo.currentData()} == set(trained)
     assert dlg.left.combo.currentData() == trained[1]                # the newer one on the left
     assert dlg.overlay_series and dlg.left.view.currentWidget() is dlg.left.curves
+    assert dlg.compare_metric.currentText() == "val_balanced_accuracy"
+    assert dlg.overlay.getPlotItem().getAxis("left").labelText == "bal. accuracy"     # fits the plot's height

@@ -289,3 +289,25 @@ def test_thumbnail_caption_keeps_the_uncertainty_whole(qapp):
     assert right == "u 1.02"
     assert fm.horizontalAdvance(left) + fm.horizontalAdvance(right) <= width
     assert left.startswith("pred ")
+
+
+def test_a_long_curve_legend_wraps_instead_of_widening_the_plot_past_its_pane(qtbot):
+    """The runs browser's panes clipped their per-epoch plots: the title-legend inside pyqtgraph's plot set
+    its minimum width."""
+    from pathlib import Path
+
+    from desktop.pages.jobs_panel import CurvesWidget, JobEntry
+
+    curves = CurvesWidget()
+    qtbot.addWidget(curves)
+    curves.resize(520, 220)
+    curves.show()
+    qtbot.waitExposed(curves)
+    e = JobEntry(1, "finetune", "run", {}, Path("."), "finished")
+    e.history = [{"epoch": n, "train_loss": 1.0 / n, "val_accuracy": 0.4, "val_balanced_accuracy": 0.4,
+                  "val_macro_f1": 0.3, "train_acc": 0.5} for n in (1, 2)]
+    curves.show_entry(e)
+    qtbot.wait(50)
+    plot = curves.val_plot
+    assert len(curves.val_curves) == 4
+    assert plot.getPlotItem().sceneBoundingRect().width() <= plot.viewport().width() + 1
