@@ -102,7 +102,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.side = ProjectPanel(self.project, self.library.model)
         self.predictions = PredictionsPage(self.project)
         # training jobs (desktop/pages/jobs_panel.py): a bottom dock, shown when a job starts
-        self.jobs = JobsManager(self.project, self)
+        self.jobs = JobsManager(self.project, self.caller, self)
         self.jobs_panel = JobsPanel(self.jobs)
         self.jobs_dock = QtWidgets.QDockWidget("Jobs", self)
         self.jobs_dock.setObjectName("jobs-dock")
@@ -110,6 +110,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
         self.jobs_dock.hide()
         self.suggest_queue: list[int] = []
+        self.suggest_count = 0          # how many suggestions the last "suggest next" made
         self.pages = QtWidgets.QStackedWidget()
         for w in (self.library, self.viewer, self.mae, self.predictions):
             self.pages.addWidget(w)
@@ -202,6 +203,9 @@ class MainWindow(QtWidgets.QMainWindow):
         for a in (undo, redo):
             self.addAction(a)
         self.actions_by_id["undo"], self.actions_by_id["redo"] = undo, redo
+        stack = self.project.undo_stack
+        stack.undoTextChanged.connect(lambda text: self._short_undo_text(undo, "Undo", text))
+        stack.redoTextChanged.connect(lambda text: self._short_undo_text(redo, "Redo", text))
         for n in range(10):
             a = QtGui.QAction(f"Label {n}", self)
             a.setShortcut(QtGui.QKeySequence(str(n)))
@@ -245,6 +249,16 @@ class MainWindow(QtWidgets.QMainWindow):
         self.actions_by_id["next_suggested"].setShortcut(QtGui.QKeySequence("Ctrl+Shift+N"))
         self.actions_by_id["show_jobs"] = self.jobs_dock.toggleViewAction()
         self.actions_by_id["show_jobs"].setText("Jobs panel")
+
+    UNDO_BUTTON_PX = 150
+
+    def _short_undo_text(self, action: QtGui.QAction, verb: str, text: str) -> None:
+        """The toolbar button shows "Undo <edit>" elided to a fixed width (a long file name in the edit's
+        text pushed the rest of the toolbar off the window); the menu and the tooltip keep it whole."""
+        full = f"{verb} {text}" if text else verb
+        action.setIconText(self.fontMetrics().elidedText(full, QtCore.Qt.TextElideMode.ElideMiddle,
+                                                         self.UNDO_BUTTON_PX))
+        action.setToolTip(full)
 
     def _build_menus_and_toolbar(self) -> None:
         a = self.actions_by_id
@@ -520,10 +534,14 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_page("library")
 
     # -- items / navigation ----------------------------------------------------------------------------
-    def open_item(self, item: Item, switch: bool = True) -> None:
+    def open_item(self, item: Item, switch: bool = True, position: tuple[int, int] | None = None,
+                  counting: str = "") -> None:
+        """Show ``item`` in the viewer; the counter says its library row unless ``position`` says otherwise."""
         model = self.library.model
         row = model.row_of(item)
-        self.viewer.show_item(item, (row, len(model.rows)) if row >= 0 else None)
+        if position is None and row >= 0:
+            position = (row, len(model.rows))
+        self.viewer.show_item(item, position, counting)
         self.library.select_item(item)
         if switch and self.current_page() == "library":
             self.show_page("viewer")
@@ -684,6 +702,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def start_suggestions(self, ids: list) -> None:
         self.suggest_queue = list(ids)
+        self.suggest_count = len(ids)
         if ids:
             self.statusBar().showMessage(f"{len(ids)} images suggested for labelling: label with 1–9, "
                                          "Ctrl+Shift+N for the next suggestion.", 10000)
@@ -693,7 +712,8 @@ class MainWindow(QtWidgets.QMainWindow):
         while self.suggest_queue:
             it = self.project.by_id.get(self.suggest_queue.pop(0))
             if it is not None and it.label is None:
-                self.open_item(it, switch=False)
+                done = self.suggest_count - len(self.suggest_queue)
+                self.open_item(it, switch=False, position=(done - 1, self.suggest_count), counting="suggestion")
                 self.show_page("viewer")
                 return
         self.statusBar().showMessage("No more suggested images: run Suggest next again.", 5000)

@@ -94,5 +94,5 @@ def demo_window(qtbot, main_window, small_demo, tmp_path):
     folder = tmp_path / "demo"
     shutil.copytree(small_demo, folder)
     main_window.open_path(folder)
-    qtbot.waitUntil(lambda: main_window.project.ready and main_window.project.scan_complete, timeout=30000)
+    qtbot.waitUntil(lambda: main_window.project.ready and main_window.project.scan_complete, timeout=60000)
     return main_window

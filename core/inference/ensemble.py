@@ -186,8 +186,15 @@ def _relpath(target: Path, start: Path) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------------- maths
+#: the fitted temperature is kept inside these bounds. The NLL has no finite minimum when the validation
+#: predictions are no better than a constant (the fit runs to T -> inf, uniform probabilities) or all right
+#: with a margin (T -> 0); the bound then stands for "unbounded", and the report says it was reached.
+TEMPERATURE_LIMITS = (0.05, 20.0)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 200) -> float:
-    """Temperature T > 0 minimising the NLL of softmax(logits / T) (LBFGS on log T, float64)."""
+    """Temperature T > 0 minimising the NLL of softmax(logits / T) (LBFGS on log T, float64), within
+    :data:`TEMPERATURE_LIMITS`."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(y) == 0:
@@ -205,7 +212,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 2
     t = float(log_t.detach().exp())
     if not math.isfinite(t):
         return 1.0
-    return float(min(max(t, 0.05), 20.0))
+    lo, hi = TEMPERATURE_LIMITS
+    return float(min(max(t, lo), hi))
 
 
 def combine(member_probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
@@ -465,6 +473,7 @@ class MemberReport:
     temperature: float
     before: dict          # classification_metrics before calibration
     after: dict           # ... and after (logits / temperature)
+    temperature_at_limit: bool = False    # the fit reached TEMPERATURE_LIMITS: no finite best temperature
 
 
 @dataclass
@@ -541,12 +550,17 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                 vl = _member_logits(ck, vrel, root, "val", device, ctx)
                 t = fit_temperature(vl, vy)
                 m.temperature = t
+                if t in TEMPERATURE_LIMITS:
+                    log.warning("member %s: temperature %.2f is the fit's limit (%d validation images; its "
+                                "predictions there are %s)", m.name, t, len(vy),
+                                "no better than a constant" if t == TEMPERATURE_LIMITS[1] else "all right")
             else:
                 log.warning("member %s has no validation split: not calibrated", m.name)
         logits_eval.append(lg)
         temps.append(t)
         member_rows.append(MemberReport(m.name, str(ck), m.weight, t, classification_metrics(y, softmax(lg), classes),
-                                        classification_metrics(y, softmax(lg, t), classes)))
+                                        classification_metrics(y, softmax(lg, t), classes),
+                                        calibrate and t in TEMPERATURE_LIMITS))
     weights = [m.weight for m in spec.members]
     before = np.stack([softmax(lg) for lg in logits_eval])
     after = np.stack([softmax(lg, t) for lg, t in zip(logits_eval, temps)])

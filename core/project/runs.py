@@ -257,6 +257,33 @@ def read_log_tail(run_dir: str | Path | None, n: int = 200) -> list[str]:
     return list(lines)
 
 
+def read_step_losses(run_dir: str | Path | None) -> list[tuple[int, float]]:
+    """(step, training loss) of every progress event the run's jobs wrote to RUN_DIR/job.log, over all its
+    resumes: a resumed job starts again at its checkpoint's step, and the steps it repeats replace those the
+    stopped job had reported after that checkpoint."""
+    if not run_dir:
+        return []
+    points: list[tuple[int, float]] = []
+    try:
+        with open(Path(run_dir) / "job.log", encoding="utf-8", errors="replace") as fh:
+            for raw in fh:
+                if '"loss"' not in raw:        # most lines are not progress events with a loss: skip the parse
+                    continue
+                try:
+                    ev = json.loads(raw)
+                    step, loss = int(ev["step"]), float(ev["metrics"]["loss"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if ev.get("kind") != "progress" or not math.isfinite(loss):
+                    continue
+                while points and points[-1][0] >= step:
+                    points.pop()
+                points.append((step, loss))
+    except OSError:
+        return []
+    return points
+
+
 def checkpoint_files(kind: str, run_dir: str | Path) -> list[tuple[Path, int | None]]:
     """The checkpoints of ``kind`` present in the folder, each with the epoch its config.json names."""
     out = []

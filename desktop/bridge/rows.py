@@ -15,8 +15,9 @@ _DIGITS = re.compile(r"(\d+)")
 
 
 def natural_key(text: str) -> tuple:
-    """'img (2)' before 'img (10)': digit runs compare as numbers."""
-    return tuple(int(part) if k % 2 else part for k, part in enumerate(_DIGITS.split(text)))
+    """'img (2)' before 'img (10)': digit runs compare as numbers, letters without case. The one sort key
+    of every list and table of names in the window."""
+    return tuple(int(part) if k % 2 else part for k, part in enumerate(_DIGITS.split(text.lower())))
 
 
 class Item:
@@ -33,7 +34,7 @@ class Item:
         self.rel_path = rel_path
         self.name = rel_path.rsplit("/", 1)[-1]
         self.sort_name = rel_path.lower()      # search key
-        self.sort_key = natural_key(self.sort_name)
+        self.sort_key = (natural_key(self.name), natural_key(rel_path))    # by file name, then folder
         self.image_id = image_id
         self.label = label
         self.n_masks = n_masks

@@ -87,10 +87,9 @@ class DuplicatesDialog(QtWidgets.QDialog):
         self.choice_boxes, self.pixmap_labels = {}, {}
         if not 0 <= row < len(self.stored):
             return
-        for image_id in self.stored[row]:
-            it = self.project.by_id.get(image_id)
-            if it is None:
-                continue
+        members = [self.project.by_id.get(i) for i in self.stored[row]]
+        for it in sorted((it for it in members if it is not None), key=lambda it: it.sort_key):
+            image_id = it.image_id
             tile = QtWidgets.QFrame()
             tile.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
             v = QtWidgets.QVBoxLayout(tile)

@@ -27,9 +27,11 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from core.project import runs as core_runs
-from core.project.runs import ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail
+from core.project.runs import (ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail,
+                               read_step_losses)
 from desktop import theme
-from desktop.bridge.jobs_bridge import JobRunner
+from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
+from desktop.pages.library import whole_percent
 from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class JobEntry:
     log: deque = field(default_factory=lambda: deque(maxlen=400))
     error: str = ""
     other_process: bool = False     # a run some other process runs (found queued/running and alive on load)
+    losses_read: bool = False       # the step losses of earlier sessions / jobs were read from the run folder
     _rate_start: tuple[float, int] | None = None
 
     @classmethod
@@ -96,6 +99,12 @@ class JobEntry:
     def title(self) -> str:
         return f"#{self.run_id} {kind_label(self.kind)}: {self.name}"
 
+    def add_loss(self, step: int, loss: float) -> None:
+        """A live loss point; a resumed job repeats the steps after its checkpoint, whose points it replaces."""
+        while self.losses and self.losses[-1][0] >= step:
+            self.losses.pop()
+        self.losses.append((step, loss))
+
     def add_epoch(self, epoch: int, metrics: dict) -> None:
         """An EPOCH_END event's row into the per-epoch history (replacing a row of the same epoch)."""
         row = {"epoch": epoch, **metrics}
@@ -112,9 +121,10 @@ class JobsManager(QtCore.QObject):
     runFinished = QtCore.Signal(int, str)   # run id, kind (finished successfully)
     reset = QtCore.Signal()             # the whole list was replaced (project opened / closed)
 
-    def __init__(self, project, parent: QtCore.QObject | None = None):
+    def __init__(self, project, caller: AsyncCaller, parent: QtCore.QObject | None = None):
         super().__init__(parent)
         self.project = project
+        self.caller = caller            # reads run folders off the UI thread
         self.entries: dict[int, JobEntry] = {}
         self.paused = False             # tests: queue without starting
         project.storeReady.connect(self.load)
@@ -239,7 +249,11 @@ class JobsManager(QtCore.QObject):
             return
         runner = JobRunner(job, self)
         e.runner = runner
-        e.losses.clear()
+        if e.resume:        # the loss so far stays on the plot: this session's points, or the run folder's
+            self.read_losses(e.run_id)
+        else:
+            e.losses.clear()
+            e.losses_read = True
         e.step, e.total, e.eta_s, e.images_per_s, e._rate_start = 0, -1, None, None, None
         e.message, e.phase = "starting…", ""
         e.log.append(f"--- {'resumed' if e.resume else 'started'} {time.strftime('%Y-%m-%d %H:%M:%S')} ---")
@@ -275,7 +289,25 @@ class JobsManager(QtCore.QObject):
         if "images_per_s" in metrics:
             e.images_per_s = metrics["images_per_s"]
         if "loss" in metrics and math.isfinite(metrics["loss"]):
-            e.losses.append((step, float(metrics["loss"])))
+            e.add_loss(step, float(metrics["loss"]))
+        self.progressed.emit(rid)
+
+    def read_losses(self, rid: int) -> None:
+        """Read the run's step losses from its folder once, in a worker thread (a long pretraining's job.log
+        is large); where the file and this session's live points both have a step, the live point wins."""
+        e = self.entries.get(rid)
+        if e is None or e.losses_read or not has_curves(e.kind):
+            return
+        e.losses_read = True
+        run_dir = e.run_dir
+        self.caller.submit(lambda: read_step_losses(run_dir), lambda points: self._losses_read(rid, points))
+
+    def _losses_read(self, rid: int, points: list[tuple[int, float]]) -> None:
+        e = self.entries.get(rid)
+        if e is None or not points:
+            return
+        first_live = e.losses[0][0] if e.losses else None
+        e.losses = [p for p in points if first_live is None or p[0] < first_live] + e.losses
         self.progressed.emit(rid)
 
     def _on_phase(self, rid: int, phase: str) -> None:
@@ -395,14 +427,46 @@ def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str) -> None:
 def legend_title(title: str, entries: list[tuple[str, str]]) -> str:
     """A plot title that is also its legend (coloured names after the title): an in-plot legend covers the
     curves of the short plots in the jobs panel and the runs browser."""
-    names = "&nbsp;&nbsp;".join(f"<span style='color:{color}'>&#9679;&nbsp;{name}</span>" for name, color in entries)
+    names = " ".join(f"<span style='color:{color}; white-space:nowrap'>&#9679;&nbsp;{name}</span>"
+                     for name, color in entries)
     return (f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>"
-            + (f"&nbsp;&nbsp;&nbsp;<span style='font-size:9pt'>{names}</span>" if names else ""))
+            + (f"&nbsp;&nbsp; <span style='font-size:9pt'>{names}</span>" if names else ""))
+
+
+class LegendPlot(QtWidgets.QWidget):
+    """A plot under a title-legend label that wraps: a title inside pyqtgraph's plot is as wide as its text
+    and, with four curve names, made the plot wider than its pane, which then clipped it."""
+
+    def __init__(self, left: str, bottom: str, parent=None):
+        super().__init__(parent)
+        self.title = QtWidgets.QLabel()
+        self.title.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.title.setWordWrap(True)
+        self.title.setAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter)
+        self.title.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.title.setStyleSheet(f"background: {theme.PANEL}; padding-top: 4px;")
+        self.plot = pg.PlotWidget()
+        style_plot(self.plot, "", left, bottom)
+        self.plot.getPlotItem().setTitle(None)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.title)
+        lay.addWidget(self.plot, 1)
+
+    def set_title(self, title: str, entries: list[tuple[str, str]]) -> None:
+        self.title.setText(legend_title(title, entries))
 
 
 #: short legend names, so that the title-legend fits above the per-epoch plot
 CURVE_NAMES = {"val_accuracy": "accuracy", "val_balanced_accuracy": "bal. accuracy", "val_macro_f1": "macro F1",
                "train_acc": "train acc.", "loss": "loss", "visible_loss": "visible loss", "feat_std": "feature std"}
+
+
+def has_curves(kind: str) -> bool:
+    """Kinds that train epoch by epoch (a loss per step, a history row per epoch); the others (ensemble,
+    prediction, study) show their report instead of empty plots."""
+    return kind in JOB_KINDS and JOB_KINDS[kind].history_file is not None
 
 
 def val_metric_keys(kind: str, history: list[dict]) -> list[str]:
@@ -425,13 +489,13 @@ class CurvesWidget(QtWidgets.QWidget):
         style_plot(self.loss_plot, "Training loss", "loss", "step")
         self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(theme.ACCENT, width=1.5))
         self.loss_smooth = self.loss_plot.plot(pen=pg.mkPen("#f0a04b", width=2))
-        self.val_plot = pg.PlotWidget()
-        style_plot(self.val_plot, "Per epoch", "value", "epoch")
+        self.val_box = LegendPlot("value", "epoch")
+        self.val_plot = self.val_box.plot
         self.val_curves: dict[str, pg.PlotDataItem] = {}
         lay = QtWidgets.QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.loss_plot)
-        lay.addWidget(self.val_plot)
+        lay.addWidget(self.val_box)
 
     def show_entry(self, e: JobEntry | None) -> None:
         if e is None or not e.losses:
@@ -475,7 +539,140 @@ class CurvesWidget(QtWidgets.QWidget):
             xs = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
             self.val_curves[k].setData(xs, [float(h.get(k, float("nan"))) for h in hist])
         title = "Validation" if e is not None and e.kind == "finetune" else "Per epoch"
-        self.val_plot.getPlotItem().setTitle(legend_title(title, entries))
+        self.val_box.set_title(title, entries)
+
+
+def ensemble_report_rows(report: dict) -> list[list[str]]:
+    """Table rows (model, weight, temperature, accuracy, ECE before -> after, NLL before -> after) of an
+    ensemble run's report.json."""
+    def pair(before: dict, after: dict, key: str) -> str:
+        b, a = before.get(key), after.get(key)
+        if not isinstance(b, (int, float)):
+            return "–"
+        return f"{b:.3f}" if not isinstance(a, (int, float)) or a == b else f"{b:.3f} → {a:.3f}"
+
+    rows = []
+    for m in report.get("members") or []:
+        t = m.get("temperature")
+        temp = f"{t:.2f}" if isinstance(t, (int, float)) else "–"
+        if m.get("temperature_at_limit"):
+            temp += " (limit)"
+        acc = m.get("after", {}).get("accuracy")
+        rows.append([str(m.get("name", "")), f"{m.get('weight', 1.0):g}", temp,
+                     f"{acc:.1%}" if isinstance(acc, (int, float)) else "–",
+                     pair(m.get("before", {}), m.get("after", {}), "ece"),
+                     pair(m.get("before", {}), m.get("after", {}), "nll")])
+    ens = report.get("ensemble") or {}
+    acc = ens.get("after", {}).get("accuracy")
+    rows.append(["Ensemble", "", "", f"{acc:.1%}" if isinstance(acc, (int, float)) else "–",
+                 pair(ens.get("before", {}), ens.get("after", {}), "ece"),
+                 pair(ens.get("before", {}), ens.get("after", {}), "nll")])
+    return rows
+
+
+LIMIT_NOTE = ("A temperature marked (limit) is where the fit stopped, not a fitted value: on this member's "
+              "validation images the loss kept falling towards {where}, which happens when its predictions "
+              "there are {what} (often a very small validation split).")
+
+
+class ReportView(QtWidgets.QWidget):
+    """What a run without training curves produced: an ensemble's calibration report (report.json in its
+    folder), a prediction's or a study's summary numbers (the run's metrics)."""
+
+    ENSEMBLE_HEADERS = ["Model", "Weight", "Temperature", "Accuracy", "ECE (before → after)",
+                        "NLL (before → after)"]
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.caption = QtWidgets.QLabel()
+        self.caption.setObjectName("dim")
+        self.caption.setWordWrap(True)
+        self.caption.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.table = QtWidgets.QTreeWidget()
+        self.table.setRootIsDecorated(False)
+        self.table.setUniformRowHeights(True)
+        self.table.header().setStretchLastSection(False)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.caption)
+        lay.addWidget(self.table, 1)
+        self.rows: list[list[str]] = []
+
+    def show_entry(self, e: JobEntry | None) -> None:
+        self.table.clear()
+        self.rows = []
+        if e is None:
+            self.caption.setText("")
+            return
+        if e.kind == "ensemble":
+            self._ensemble(e)
+        else:
+            self._metrics(e)
+        for r in self.rows:
+            it = QtWidgets.QTreeWidgetItem(r)
+            for c in range(1, len(r)):
+                it.setTextAlignment(c, QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+            if len(r) > 2 and r[2].endswith("(limit)"):
+                it.setForeground(2, QtGui.QBrush(QtGui.QColor(theme.WARN)))
+                it.setToolTip(2, self.caption.toolTip())
+            self.table.addTopLevelItem(it)
+        for c in range(self.table.columnCount()):
+            self.table.resizeColumnToContents(c)
+
+    def _ensemble(self, e: JobEntry) -> None:
+        from core.train.checkpoint import read_json
+
+        self.table.setHeaderLabels(self.ENSEMBLE_HEADERS)
+        self.caption.setToolTip("")
+        path = e.run_dir / "report.json"
+        if not path.is_file():
+            self.caption.setText("The calibration report appears here when the ensemble has been evaluated."
+                                 if e.state != core_runs.FINISHED else f"No report: {path} is missing.")
+            return
+        try:
+            report = read_json(path)
+        except (OSError, ValueError) as exc:
+            self.caption.setText(f"Cannot read the report: {exc}")
+            return
+        self.rows = ensemble_report_rows(report)
+        at_limit = [m for m in report.get("members") or [] if m.get("temperature_at_limit")]
+        text = (f"{report.get('split', '?')} split, {report.get('n', 0)} images; each member's temperature "
+                "was fitted on its validation split.")
+        if at_limit:
+            high = any(m.get("temperature", 1.0) > 1.0 for m in at_limit)
+            note = LIMIT_NOTE.format(where="an infinite temperature" if high else "a temperature of zero",
+                                     what="no better than a constant" if high else "all right with a margin")
+            text += " " + note
+            self.caption.setToolTip(note)
+        self.caption.setText(text)
+
+    def _metrics(self, e: JobEntry) -> None:
+        self.table.setHeaderLabels(["Result", "Value"])
+        self.caption.setToolTip("")
+        self.rows = [[k.replace("_", " "), f"{v:.4g}" if isinstance(v, float) else str(v)]
+                     for k, v in e.metrics.items()]
+        self.caption.setText("" if self.rows else "The result appears here when the job has finished.")
+
+
+class RunView(QtWidgets.QStackedWidget):
+    """Training curves for the kinds that train, the report for the others: an ensemble or a prediction
+    never shows empty plots left with the previous run's axes."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.curves = CurvesWidget()
+        self.report = ReportView()
+        self.addWidget(self.curves)
+        self.addWidget(self.report)
+
+    def show_entry(self, e: JobEntry | None, full: bool = True) -> None:
+        if e is not None and not has_curves(e.kind):
+            if full:            # a report changes when the run does (state, metrics), not with each progress tick
+                self.report.show_entry(e)
+            self.setCurrentWidget(self.report)
+            return
+        self.curves.show_entry(e)
+        self.setCurrentWidget(self.curves)
 
 
 class JobsPanel(QtWidgets.QWidget):
@@ -507,7 +704,8 @@ class JobsPanel(QtWidgets.QWidget):
         self.resume_btn = QtWidgets.QPushButton(theme.icon("next"), "Resume")
         self.cancel_btn.setToolTip("Stop the job at the next safe point; a checkpoint is saved")
         self.resume_btn.setToolTip("Continue a cancelled, failed or interrupted job from its last checkpoint")
-        self.curves = CurvesWidget()
+        self.view = RunView()
+        self.curves = self.view.curves
         self.log_view = QtWidgets.QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(400)
@@ -526,7 +724,7 @@ class JobsPanel(QtWidgets.QWidget):
         rl.addWidget(self.bar)
         rl.addWidget(self.stats)
         split = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
-        split.addWidget(self.curves)
+        split.addWidget(self.view)
         split.addWidget(self.log_view)
         split.setSizes([260, 110])
         rl.addWidget(split, 1)
@@ -590,7 +788,7 @@ class JobsPanel(QtWidgets.QWidget):
         it.setText(1, e.state)
         it.setForeground(1, QtGui.QBrush(QtGui.QColor(STATE_COLORS.get(e.state, theme.TEXT))))
         frac = e.fraction
-        it.setText(2, f"{100 * frac:.0f} %" if frac is not None else "")
+        it.setText(2, f"{whole_percent(e.step, e.total)} %" if frac is not None else "")
 
     def _changed(self, rid: int) -> None:
         self._update_item(rid)
@@ -612,6 +810,8 @@ class JobsPanel(QtWidgets.QWidget):
 
     def _select(self, item, _prev) -> None:
         self.current = item.data(0, QtCore.Qt.ItemDataRole.UserRole) if item is not None else None
+        if self.current is not None:
+            self.manager.read_losses(self.current)
         self._last_log_len = -1
         self._show(self.current, full=True)
 
@@ -631,7 +831,7 @@ class JobsPanel(QtWidgets.QWidget):
             self.stats.setText("")
             self.cancel_btn.setEnabled(False)
             self.resume_btn.setEnabled(False)
-            self.curves.show_entry(None)
+            self.view.show_entry(None)
             self.log_view.clear()
             return
         self.title.setText(e.title)
@@ -641,7 +841,7 @@ class JobsPanel(QtWidgets.QWidget):
         if e.total and e.total > 0:
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.step, e.total))
-            self.bar.setFormat(f"{100 * e.step / e.total:.0f} %  ({e.step:,} / {e.total:,})"
+            self.bar.setFormat(f"{whole_percent(e.step, e.total)} %  ({e.step:,} / {e.total:,})"
                                if e.state != "finished" else "done")
         elif e.state == "running":
             self.bar.setRange(0, 0)
@@ -663,7 +863,7 @@ class JobsPanel(QtWidgets.QWidget):
         self.stats.setText("  ·  ".join(parts))
         self.cancel_btn.setEnabled(e.cancellable)
         self.resume_btn.setEnabled(e.state in RESUMABLE_STATES)
-        self.curves.show_entry(e)
+        self.view.show_entry(e, full)
         if full or len(e.log) != self._last_log_len:
             self._last_log_len = len(e.log)
             bar = self.log_view.verticalScrollBar()

@@ -16,7 +16,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
 from desktop.bridge.project import ProjectModel
-from desktop.bridge.rows import Item
+from desktop.bridge.rows import Item, natural_key
 from desktop.bridge.thumbs import ThumbnailService
 
 ItemRole = QtCore.Qt.ItemDataRole.UserRole + 1
@@ -64,11 +64,11 @@ class Filter:
 
 def _sort_key(kind: str):
     if kind == "label":
-        return lambda it: (it.label is None, it.label or "", it.sort_key)
+        return lambda it: (it.label is None, natural_key(it.label or ""), it.sort_key)
     if kind == "uncertainty":
         return lambda it: (it.uncertainty is None, -(it.uncertainty or 0.0), it.sort_key)
     if kind == "case":
-        return lambda it: (it.case_id is None, it.case_id or "", it.sort_key)
+        return lambda it: (it.case_id is None, natural_key(it.case_id or ""), it.sort_key)
     if kind == "added":
         return lambda it: it.order
     return lambda it: it.sort_key
@@ -163,6 +163,20 @@ class LibraryModel(QtCore.QAbstractListModel):
     def _on_classes_changed(self) -> None:
         if self.filter.label.startswith("class:") and self.filter.label[6:] not in self.project.classes:
             self.set_filter(label="all")
+
+
+def caption_parts(it: Item, fm: QtGui.QFontMetrics, width: int) -> tuple[str, str]:
+    """The tile's second line as (left, right) texts within ``width`` px: the uncertainty is right-aligned
+    and always whole, only the class name is elided ("pred malignant · u 1...." hid the number)."""
+    if it.prediction is not None:
+        right = f"u {it.uncertainty:.2f}" if it.uncertainty is not None else ""
+        room = width - (fm.horizontalAdvance(right) + fm.horizontalAdvance("  ") if right else 0)
+        return fm.elidedText(f"pred {it.prediction}", QtCore.Qt.TextElideMode.ElideRight, max(0, room)), right
+    if it.case_id:
+        text = it.case_id + (f" · {it.modality}" if it.modality else "")
+    else:
+        text = "scanning…" if it.image_id is None else ""
+    return fm.elidedText(text, QtCore.Qt.TextElideMode.ElideRight, width), ""
 
 
 class ThumbDelegate(QtWidgets.QStyledItemDelegate):
@@ -276,20 +290,12 @@ class ThumbDelegate(QtWidgets.QStyledItemDelegate):
         p.setPen(QtGui.QColor(theme.TEXT))
         p.drawText(text_rect, QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignVCenter,
                    fm.elidedText(it.name, QtCore.Qt.TextElideMode.ElideMiddle, text_rect.width()))
-        second = ""
-        if it.prediction is not None:
-            second = f"pred {it.prediction}"
-            if it.uncertainty is not None:
-                second += f" · u {it.uncertainty:.2f}"
-        elif it.case_id:
-            second = it.case_id + (f" · {it.modality}" if it.modality else "")
-        elif it.image_id is None:
-            second = "scanning…"
-        if second:
+        second, right = caption_parts(it, fm, text_rect.width())
+        if second or right:
             text_rect.translate(0, fm.height() + 1)
             p.setPen(QtGui.QColor(theme.TEXT_DIM))
-            p.drawText(text_rect, QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignVCenter,
-                       fm.elidedText(second, QtCore.Qt.TextElideMode.ElideRight, text_rect.width()))
+            p.drawText(text_rect, QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignVCenter, second)
+            p.drawText(text_rect, QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter, right)
         p.end()
         return tile
 
@@ -312,7 +318,9 @@ class ThumbGrid(QtWidgets.QListView):
         self.verticalScrollBar().setSingleStep(24)
         self.setMouseTracking(True)
         self.setSpacing(0)
-        self.setStyleSheet(f"QListView {{ background: {theme.BG}; padding: 8px; }}")
+        # a focus ring: Tab from the search field lands here, and it must show
+        self.setStyleSheet(f"QListView {{ background: {theme.BG}; padding: 8px; border: 1px solid {theme.BG}; }}"
+                           f"QListView:focus {{ border: 1px solid {theme.ACCENT}; }}")
 
     def resizeEvent(self, ev) -> None:
         super().resizeEvent(ev)
@@ -400,6 +408,25 @@ class LibraryPage(QtWidgets.QWidget):
         self.model.filterChanged.connect(self._update_count)
         self.model.modelReset.connect(self._update_count)
         project.opened.connect(lambda _p: self.grid.scrollToTop())
+        QtWidgets.QWidget.setTabOrder(self.search, self.grid)     # one Tab from the search to the images
+        QtWidgets.QWidget.setTabOrder(self.grid, self.sort)
+        self.search.installEventFilter(self)
+
+    def eventFilter(self, obj, ev) -> bool:
+        """Enter or Down in the search field goes to the grid, on its current (else first) image."""
+        if obj is self.search and ev.type() == QtCore.QEvent.Type.KeyPress and ev.key() in (
+                QtCore.Qt.Key.Key_Down, QtCore.Qt.Key.Key_Return, QtCore.Qt.Key.Key_Enter):
+            if self._search_timer.isActive():      # the filter of what was just typed first
+                self._search_timer.stop()
+                self.model.set_filter(search=self.search.text().strip().lower())
+            self.focus_grid()
+            return True
+        return super().eventFilter(obj, ev)
+
+    def focus_grid(self) -> None:
+        if not self.grid.currentIndex().isValid() and self.model.rows:
+            self.grid.setCurrentIndex(self.model.index(0))
+        self.grid.setFocus(QtCore.Qt.FocusReason.TabFocusReason)
 
     def _thumb_arrived(self, path: str) -> None:
         self._arrived.add(path)

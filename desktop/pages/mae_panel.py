@@ -1,7 +1,8 @@
 """Side-by-side MAE panel: original | hidden cells | reconstruction, from a chosen pretraining checkpoint.
 
 The arrays come from ``core.analysis.reconstruct`` (model loading and the forward pass run in a worker thread);
-this panel only shows them on three linked canvases.
+this panel only shows them on three linked canvases. The original is the image itself at its own size and
+aspect; the model's square views are stretched back over it, so a point is at one place on all three.
 """
 
 from __future__ import annotations
@@ -195,13 +196,15 @@ class MaePanel(QtWidgets.QWidget):
         models = self._models
 
         def compute():
+            from core.data.imageio import read_image
+
             engine = import_engine("core.analysis.reconstruct")
             if ckpt not in models:
                 models.clear()
                 models[ckpt] = engine.load_mae(ckpt)
             model, config = models[ckpt]
             rec = engine.reconstruct(model, config, [item.path], names=[item.name], mask_ratio=ratio, seed=seed)[0]
-            return item, ckpt, config, rec
+            return item, ckpt, config, rec, read_image(item.path).array
 
         self.caller.submit(compute, self._done, self._failed, key="mae-panel")
 
@@ -209,21 +212,22 @@ class MaePanel(QtWidgets.QWidget):
         self._set_empty(f"Cannot reconstruct with this checkpoint:\n{msg}")
 
     def _done(self, res) -> None:
-        item, ckpt, config, rec = res
-        if item is not self.item:
+        if res[0] is not self.item:
             return
-        self.last = (item, ckpt, config, rec)
+        self.last = res
         self._show(self.last)
 
     def _show(self, res) -> None:
         if res is None:
             return
-        item, ckpt, config, rec = res
+        item, ckpt, config, rec, image = res
         views = rec.views()       # uint8 RGB [S, S, 3] each: original, entropy, hidden, reconstruction, pasted
         third = views[4] if self.third.currentData() == "pasted" else views[3]
-        first = self.canvases[0].image is None or self.canvases[0].image.shape != views[0].shape
-        for canvas, arr in zip(self.canvases, (views[0], views[2], third)):
-            canvas.set_image(arr.astype(np.float32) / 255.0, (0.0, 1.0), keep_view=not first)
+        first = self.canvases[0].image is None or self.canvases[0].image.shape != image.shape
+        h, w = image.shape[:2]
+        self.canvases[0].set_image(image, (0.0, 1.0), keep_view=not first)
+        for canvas, arr in zip(self.canvases[1:], (views[2], third)):
+            canvas.set_image(arr.astype(np.float32) / 255.0, (0.0, 1.0), keep_view=not first, shown_size=(w, h))
         if first:
             self.canvases[0].fit()
         hidden, total = int(rec.mask.sum()), rec.mask.size
@@ -233,6 +237,6 @@ class MaePanel(QtWidgets.QWidget):
         self.stack.setCurrentWidget(self.grid_widget)
         size = rec.original.shape[0]
         self.status.setText(
-            f"{item.name} at {size}×{size} px · {hidden}/{total} cells hidden · masked loss {rec.masked_loss:.3f} · "
+            f"{item.name} ({w}×{h} px) seen by the model at {size}×{size} px · {hidden}/{total} cells hidden · masked loss {rec.masked_loss:.3f} · "
             f"checkpoint {Path(ckpt).name} · cell brightness/contrast of hidden cells come from the original "
             "(the model predicts normalised pixels)")

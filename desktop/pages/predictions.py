@@ -16,8 +16,10 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core import csvcells
 from desktop import theme
+from desktop.bridge.rows import natural_key
 from desktop.pages.jobs_panel import style_plot
 from desktop.widgets.elided_label import ElidedLabel
+from desktop.widgets.frozen_table import FrozenColumnsTable
 
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
 
@@ -67,10 +69,15 @@ class PredictionsModel(QtCore.QAbstractTableModel):
         self.classes: list[str] = []
         self.members: list[str] = []
         self.columns: list[tuple[str, str, object]] = []   # (header, kind, key)
+        self.name_order: list[int] = []                      # each row's place in natural file-name order
 
     def set_data(self, rows: list[PredRow], classes: list[str], members: list[str]) -> None:
         self.beginResetModel()
         self.rows, self.classes, self.members = rows, classes, members
+        order = sorted(range(len(rows)), key=lambda i: (natural_key(rows[i].name), natural_key(rows[i].rel_path)))
+        self.name_order = [0] * len(rows)
+        for place, i in enumerate(order):
+            self.name_order[i] = place
         cols: list[tuple[str, str, object]] = [("#", "rank", None), ("Image", "name", None), ("Label", "label", None),
                                                ("Prediction", "predicted", None)]
         cols += [(f"p({c})", "prob", c) for c in classes]
@@ -128,6 +135,8 @@ class PredictionsModel(QtCore.QAbstractTableModel):
                 return f"{v:.3f}"
             return str(v)
         if role == SORT_ROLE:
+            if kind == "name":      # "benign (2)" before "benign (10)": a number compares as fast as a string
+                return self.name_order[index.row()]
             if v is None:
                 return float("inf") if kind == "rank" else -1.0 if kind not in ("name", "label", "predicted") else ""
             return float(v) if isinstance(v, (bool, int, float)) else str(v)
@@ -394,7 +403,7 @@ class PredictionsPage(QtWidgets.QWidget):
         self.model = PredictionsModel(self)
         self.proxy = PredictionsFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.table = QtWidgets.QTableView()
+        self.table = FrozenColumnsTable(frozen=2)      # "#" and "Image" stay while the member columns scroll
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
@@ -429,6 +438,8 @@ class PredictionsPage(QtWidgets.QWidget):
         project.storeReady.connect(self.refresh)
         project.closed.connect(self.refresh)
         project.itemChanged.connect(self._label_changed)
+        self._redraw_charts = QtCore.QTimer(self, singleShot=True, interval=100)   # a burst of labels: one redraw
+        self._redraw_charts.timeout.connect(self.charts.redraw)
 
     # -- data -----------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -504,6 +515,7 @@ class PredictionsPage(QtWidgets.QWidget):
                 row = self.model.rows.index(r)
                 self.model.dataChanged.emit(self.model.index(row, 0),
                                             self.model.index(row, self.model.columnCount() - 1))
+                self._redraw_charts.start()     # the confusion matrix and ROC count labelled images
                 break
 
     # -- actions --------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core.project.runs import read_history
 from desktop import theme
-from desktop.pages.jobs_panel import CURVE_COLORS, CurvesWidget, JobEntry, kind_label, legend_title, style_plot
+from desktop.pages.jobs_panel import (CURVE_COLORS, CURVE_NAMES, JobEntry, LegendPlot, RunView, has_curves,
+                                      kind_label)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -37,9 +38,10 @@ class RunPane(QtWidgets.QWidget):
         self.table.setHeaderLabels(["Field", "Value"])
         self.table.setRootIsDecorated(False)
         self.table.header().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
-        self.curves = CurvesWidget()
+        self.view = RunView()           # curves of a training run, the report of an ensemble / prediction
+        self.curves = self.view.curves
         split = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
-        split.addWidget(self.curves)
+        split.addWidget(self.view)
         split.addWidget(self.table)
         split.setSizes([260, 400])
         lay = QtWidgets.QVBoxLayout(self)
@@ -91,7 +93,7 @@ class RunPane(QtWidgets.QWidget):
             if other is not None and k in other and other[k] != v:
                 it.setForeground(1, QtGui.QBrush(QtGui.QColor(theme.WARN)))
             self.table.addTopLevelItem(it)
-        self.curves.show_entry(self.entry)
+        self.view.show_entry(self.entry)
 
 
 class RunsBrowser(QtWidgets.QDialog):
@@ -109,8 +111,8 @@ class RunsBrowser(QtWidgets.QDialog):
         split.addWidget(self.left)
         split.addWidget(self.right)
         self.compare_metric = QtWidgets.QComboBox()
-        self.overlay = pg.PlotWidget()
-        style_plot(self.overlay, "Both runs", "value", "epoch")
+        self.overlay_box = LegendPlot("value", "epoch")
+        self.overlay = self.overlay_box.plot
         bottom = QtWidgets.QWidget()
         bl = QtWidgets.QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
@@ -118,7 +120,7 @@ class RunsBrowser(QtWidgets.QDialog):
         row.addWidget(QtWidgets.QLabel("Compare per epoch"))
         row.addWidget(self.compare_metric, 1)
         bl.addLayout(row)
-        bl.addWidget(self.overlay, 1)
+        bl.addWidget(self.overlay_box, 1)
         outer = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         outer.addWidget(split)
         outer.addWidget(bottom)
@@ -134,11 +136,28 @@ class RunsBrowser(QtWidgets.QDialog):
     def reload(self) -> None:
         store = self.project.store
         runs = store.list_runs() if store is not None else []
+        first = self.left.combo.count() == 0
         self.left.fill_runs(runs)
         self.right.fill_runs(runs)
+        if first:
+            self._choose_comparable(runs)
         if self.right.combo.count() > 1 and self.right.combo.currentIndex() == self.left.combo.currentIndex():
             self.right.combo.setCurrentIndex(1)
         self.refresh_panes()
+
+    def _choose_comparable(self, runs) -> None:
+        """Open on the two newest runs that have curves, of one kind where there are two (the newest runs are
+        often an ensemble and a prediction, which have none)."""
+        trained = [r for r in reversed(runs) if has_curves(r.kind) and read_history(r.kind, r.run_dir)]
+        if not trained:
+            return
+        left = trained[0]
+        right = next((r for r in trained[1:] if r.kind == left.kind), trained[1] if len(trained) > 1 else None)
+        for pane, run in ((self.left, left), (self.right, right)):
+            if run is not None:
+                pane.combo.blockSignals(True)
+                pane.combo.setCurrentIndex(pane.combo.findData(run.id))
+                pane.combo.blockSignals(False)
 
     def refresh_panes(self) -> None:
         self.left.load()
@@ -176,5 +195,7 @@ class RunsBrowser(QtWidgets.QDialog):
             self.overlay.plot(xs, ys, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5, symbolBrush=color)
             self.overlay_series[pane.label] = (xs, ys)
             entries.append((f"{'left' if i == 0 else 'right'}: {pane.label}", color))
-        self.overlay.getPlotItem().setTitle(legend_title("Both runs", entries))
-        self.overlay.getPlotItem().getAxis("left").setLabel(key or "value", color=theme.TEXT_DIM)
+        self.overlay_box.set_title(f"Both runs: {key}" if key else "Both runs", entries)
+        # the axis gets the short name: "val_balanced_accuracy" did not fit the height of the plot
+        self.overlay.getPlotItem().getAxis("left").setLabel(CURVE_NAMES.get(key, key) or "value",
+                                                             color=theme.TEXT_DIM)

@@ -20,7 +20,7 @@ from desktop.bridge import mask_ops
 from desktop import theme
 from desktop.bridge.annotation import MaskFiles, push_mask_edit, set_label
 from desktop.widgets.elided_label import ElidedLabel
-from desktop.widgets.canvas import Z_CAM, Z_HEAT, Z_LESION, Z_MAE, ImageCanvas
+from desktop.widgets.canvas import Z_CAM, Z_HEAT, Z_LESION, Z_LESION_OUTLINE, Z_MAE, ImageCanvas
 from desktop.bridge.jobs_bridge import AsyncCaller, import_engine
 from desktop.widgets.overlays import ColorBar, OverlayControl, SwatchLegend
 from desktop.bridge.project import ProjectModel
@@ -61,16 +61,19 @@ def _load(item: Item, files: MaskFiles) -> Loaded:
                   mask, mask_error)
 
 
-def lesion_rgba(mask: np.ndarray) -> np.ndarray:
-    """Filled lesion (translucent) plus its outline (opaque) as RGBA uint8."""
+#: the lesion fill's default opacity: the texture under it stays readable (the outline is always opaque)
+LESION_FILL_OPACITY = 0.2
+
+
+def lesion_layers(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion as two RGBA uint8 layers: the fill (its opacity is the overlay's slider) and the outline
+    (opaque, so the border shows at any fill opacity)."""
     h, w = mask.shape
-    rgba = np.zeros((h, w, 4), dtype=np.uint8)
-    rgba[..., :3] = theme.LESION_COLOR
-    rgba[..., 3] = np.where(mask, 90, 0).astype(np.uint8)
-    edge = mask_ops.outline(mask, width=max(1, round(max(h, w) / 300)))
-    rgba[edge, 3] = 255
-    rgba[edge, :3] = (255, 120, 120)
-    return rgba
+    fill = np.zeros((h, w, 4), dtype=np.uint8)
+    fill[mask] = (*theme.LESION_COLOR, 255)
+    outline = np.zeros((h, w, 4), dtype=np.uint8)
+    outline[mask_ops.outline(mask, width=max(1, round(max(h, w) / 300)))] = (255, 120, 120, 255)
+    return fill, outline
 
 
 def hidden_cells_rgba(hidden: np.ndarray, cell: int, shape: tuple[int, int]) -> np.ndarray:
@@ -342,7 +345,9 @@ class ViewerPage(QtWidgets.QWidget):
         self.ov_mae = OverlayControl("mae", "MAE mask", "mae-mask", "M", self.mae_legend,
                                      opacity=0.6, settings=self._mae_settings())
         self.lesion_legend = SwatchLegend([(QtGui.QColor(*theme.LESION_COLOR), "lesion (fill + outline)")])
-        self.ov_lesion = OverlayControl("lesion", "Lesion mask", "lesion", "L", self.lesion_legend, opacity=0.9)
+        self.ov_lesion = OverlayControl("lesion", "Lesion mask", "lesion", "L", self.lesion_legend,
+                                        opacity=LESION_FILL_OPACITY, opacity_label="Fill")
+        self.ov_lesion.slider.setToolTip("Opacity of the lesion's fill; its outline stays opaque")
         self.cam_bar = ColorBar(None, 0, 1, "× peak")
         self.ov_cam = OverlayControl("gradcam", "Grad-CAM", "gradcam", "C", self.cam_bar, opacity=0.5,
                                      settings=self._cam_settings())
@@ -560,10 +565,12 @@ class ViewerPage(QtWidgets.QWidget):
         self.ov_cam.set_status(f"Evidence for “{cam.class_name}” ({who})")
 
     # -- showing an image -------------------------------------------------------------------------------
-    def show_item(self, item: Item | None, position: tuple[int, int] | None = None) -> None:
+    def show_item(self, item: Item | None, position: tuple[int, int] | None = None, counting: str = "") -> None:
+        """Show ``item``; ``position`` (index, count) is its place in what the user steps through: the
+        library's rows, or with ``counting`` (e.g. "suggestion") another list."""
         self.item = item
-        if position is not None:
-            self.position.setText(f"{position[0] + 1:,} / {position[1]:,}")
+        self.position.setText(f"{counting} {position[0] + 1:,} / {position[1]:,}".strip() if position else "")
+        self.statusText.emit("")      # the pixel readout belonged to the previous image
         if item is None:
             self.loaded = None
             self.canvas.set_image(None)
@@ -752,6 +759,10 @@ class ViewerPage(QtWidgets.QWidget):
     def _zoom_changed(self, z: float) -> None:
         self.zoom_label.setText(f"{z * 100:.0f} %")
 
+    def hideEvent(self, ev) -> None:
+        super().hideEvent(ev)
+        self.statusText.emit("")      # another page: no pointer over this image any more
+
     def _hover(self, pos) -> None:
         if pos is None or self.loaded is None:
             self.statusText.emit("")
@@ -788,6 +799,7 @@ class ViewerPage(QtWidgets.QWidget):
                 self._update_lesion()
             else:
                 self.canvas.set_layer_visible("lesion", False)
+                self.canvas.set_layer_visible("lesion-outline", False)
         elif name == "gradcam":
             if on:
                 self._update_cam()
@@ -803,8 +815,10 @@ class ViewerPage(QtWidgets.QWidget):
         if self.loaded is None:
             return
         mask = self.mask if self.mask is not None else np.zeros(self.loaded.grey.shape, dtype=bool)
-        rgba = lesion_rgba(mask) if mask.any() else None
-        self.canvas.set_rgba_layer("lesion", Z_LESION, rgba, self.ov_lesion.opacity, self.ov_lesion.enabled_overlay)
+        fill, outline = lesion_layers(mask) if mask.any() else (None, None)
+        on = self.ov_lesion.enabled_overlay
+        self.canvas.set_rgba_layer("lesion", Z_LESION, fill, self.ov_lesion.opacity, on)
+        self.canvas.set_rgba_layer("lesion-outline", Z_LESION_OUTLINE, outline, 1.0, on)
         area = int(mask.sum())
         self.ov_lesion.set_status(f"{100.0 * area / mask.size:.1f} % of the image" if area else "No lesion drawn")
 

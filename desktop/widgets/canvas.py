@@ -15,7 +15,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
-Z_BASE, Z_HEAT, Z_CAM, Z_MAE, Z_LESION, Z_CURSOR = 0, 10, 15, 20, 30, 100
+Z_BASE, Z_HEAT, Z_CAM, Z_MAE, Z_LESION, Z_LESION_OUTLINE, Z_CURSOR = 0, 10, 15, 20, 30, 31, 100
 
 
 class CanvasViewBox(pg.ViewBox):
@@ -86,6 +86,7 @@ class ImageCanvas(pg.GraphicsView):
         self.tool = "navigate"
         self.brush_radius = 8.0
         self.image: np.ndarray | None = None
+        self.shown_size = (0, 0)            # (width, height) the image covers in the scene
         self.levels = (0.0, 1.0)
         self._wl_start = None
         self._cursor = QtWidgets.QGraphicsEllipseItem()
@@ -103,7 +104,9 @@ class ImageCanvas(pg.GraphicsView):
         return self.image is not None
 
     def set_image(self, array: np.ndarray | None, levels: tuple[float, float] | None = None,
-                  keep_view: bool = False) -> None:
+                  keep_view: bool = False, shown_size: tuple[int, int] | None = None) -> None:
+        """``shown_size`` (width, height) stretches the array over that many scene units: a model's square
+        input shown at the aspect of the image it came from, aligned with that image on a linked canvas."""
         self.image = array
         for layer in self.layers.values():
             layer.clear()
@@ -113,6 +116,9 @@ class ImageCanvas(pg.GraphicsView):
             return
         self.levels = tuple(levels) if levels is not None else (0.0, 1.0)
         self.base.setImage(array, levels=self.levels, autoLevels=False)
+        h, w = array.shape[:2]
+        self.shown_size = tuple(shown_size) if shown_size is not None else (w, h)
+        self.base.setRect(QtCore.QRectF(0, 0, *self.shown_size))
         if not keep_view:
             self.fit()
 
@@ -142,7 +148,7 @@ class ImageCanvas(pg.GraphicsView):
     def fit(self) -> None:
         if self.image is None:
             return
-        h, w = self.image.shape[:2]
+        w, h = self.shown_size
         self.vb.setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
 
     def one_to_one(self) -> None:

@@ -93,7 +93,8 @@ class OverlayControl(QtWidgets.QFrame):
     opacityChanged = QtCore.Signal(float)
 
     def __init__(self, name: str, title: str, icon: str, shortcut: str, legend: QtWidgets.QWidget | None = None,
-                 opacity: float = 0.5, settings: QtWidgets.QWidget | None = None, parent=None):
+                 opacity: float = 0.5, settings: QtWidgets.QWidget | None = None, opacity_label: str = "Opacity",
+                 parent=None):
         super().__init__(parent)
         self.name = name
         self.setObjectName("overlay")
@@ -124,7 +125,7 @@ class OverlayControl(QtWidgets.QFrame):
         self.op_row = QtWidgets.QWidget()
         op = QtWidgets.QHBoxLayout(self.op_row)
         op.setContentsMargins(0, 0, 0, 0)
-        op_label = QtWidgets.QLabel("Opacity")
+        op_label = QtWidgets.QLabel(opacity_label)
         op_label.setObjectName("dim")
         op.addWidget(op_label)
         op.addWidget(self.slider, 1)

@@ -7,13 +7,14 @@ from __future__ import annotations
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop import theme
+from desktop.bridge.rows import natural_key
 
 CONFLICT_REASON = "identical files with different labels: the project keeps the first file's label"
 
 
 def problem_rows(errors, conflicts) -> list[tuple[str, str]]:
     """(file, reason) rows: the scan's ``ScanError`` s, then one row per set of identical files."""
-    rows = [(str(e.path), e.reason) for e in errors]
+    rows = sorted(((str(e.path), e.reason) for e in errors), key=lambda row: natural_key(row[0]))
     rows += [(" = ".join(group), CONFLICT_REASON) for group in conflicts]
     return rows
 

@@ -164,9 +164,13 @@ def test_cancel_and_resume_and_reopen(qtbot, window):
     assert stopped_at < e.total
     assert window.jobs_panel.resume_btn.isEnabled()
     window.jobs_panel.resume_btn.click()
+    resumed_steps = []
+    e.runner.progress.connect(lambda step, _t, _m, metrics: "loss" in metrics and resumed_steps.append(step))
     e = wait_state(qtbot, window, rid, ("finished", "failed", "cancelled"))
     assert e.state == "finished", e.error
-    assert min(s for s, _ in e.losses) > stopped_at         # continued, did not start over
+    assert min(resumed_steps) > stopped_at                  # continued, did not start over
+    steps = [s for s, _ in e.losses]
+    assert steps[0] <= stopped_at and steps == sorted(set(steps))     # the loss before the resume stays
     cfg = json.loads((Path(e.run_dir) / "checkpoint-last" / "config.json").read_text())
     assert "18" in json.dumps(cfg)                          # all 18 steps done
     assert any("resumed" in line for line in e.log)
@@ -343,3 +347,87 @@ def test_opening_another_folder_or_quitting_asks_before_stopping_a_job(qtbot, wi
     assert "another folder was opened" in e.error and "crash" not in e.error
     window.jobs_panel.select_run(rid)
     assert "another folder was opened" in window.jobs_panel.stats.text()
+
+
+# -- issue 17, item 8: what the jobs panel plots and reports ---------------------------------------------
+def toy_training_kind(monkeypatch):
+    """A "toy" kind that trains: steps 1-4 then it is cancelled; resumed, it starts again at its checkpoint
+    (step 3) and runs to step 6. Resumed points carry +0.5, so which job reported a step is visible."""
+    from core.jobs import Job, JobCancelled
+    from core.project import runs
+    from desktop.bridge.jobs_bridge import JobRunner
+
+    def build(store, run, resume):
+        def fn(ctx):
+            for step in (range(3, 7) if resume else range(1, 5)):
+                ctx.progress(step, 6, phase="training", loss=10.0 * step + (0.5 if resume else 0.0))
+            if not resume:
+                raise JobCancelled()
+            return {}
+        return Job("toy", fn, state_dir=run.folder)
+
+    monkeypatch.setitem(runs.JOB_KINDS, "toy", runs.JobKind("Toy", build, "history.jsonl"))
+    monkeypatch.setattr(JobRunner, "PROGRESS_INTERVAL_S", 0.0)     # every point reaches the panel
+
+
+def test_resume_keeps_the_loss_before_the_resume_and_a_reopened_run_reads_it(qtbot, window, monkeypatch):
+    toy_training_kind(monkeypatch)
+    rid = window.jobs.submit("toy", "toy", {})
+    e = wait_state(qtbot, window, rid, ("cancelled",), timeout=20000)
+    assert [s for s, _ in e.losses] == [1, 2, 3, 4]
+    assert window.jobs_panel.items[rid].text(2) == "66 %"        # 4 of 6 steps: never rounded up
+    window.jobs_panel.select_run(rid)
+    window.jobs_panel.resume_btn.click()
+    e = wait_state(qtbot, window, rid, ("finished",), timeout=20000)
+    expected = [(1, 10.0), (2, 20.0), (3, 30.5), (4, 40.5), (5, 50.5), (6, 60.5)]   # steps 3, 4 redone
+    assert e.losses == expected
+    window.jobs_panel._flush()
+    assert list(window.jobs_panel.curves.loss_curve.xData) == [1, 2, 3, 4, 5, 6]
+
+    window.jobs.load()                       # as after reopening the project: the run folder's job.log
+    assert window.jobs.entries[rid].losses == []
+    window.jobs_panel.select_run(rid)
+    qtbot.waitUntil(lambda: window.jobs.entries[rid].losses == expected, timeout=10000)
+
+
+def fake_ensemble_run(store, temperatures=(1.3, 20.0)):
+    """A finished ensemble run whose report.json says what evaluate_ensemble writes (the second member's
+    temperature reached the fit's limit)."""
+    from core.project import runs
+    from core.train.checkpoint import write_json_atomic
+
+    run = runs.create_run(store, "ensemble", "two members", {"members": ["a", "b"]})
+    metrics = lambda acc, ece: {"accuracy": acc, "ece": ece, "nll": 0.9}      # noqa: E731
+    members = [{"name": n, "checkpoint": n, "weight": 1.0, "temperature": t, "before": metrics(0.7, 0.2),
+                "after": metrics(0.7, 0.05), "temperature_at_limit": t == 20.0}
+               for n, t in zip(("A-imagenet", "B-mae"), temperatures)]
+    write_json_atomic(Path(run.run_dir) / "report.json",
+                      {"split": "test", "n": 40, "classes": ["a", "b"], "members": members,
+                       "ensemble": {"before": metrics(0.75, 0.15), "after": metrics(0.775, 0.04)}})
+    store.update_run(run.id, state="finished", metrics={"ensemble_accuracy": 0.775})
+    return run
+
+
+def test_ensemble_and_prediction_runs_show_their_report_not_empty_training_plots(qtbot, window, monkeypatch):
+    toy_training_kind(monkeypatch)
+    store = window.project.store
+    trained = window.jobs.submit("toy", "toy", {})
+    wait_state(qtbot, window, trained, ("cancelled",), timeout=20000)
+    ens = fake_ensemble_run(store)
+    pred = store.add_run("predict", "predict folder", {"ensemble": ""}, state="finished")
+    store.update_run(pred, metrics={"images": 12, "stored": 12})
+    window.jobs.load()
+    panel = window.jobs_panel
+    panel.select_run(trained)
+    assert panel.view.currentWidget() is panel.curves
+    panel.select_run(ens.id)
+    assert panel.view.currentWidget() is panel.view.report            # no plots left from the toy run
+    rows = panel.view.report.rows
+    assert [r[0] for r in rows] == ["A-imagenet", "B-mae", "Ensemble"]
+    assert rows[0][2] == "1.30" and rows[1][2] == "20.00 (limit)"
+    assert rows[2][3] == "77.5%" and rows[2][4] == "0.150 → 0.040"    # accuracy, ECE before -> after
+    caption = panel.view.report.caption.text()
+    assert "test split, 40 images" in caption and "(limit)" in caption and "no better than a constant" in caption
+    panel.select_run(pred)
+    assert panel.view.currentWidget() is panel.view.report
+    assert ["images", "12"] in panel.view.report.rows and ["stored", "12"] in panel.view.report.rows

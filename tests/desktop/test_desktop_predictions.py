@@ -101,9 +101,13 @@ def test_suggest_next_orders_unlabeled_by_disagreement_and_opens_viewer(qtbot, w
             for i in range(len(ids))] == ids
     # fed to the annotation flow: the first suggestion is open in the viewer, Ctrl+Shift+N goes on
     assert window.current_page() == "viewer" and window.viewer.item.image_id == ids[0]
+    assert window.viewer.position.text() == f"suggestion 1 / {len(ids)}"     # not its place in the library
     window.viewer.assign_index(1)
     window.next_suggested()
     assert window.viewer.item.image_id == ids[1]
+    assert window.viewer.position.text() == f"suggestion 2 / {len(ids)}"
+    window.navigate(+1)                                      # stepping on through the library: its counter
+    assert window.viewer.position.text().split(" / ")[1] == str(len(window.library.model.rows))
     # double-click in the table opens that image
     window.show_page("predictions")
     page.show_combo.setCurrentIndex(page.show_combo.findData("all"))
@@ -114,12 +118,17 @@ def test_suggest_next_orders_unlabeled_by_disagreement_and_opens_viewer(qtbot, w
 def test_confusion_and_roc(qtbot, window):
     from desktop.pages.predictions import roc_curve
 
-    fake_run(window, n_unlabeled=0)
+    from desktop.bridge.annotation import set_label
+
+    _rid, items, _ = fake_run(window, n_unlabeled=1)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
     page.refresh()
     view = page.charts
-    assert view.matrix is not None and view.matrix.sum() == len(window.project.items)
+    n = len(window.project.items)
+    assert view.matrix is not None and view.matrix.sum() == n - 1
+    set_label(window.project, window.project.by_id[items[0].image_id], "benign")     # labelled in the viewer
+    qtbot.waitUntil(lambda: view.matrix.sum() == n, timeout=5000)                   # counted at once
     assert [view.source.itemText(i) for i in range(view.source.count())] == ["Ensemble", "Member A-imagenet",
                                                                                "Member B-mae"]
     ens = view.matrix.copy()

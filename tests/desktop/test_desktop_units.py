@@ -210,3 +210,104 @@ def test_labelled_percentage_never_rounds_up_to_done():
     assert whole_percent(778, 779) == 99
     assert whole_percent(779, 779) == 100
     assert whole_percent(0, 0) == 0 and whole_percent(1, 3) == 33
+
+
+# -- issue 17, item 10: natural order, pinned columns, captions --------------------------------------------
+def test_file_name_sort_is_by_file_name_in_natural_order():
+    from desktop.bridge.rows import Item
+    from desktop.pages.library import _sort_key
+
+    items = [Item(f"/d/{rel}", rel) for rel in ("malignant/img (2).png", "benign/img (10).png",
+                                                "benign/img (1).png", "benign/IMG (3).png")]
+    names = [it.rel_path for it in sorted(items, key=_sort_key("name"))]
+    assert names == ["benign/img (1).png", "malignant/img (2).png", "benign/IMG (3).png", "benign/img (10).png"]
+    cases = [Item("/d/a.png", "a.png", case_id="case10"), Item("/d/b.png", "b.png", case_id="case9")]
+    assert [it.case_id for it in sorted(cases, key=_sort_key("case"))] == ["case9", "case10"]
+
+
+def test_predictions_table_sorts_image_names_naturally(qtbot):
+    from PySide6 import QtCore
+
+    from desktop.pages.predictions import PredictionsFilter, PredictionsModel, PredRow
+
+    names = ["benign (1).png", "benign (10).png", "benign (11).png", "benign (2).png", "benign (3).png"]
+    model = PredictionsModel()
+    model.set_data([PredRow(i, n, f"benign/{n}", "benign", "benign", {"benign": 1.0}) for i, n in enumerate(names)],
+                   ["benign"], [])
+    proxy = PredictionsFilter()
+    proxy.setSourceModel(model)
+    proxy.sort(1, QtCore.Qt.SortOrder.AscendingOrder)
+    shown = [proxy.index(r, 1).data() for r in range(proxy.rowCount())]
+    assert shown == ["benign (1).png", "benign (2).png", "benign (3).png", "benign (10).png", "benign (11).png"]
+
+
+def test_pinned_columns_stay_in_place_when_the_table_scrolls_sideways(qtbot):
+    from PySide6 import QtGui
+
+    from desktop.widgets.frozen_table import FrozenColumnsTable
+
+    model = QtGui.QStandardItemModel(30, 12)
+    for r in range(30):
+        model.setItem(r, 0, QtGui.QStandardItem(str(r + 1)))
+        model.setItem(r, 1, QtGui.QStandardItem(f"image ({r + 1}).png"))
+        for c in range(2, 12):
+            model.setItem(r, c, QtGui.QStandardItem(f"{(r * c) % 7 / 7:.3f}"))
+    table = FrozenColumnsTable(frozen=2)
+    table.setModel(model)
+    table.resize(420, 300)
+    qtbot.addWidget(table)
+    table.show()
+    qtbot.waitExposed(table)
+    pinned = table.columnWidth(0) + table.columnWidth(1)
+
+    def left_part():
+        return table.grab().toImage().copy(0, 0, pinned, 280)
+
+    before = left_part()
+    bar = table.horizontalScrollBar()
+    assert bar.maximum() > 200                 # the member columns do not fit: there is something to scroll
+    bar.setValue(bar.maximum())
+    qtbot.wait(50)
+    assert left_part() == before               # "#" and "Image" stayed where they were, pixel for pixel
+    table.verticalScrollBar().setValue(table.verticalScrollBar().maximum())
+    qtbot.wait(50)
+    assert table.frozen.verticalScrollBar().value() == table.verticalScrollBar().value()   # rows in step
+
+
+def test_thumbnail_caption_keeps_the_uncertainty_whole(qapp):
+    from PySide6 import QtGui
+
+    from desktop.bridge.rows import Item
+    from desktop.pages.library import ThumbDelegate, caption_parts
+
+    font = QtGui.QFont()
+    font.setPointSizeF(9)
+    fm = QtGui.QFontMetrics(font)
+    width = ThumbDelegate.MIN_W - ThumbDelegate.PAD - 16        # the narrowest tile's text width
+    it = Item("/d/x.png", "x.png", image_id=1, prediction="malignant", uncertainty=1.0234)
+    left, right = caption_parts(it, fm, width)
+    assert right == "u 1.02"
+    assert fm.horizontalAdvance(left) + fm.horizontalAdvance(right) <= width
+    assert left.startswith("pred ")
+
+
+def test_a_long_curve_legend_wraps_instead_of_widening_the_plot_past_its_pane(qtbot):
+    """The runs browser's panes clipped their per-epoch plots: the title-legend inside pyqtgraph's plot set
+    its minimum width."""
+    from pathlib import Path
+
+    from desktop.pages.jobs_panel import CurvesWidget, JobEntry
+
+    curves = CurvesWidget()
+    qtbot.addWidget(curves)
+    curves.resize(520, 220)
+    curves.show()
+    qtbot.waitExposed(curves)
+    e = JobEntry(1, "finetune", "run", {}, Path("."), "finished")
+    e.history = [{"epoch": n, "train_loss": 1.0 / n, "val_accuracy": 0.4, "val_balanced_accuracy": 0.4,
+                  "val_macro_f1": 0.3, "train_acc": 0.5} for n in (1, 2)]
+    curves.show_entry(e)
+    qtbot.wait(50)
+    plot = curves.val_plot
+    assert len(curves.val_curves) == 4
+    assert plot.getPlotItem().sceneBoundingRect().width() <= plot.viewport().width() + 1

@@ -62,6 +62,19 @@ def test_temperature_scaling_lowers_ece_of_overconfident_model():
     assert (softmax(over, t).argmax(1) == over.argmax(1)).all()
 
 
+def test_temperature_fit_stops_at_its_upper_limit_when_the_predictions_say_nothing():
+    """Issue 17: a member got T = 20.0. That is the clamp: on validation predictions no better than a constant
+    (or confidently wrong) the NLL falls all the way to T -> inf, so the fit has no finite answer."""
+    from core.inference.ensemble import TEMPERATURE_LIMITS
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40)
+    assert fit_temperature(rng.normal(0, 1, (40, 3)), y) == TEMPERATURE_LIMITS[1]          # noise
+    assert fit_temperature(np.eye(3)[(y + 1) % 3] * 3, y) == TEMPERATURE_LIMITS[1]         # always wrong
+    informative = np.eye(3)[y] * 2 + rng.normal(0, 1, (40, 3))
+    assert TEMPERATURE_LIMITS[0] < fit_temperature(informative, y) < TEMPERATURE_LIMITS[1]
+
+
 def test_entropy_and_js_divergence():
     p = np.array([[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.5, 0.5]]])      # [M=2, N=2, C=2]
     assert js_divergence(p) == pytest.approx([0.0, 0.0], abs=1e-9)          # members agree

@@ -212,3 +212,19 @@ def test_a_run_started_twice_runs_once(store, toy_kind):
     run2, job2 = runs.resume_run(store, run.id)
     job2.run()
     assert store.get_run(run.id).state == "finished"
+
+
+def test_step_losses_of_a_resumed_run_keep_the_first_part_and_replace_the_repeated_steps(tmp_path):
+    """What the jobs panel plots after a Resume (issue 17): job.log holds both jobs' progress events; the
+    resumed job starts again at its checkpoint's step 3, so its steps 3-4 replace the stopped job's."""
+    def job(steps, extra):
+        def fn(ctx):
+            for s in steps:
+                ctx.progress(s, 6, phase="training", loss=10.0 * s + extra)
+            ctx.progress(6, 6, phase="validating")          # no loss: not a point
+        return Job("toy", fn, state_dir=tmp_path)
+
+    job(range(1, 5), 0.0).run()
+    job(range(3, 7), 0.5).run()
+    assert runs.read_step_losses(tmp_path) == [(1, 10.0), (2, 20.0), (3, 30.5), (4, 40.5), (5, 50.5), (6, 60.5)]
+    assert runs.read_step_losses(tmp_path / "absent") == [] and runs.read_step_losses(None) == []
