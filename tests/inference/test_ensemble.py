@@ -172,7 +172,13 @@ def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_p
     np.testing.assert_allclose(rep.probs_nc, combine(rep.member_probs_mnc, [1, 3]))
     assert rep.mean_js == pytest.approx(float(js_divergence(rep.member_probs_mnc, [1, 3]).mean()))
     d = rep.to_dict()
-    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty"}
+    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty", "verdict"}
+    best = max(rep.members, key=lambda m: m.after["accuracy"])
+    verdict = rep.verdict()
+    assert (verdict.best_member, verdict.best_member_value) == (best.name, best.after["accuracy"])
+    assert verdict.beats == (rep.ensemble_after["accuracy"] > best.after["accuracy"])
+    assert verdict.source == f"the test split ({n} images)" and d["verdict"] == verdict.to_dict()
+    assert verdict.sentence() in format_table(rep)
     assert [m["name"] for m in d["members"]] == ["A", "B"] and set(d["ensemble"]) == {"before", "after"}
     json.dumps(d)
     assert main(["ensemble", str(tmp_path / "ens.json"), "--report", str(tmp_path / "r.json")]) == 0
