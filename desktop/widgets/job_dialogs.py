@@ -521,6 +521,12 @@ class EnsembleDialog(JobDialog):
         self.form.addRow("Members", self.members)
         self.form.addRow("", self.calibrate)
         self.form.addRow("Device", self.device)
+        self.verdicts = verdict_label()
+        earlier = runs_of(project, "ensemble") + runs_of(project, "study")
+        self.verdicts.setText("\n".join(verdict_text(r) for r in earlier) if earlier else
+                              "After it is built, the run says whether the ensemble beats its best member on the "
+                              "test images (Predict a folder shows it too).")
+        self.form.addRow("Earlier ensembles" if earlier else "", self.verdicts)
         v = self.remembered()
         self.name.setText(v.get("name", "ensemble"))
         self.set_device(v.get("device", ""))
@@ -553,6 +559,25 @@ class EnsembleDialog(JobDialog):
                 "split": "test", "device": self.device.currentData() or None}
 
 
+def verdict_text(run) -> str:
+    """One line on an ensemble (or study) run: does its ensemble beat its best member, measured where."""
+    from core.inference.verdict import run_verdict
+
+    verdict = run_verdict(run)
+    if verdict is None:
+        return f"#{run.id} {run.name}: no comparison with its members recorded (an older or unfinished run)."
+    advice = "" if verdict.beats else f" Predicting with {verdict.best_member} alone is as good or better."
+    return f"#{run.id} {run.name}: {verdict.sentence()}{advice}"
+
+
+def verdict_label() -> QtWidgets.QLabel:
+    label = QtWidgets.QLabel()
+    label.setObjectName("verdict")
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
 def slug_name(run) -> str:
     from core.project.runs import slug
 
@@ -567,15 +592,21 @@ class PredictDialog(JobDialog):
     def __init__(self, project, settings=None, parent=None):
         super().__init__(project, settings, parent)
         self.ensemble = QtWidgets.QComboBox()
+        self._ensemble_runs = {}
         for r in runs_of(project, "ensemble"):
             path = r.ensemble_file
+            self._ensemble_runs[str(Path(path).resolve())] = r
             self.ensemble.addItem(f"#{r.id} {r.name} ({len(r.config.get('members', []))} members)", path)
         self.ensemble_file = PathPicker("Ensemble file", filt="Ensemble (*.json);;All files (*)")
+        self.verdict = verdict_label()
+        self.ensemble.currentIndexChanged.connect(self._show_verdict)
+        self.ensemble_file.edit.textChanged.connect(self._show_verdict)
         self.folder = PathPicker("Image folder", folder=True)
         self.batch = self.spin(0, 1024, 0)
         self.batch.setSpecialValueText("auto (4 on a CPU, 32 on a GPU)")
         self.form.addRow("Ensemble", self.ensemble)
         self.form.addRow("…or a file", self.ensemble_file)
+        self.form.addRow("", self.verdict)
         self.form.addRow("Folder", self.folder)
         self.form.addRow("Batch size", self.batch)
         self.form.addRow("Device", self.device)
@@ -585,12 +616,21 @@ class PredictDialog(JobDialog):
         self.set_device(v.get("device", ""))
         if project is not None and project.paths is not None:
             self.folder.setText(str(project.paths.folder))
+        self._show_verdict()
         self.note.setText("Predictions of the project's own folder are stored in the project (Predictions page, "
                           "library filters, Grad-CAM); any folder also gets RUN/predictions.csv. Re-running "
                           "after a cancel skips images already done.")
 
     def ensemble_path(self) -> str:
         return self.ensemble_file.text() or (self.ensemble.currentData() or "")
+
+    def _show_verdict(self) -> None:
+        """The chosen ensemble against its best member, as its ensemble run measured it."""
+        path = self.ensemble_path()
+        run = self._ensemble_runs.get(str(Path(path).resolve())) if path else None
+        self.verdict.setText(verdict_text(run) if run is not None else
+                             "" if not path else "This file was not built in this project: no comparison with its "
+                             "members is known.")
 
     def values(self) -> dict:
         return {"name": self.name.text(), "batch_size": self.batch.value(), "device": self.device.currentData()}
