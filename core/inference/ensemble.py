@@ -546,6 +546,22 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
     return report
 
 
+def cached_verdict(checkpoints: Sequence[str | Path], names: Sequence[str], split: str = "test"
+                   ) -> EnsembleVerdict | None:
+    """The verdict an ensemble of these fine-tuned members would get (calibrated, equal weights), from the
+    validation and test logits their runs cached, so the dialog that picks members can say it before the
+    ensemble is built. None when a member has no cached logits (nothing is run then)."""
+    from core.train.checkpoint import resolve_classifier_checkpoint
+
+    for c in checkpoints:
+        ck = resolve_classifier_checkpoint(Path(c))
+        run_dir = ck.parent if ck.name.startswith("checkpoint-") else ck
+        if ck.name != "checkpoint-best" or not (run_dir / "logits_val.csv").is_file():
+            return None       # (a run writes logits_test.csv too whenever it has a test split)
+    spec = EnsembleSpec([EnsembleMember(str(c), n) for c, n in zip(checkpoints, names)], None)
+    return evaluate_ensemble(spec, split=split, save=False, device="cpu").verdict()
+
+
 def write_per_image(path: Path, rel: Sequence[str], y: np.ndarray | None, classes: Sequence[str],
                     ens: np.ndarray, members: np.ndarray, names: Sequence[str], weights) -> None:
     ent = predictive_entropy(ens)

@@ -614,12 +614,40 @@ class EnsembleDialog(JobDialog):
                               "After it is built, the run says whether the ensemble beats its best member on the "
                               "test images (Predict a folder shows it too).")
         self.form.addRow("Earlier ensembles" if earlier else "", self.verdicts)
+        self.preview = verdict_label()
+        self.form.addRow("If built now", self.preview)
+        self._previewer = AsyncCaller(workers=1, parent=self)
+        self.members.itemChanged.connect(lambda _it: self.preview_verdict())
+        self.preview_verdict()
         v = self.remembered()
         self.name.setText(v.get("name", "ensemble"))
         self.set_device(v.get("device", ""))
         self.note.setText("Members must share classes and image size. Runs fine-tuned in this project share "
                           "its saved split (\"default\"), so the report compares members and ensemble on the "
                           "same test images.")
+
+    def preview_verdict(self) -> None:
+        """The ticked members' ensemble against its best member, from their runs' cached logits (a worker)."""
+        members = self.checked()
+        if not members:
+            self.preview.setText("Tick the members.")
+            return
+        paths, names = [p for p, _ in members], self._names([n for _, n in members])
+        self.preview.setText("Comparing with the members…")
+
+        def compare():
+            from desktop.bridge.jobs_bridge import import_engine
+
+            return import_engine("core.inference.ensemble").cached_verdict(paths, names)
+
+        self._previewer.submit(compare, lambda v: self.preview.setText(
+            v.sentence() + " (from the members' cached logits, equal weights)" if v is not None else
+            "The members' runs kept no logits to compare with: the built ensemble's run will say."),
+            lambda msg: self.preview.setText(f"These members cannot be compared: {msg}"), key="preview")
+
+    @staticmethod
+    def _names(names: list[str]) -> list[str]:
+        return names if len(set(names)) == len(names) else [f"{n}-{i}" for i, n in enumerate(names)]
 
     def checked(self) -> list[tuple[str, str]]:
         out = []
@@ -639,9 +667,7 @@ class EnsembleDialog(JobDialog):
 
     def config(self) -> dict:
         members = self.checked()
-        names = [n for _, n in members]
-        if len(set(names)) != len(names):
-            names = [f"{n}-{i}" for i, n in enumerate(names)]
+        names = self._names([n for _, n in members])
         return {"members": [p for p, _ in members], "names": names, "calibrate": self.calibrate.isChecked(),
                 "split": "test", "device": self.device.currentData() or None}
 

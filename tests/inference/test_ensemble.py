@@ -187,6 +187,24 @@ def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_p
     assert "A: T=" in capsys.readouterr().out
 
 
+def test_cached_verdict_is_the_built_ensembles_and_runs_no_model(runs, tmp_path, monkeypatch):
+    import shutil
+
+    import core.models.classifier as classifier
+    from core.inference.ensemble import cached_verdict
+
+    built = evaluate_ensemble(create_spec(tmp_path / "ens.json", [runs / "a", runs / "b"], names=["A", "B"]))
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a model was run: the cached logits are enough")
+
+    monkeypatch.setattr(classifier, "load_classifier", no_model)
+    assert cached_verdict([runs / "a", runs / "b"], ["A", "B"]) == built.verdict()
+    bare = tmp_path / "bare"
+    shutil.copytree(runs / "a" / "checkpoint-best", bare / "checkpoint-best")   # a checkpoint, no cached logits
+    assert cached_verdict([bare, runs / "b"], ["A", "B"]) is None
+
+
 @pytest.mark.parametrize("member, reason", [
     ({"temperature": -1.0}, "temperature must be a finite number > 0"),
     ({"temperature": 0}, "temperature must be a finite number > 0"),
