@@ -15,7 +15,10 @@ the UI thread could not react):
 * phases ``stop_job_open_folder`` and ``stop_job_quit``: a running (tiny) pretraining job stopped because a
   folder is opened, and because the window quits (the user answers Yes to "stop it?");
 * ``page_block_ms``: the longest stall per page / action above (``open_project``: the cold open and scan,
-  ``reopen_project``: the warm one).
+  ``reopen_project``: the warm one); ``page_busy_ms``: the most CPU time the UI thread itself spent between
+  two ticks there. On a shared CPU a stall can be mostly waiting (another process has the core, a worker
+  has the GIL): a long stall with little busy time is the machine, a busy one is work to move off the UI
+  thread.
 
 The machine's own load shows up as stalls too: ``load_avg`` is reported alongside.
 
@@ -75,12 +78,15 @@ class Probe:
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
         self.last = None
+        self.last_cpu = None
         self.max_gap = 0.0
         self.phase_max: dict[str, float] = {}
+        self.phase_busy: dict[str, float] = {}
         self.phase = "idle"
 
     def start(self) -> None:
         self.last = time.perf_counter()
+        self.last_cpu = time.thread_time()
         self.timer.start()
 
     def set_phase(self, name: str) -> None:
@@ -88,13 +94,16 @@ class Probe:
         self.phase_max.setdefault(name, 0.0)
 
     def _tick(self) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         gap = now - self.last - self.interval
-        self.last = now
+        busy = cpu - self.last_cpu          # of the gap, what the UI thread itself computed (the rest: waiting
+        self.last, self.last_cpu = now, cpu  # for the GIL or for a CPU other processes hold)
         if gap > self.max_gap:
             self.max_gap = gap
         if gap > self.phase_max.get(self.phase, 0.0):
             self.phase_max[self.phase] = gap
+        if busy > self.phase_busy.get(self.phase, 0.0):
+            self.phase_busy[self.phase] = busy
 
     def block_ms(self) -> float:
         return round(max(0.0, self.max_gap) * 1000, 1)
@@ -232,6 +241,12 @@ def run(folder: Path, out: dict) -> None:
     probe.timer.stop()
     out["max_ui_block_ms"] = probe.block_ms()          # over everything: cold open ... quit
     out["phase_block_ms"] = phases = {k: round(max(0.0, v) * 1000, 1) for k, v in probe.phase_max.items()}
+    busy = {k: round(v * 1000, 1) for k, v in probe.phase_busy.items()}
+    out["phase_busy_ms"] = busy
+    out["page_busy_ms"] = {"open_project": max(busy.get("open", 0), busy.get("scan", 0)),
+                           "reopen_project": busy.get("warm", 0),
+                           **{k: busy.get(k, 0) for k in ("predictions", "confusion_roc", "runs_browser", "heatmap",
+                                                          "stop_job_open_folder", "stop_job_quit")}}
     out["page_block_ms"] = {"open_project": max(phases["open"], phases["scan"]), "reopen_project": phases["warm"],
                             **{k: phases[k] for k in ("predictions", "confusion_roc", "runs_browser", "heatmap",
                                                       "stop_job_open_folder", "stop_job_quit")}}
@@ -292,6 +307,7 @@ def measure_pages(win, probe, out: dict) -> None:
     probe.set_phase("predictions")
     win.predictions.refresh()
     win.show_page("predictions")
+    wait(lambda: win.predictions.model.rowCount() > 0, 60)      # the rows are read in a worker
     spin(400)
     probe.set_phase("confusion_roc")
     win.predictions.tabs.setCurrentWidget(win.predictions.charts)
