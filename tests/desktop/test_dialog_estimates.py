@@ -70,7 +70,7 @@ def test_measure_speed_probes_off_the_ui_thread_and_joins_the_estimate(qtbot, st
     dlg.measure.click()
     qtbot.waitUntil(lambda: "about" in dlg.estimate.text(), timeout=10000)
     assert threads and threads[0] is not threading.main_thread()
-    assert f"of 120 images: about" in dlg.estimate.text() and "measured by a probe of 3 steps" in dlg.estimate.text()
+    assert "of 120 images: about" in dlg.estimate.text() and "measured by a probe of 3 steps" in dlg.estimate.text()
     assert dlg.measure.isEnabled()
 
 

@@ -39,7 +39,7 @@ def test_predict_dialog_says_plainly_when_the_chosen_ensemble_does_not_beat_its_
     for i in range(dlg.ensemble.count()):
         dlg.ensemble.setCurrentIndex(i)
         texts[dlg.ensemble.itemText(i).split(" (")[0]] = dlg.verdict.text()
-    assert texts[f"#2 strong"].endswith("ensemble 90.0 % vs best member A 80.2 % accuracy — the ensemble beats its "
+    assert texts["#2 strong"].endswith("ensemble 90.0 % vs best member A 80.2 % accuracy — the ensemble beats its "
                                         "best member A.")
     assert ("On the test split (50 images): ensemble 78.1 % vs best member A 80.2 % accuracy — the ensemble does NOT "
             "beat its best member A. Predicting with A alone") in texts["#1 weak"]
