@@ -245,6 +245,8 @@ class MainWindow(QtWidgets.QMainWindow):
         A("show_duplicates", "Near-duplicates…", self.show_duplicates)
         A("next_suggested", "Next suggested image", self.next_suggested, "next-unlabeled")
         A("show_runs", "Runs browser…", self.show_runs)
+        A("show_case", "Case of this image…", self.show_case)
+        A("review_predictions", "Review predictions…", self.show_review)
         A("show_weights", "ImageNet weights…", self.show_weights)
         self.actions_by_id["next_suggested"].setShortcut(QtGui.QKeySequence("Ctrl+Shift+N"))
         self.actions_by_id["show_jobs"] = self.jobs_dock.toggleViewAction()
@@ -290,6 +292,7 @@ class MainWindow(QtWidgets.QMainWindow):
         m.addAction(a["show_jobs"])
         m.addAction(a["show_studies"])
         m.addAction(a["show_runs"])
+        m.addAction(a["review_predictions"])
         m.addAction(a["show_weights"])
         m.addAction(a["next_suggested"])
         m = mb.addMenu("&View")
@@ -298,6 +301,7 @@ class MainWindow(QtWidgets.QMainWindow):
         m.addSeparator()
         for aid in ("next", "previous", "next_unlabeled"):
             m.addAction(a[aid])
+        m.addAction(a["show_case"])
         m.addSeparator()
         for aid in ("fit", "one_to_one", "zoom_in", "zoom_out", "wl_reset"):
             m.addAction(a[aid])
@@ -508,7 +512,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for aid in ("show_library", "show_viewer", "show_mae", "show_predictions", "rescan", "close_project",
                     "search", "add_class", "rename_class", "job_pretrain", "job_finetune", "job_ensemble",
                     "job_predict", "job_study", "next_suggested", "show_runs", "show_studies",
-                    "show_duplicates"):
+                    "show_duplicates", "show_case", "review_predictions"):
             self.actions_by_id[aid].setEnabled(is_open)
         for aid in ("next", "previous"):
             # in the library the grid moves its own selection with the arrow keys
@@ -668,6 +672,33 @@ class MainWindow(QtWidgets.QMainWindow):
         if not self.project.ready:
             return None
         dlg = RunsBrowser(self.project, self)
+        dlg.show()
+        return dlg
+
+    def show_case(self):
+        """All images of the current image's case (desktop/pages/case_view.py)."""
+        from desktop.pages.case_view import CaseView
+
+        if not self.project.ready:
+            return None
+        dlg = CaseView(self.project, self.thumbs, self.label_target(), self)
+        dlg.openImage.connect(self.show_image)
+        dlg.show()
+        return dlg
+
+    def show_image(self, image_id: int) -> None:
+        it = self.project.by_id.get(image_id)
+        if it is not None:
+            self.open_item(it, switch=False)
+            self.show_page("viewer")
+
+    def show_review(self):
+        """Step through predictions worth a second look (desktop/pages/review.py)."""
+        from desktop.pages.review import ReviewDialog
+
+        if not self.project.ready:
+            return None
+        dlg = ReviewDialog(self.project, parent=self)
         dlg.show()
         return dlg
 

@@ -20,6 +20,7 @@ SHORTCUTS: list[tuple[str, list[str], str, str]] = [
     ("show_mae", ["Ctrl+M"], "Views", "MAE panel: original | hidden cells | reconstruction"),
     ("search", ["Ctrl+F"], "Views", "Search file names"),
     ("open_current", ["Return"], "Views", "Open the selected thumbnail in the viewer"),
+    ("show_case", ["Ctrl+Shift+C"], "Views", "All images of this image's case side by side (MICLe's pairs)"),
     ("back", ["Esc"], "Views", "Back to the library"),
     ("label_1_9", ["1 … 9"], "Labelling", "Assign the 1st … 9th class"),
     ("label_0", ["0"], "Labelling", "Remove the label"),

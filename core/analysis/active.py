@@ -1,4 +1,5 @@
-"""Active learning: which unlabeled image should a person label next (no Qt, no torch).
+"""Active learning: which unlabeled image should a person label next, and which predictions are worth a
+second look (:func:`review_queue`); no Qt, no torch.
 
 The ensemble's members disagreeing about an image (generalised Jensen-Shannon divergence of the member
 probabilities) says the *models* are unsure for reasons more data can fix (epistemic); the predictive
@@ -18,7 +19,8 @@ import numpy as np
 
 from core.analysis.metrics import js_divergence, predictive_entropy
 
-__all__ = ["Suggestion", "js_divergence", "predictive_entropy", "uncertainty", "rank_for_labeling"]
+__all__ = ["Suggestion", "js_divergence", "predictive_entropy", "uncertainty", "rank_for_labeling", "ReviewCase",
+           "review_queue"]
 
 DEFAULT_W_DISAGREEMENT = 1.0
 DEFAULT_W_ENTROPY = 0.5
@@ -65,3 +67,40 @@ def rank_for_labeling(rows: Iterable[Mapping], *, n_classes: int, n_members: int
         out.append(Suggestion(image_id, score, js, h))
     out.sort(key=lambda s: (-s.score, -s.disagreement, s.image_id))
     return out[:limit] if limit is not None else out
+
+
+# -- review: labelled or predicted images worth a second look ---------------------------------------------
+DISAGREES_WITH_LABEL = "the ensemble disagrees with the label"
+MEMBERS_DISAGREE = "the members disagree"
+UNCERTAIN = "the ensemble is uncertain"
+#: normalised predictive entropy (H / ln C) from which a prediction counts as uncertain
+UNCERTAIN_AT = 0.5
+
+
+@dataclass(frozen=True)
+class ReviewCase:
+    image_id: int
+    predicted: str | None
+    label: str | None
+    reasons: tuple[str, ...]      # why it is worth a look, most important first
+    entropy_norm: float           # H / ln C in [0, 1]
+
+
+def review_queue(records: Iterable, labels: Mapping[int, str | None], *,
+                 uncertain_at: float = UNCERTAIN_AT) -> list[ReviewCase]:
+    """The images of a prediction run (``core.project.store.PredictionRecord``) where the ensemble disagrees
+    with the label or with itself (members voting for different classes, or a normalised entropy of at
+    least ``uncertain_at``): label disagreements first, then member disagreements, then the most uncertain."""
+    out = []
+    for r in records:
+        label = labels.get(r.image_id)
+        n_classes = max(len(r.probs), 2)
+        h = min(1.0, (r.entropy or 0.0) / math.log(n_classes))
+        votes = {max(p, key=p.get) for p in r.members.values() if p}
+        reasons = tuple(why for why, hit in ((DISAGREES_WITH_LABEL, bool(label and r.predicted and label != r.predicted)),
+                                             (MEMBERS_DISAGREE, len(votes) > 1), (UNCERTAIN, h >= uncertain_at)) if hit)
+        if reasons:
+            out.append(ReviewCase(r.image_id, r.predicted, label, reasons, h))
+    out.sort(key=lambda c: (DISAGREES_WITH_LABEL not in c.reasons, MEMBERS_DISAGREE not in c.reasons,
+                            -c.entropy_norm, c.image_id))
+    return out

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from core import csvcells
 from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
 from core.inference.logits import Inference, softmax
+from core.inference.verdict import EnsembleVerdict, judge, split_source
 from core.train.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -497,11 +498,18 @@ class EnsembleReport:
     def n(self) -> int:
         return int(len(self.labels_n))
 
+    def verdict(self) -> EnsembleVerdict | None:
+        """Calibrated ensemble vs its best calibrated member on the images it was evaluated on."""
+        return judge({m.name: m.after.get("accuracy") for m in self.members}, self.ensemble_after.get("accuracy"),
+                     split_source(self.split, self.n))
+
     def to_dict(self) -> dict:
+        verdict = self.verdict()
         return {"split": self.split, "n": self.n, "classes": self.classes,
                 "members": [asdict(m) for m in self.members],
                 "ensemble": {"before": self.ensemble_before, "after": self.ensemble_after},
-                "uncertainty": {"mean_entropy": self.mean_entropy, "mean_js": self.mean_js}}
+                "uncertainty": {"mean_entropy": self.mean_entropy, "mean_js": self.mean_js},
+                "verdict": verdict.to_dict() if verdict else None}
 
 
 def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: bool = True,
@@ -586,6 +594,22 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
     return report
 
 
+def cached_verdict(checkpoints: Sequence[str | Path], names: Sequence[str], split: str = "test"
+                   ) -> EnsembleVerdict | None:
+    """The verdict an ensemble of these fine-tuned members would get (calibrated, equal weights), from the
+    validation and test logits their runs cached, so the dialog that picks members can say it before the
+    ensemble is built. None when a member has no cached logits (nothing is run then)."""
+    from core.train.checkpoint import resolve_classifier_checkpoint
+
+    for c in checkpoints:
+        ck = resolve_classifier_checkpoint(Path(c))
+        run_dir = ck.parent if ck.name.startswith("checkpoint-") else ck
+        if ck.name != "checkpoint-best" or not (run_dir / "logits_val.csv").is_file():
+            return None       # (a run writes logits_test.csv too whenever it has a test split)
+    spec = EnsembleSpec([EnsembleMember(str(c), n) for c, n in zip(checkpoints, names)], None)
+    return evaluate_ensemble(spec, split=split, save=False, device="cpu").verdict()
+
+
 def write_per_image(path: Path, rel: Sequence[str], y: np.ndarray | None, classes: Sequence[str],
                     ens: np.ndarray, members: np.ndarray, names: Sequence[str], weights) -> None:
     ent = predictive_entropy(ens)
@@ -636,8 +660,14 @@ def evaluate_ensemble_cv(spec: EnsembleSpec, *, calibrate: bool = True, data_roo
     mem = np.concatenate(pooled_mem, axis=1)
     pooled = {name: classification_metrics(y, mem[i], classes) for i, name in enumerate(names)}
     pooled["ensemble"] = classification_metrics(y, np.concatenate(pooled_ens), classes)
+
+    def mean_accuracy(name: str):
+        return (rows[name]["after"].get("accuracy") or {}).get("mean")
+
+    verdict = judge({n: mean_accuracy(n) for n in names}, mean_accuracy("ensemble"),
+                    f"the held-out folds (mean over {k})")
     return {"k": k, "classes": classes, "members": names, "mean_std": rows, "pooled_after": pooled,
-            "folds": folds}
+            "folds": folds, "verdict": verdict.to_dict() if verdict else None}
 
 
 def _fmt(v) -> str:
@@ -651,7 +681,7 @@ def _fmt(v) -> str:
 def format_table(report: EnsembleReport | dict, keys: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1",
                                                                      "roc_auc_ovr", "ece")) -> str:
     """Markdown table: one row per member and the ensemble, before / after calibration (an
-    :class:`EnsembleReport`, or the mean ± std dict of :func:`evaluate_ensemble_cv`)."""
+    :class:`EnsembleReport`, or the mean ± std dict of :func:`evaluate_ensemble_cv`), then the verdict."""
     head = "| model | calibration | " + " | ".join(keys) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 2)]
     if isinstance(report, EnsembleReport):
@@ -662,6 +692,10 @@ def format_table(report: EnsembleReport | dict, keys: Sequence[str] = ("accuracy
     for name, row in rows.items():
         for stage in ("before", "after"):
             lines.append(f"| {name} | {stage} | " + " | ".join(_fmt(row[stage].get(k)) for k in keys) + " |")
+    verdict = (report.verdict() if isinstance(report, EnsembleReport)
+               else EnsembleVerdict.from_dict(report["verdict"]) if report.get("verdict") else None)
+    if verdict is not None:
+        lines += ["", verdict.sentence()]
     return "\n".join(lines)
 
 
@@ -676,10 +710,16 @@ def ensemble_job(members: Sequence[str | Path], run_dir: str | Path, *, names: S
     def fn(ctx):
         path = run_dir / "ensemble.json"
         spec = create_spec(path, members, names=names or None)
-        rep = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
-                                per_image=run_dir / "per_image.csv").to_dict()
+        report = evaluate_ensemble(spec, split=split, calibrate=calibrate, device=device, ctx=ctx,
+                                   per_image=run_dir / "per_image.csv")
+        rep = report.to_dict()
         write_json_atomic(run_dir / "report.json", rep, indent=1, default=float)
         ctx.log(f"ensemble of {len(spec.members)} written to {path}")
-        return {**rep, "ensemble_file": str(path)}
+        verdict = report.verdict()
+        if verdict is not None:
+            ctx.log(verdict.sentence())
+        # the verdict's flat keys and sentence go to the runs table (the window shows them where ensembles are chosen)
+        flat = {**verdict.to_metrics(), "verdict": verdict.sentence()} if verdict else {}
+        return {**rep, **flat, "ensemble_file": str(path)}
 
     return Job("ensemble", fn, state_dir=run_dir)

@@ -20,6 +20,7 @@ import numpy as np
 
 from core.analysis.bootstrap import paired_bootstrap
 from core.analysis.metrics import classification_metrics, summarize_folds
+from core.inference.verdict import EnsembleVerdict, judge
 from core.study import plots
 
 TABLE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece", "nll")
@@ -112,25 +113,28 @@ def _verdicts(outcome: StudyOutcome, summary: dict, comparisons: list[dict]) -> 
     """Plain sentences: does each ensemble beat its best member (mean accuracy), and is that sure?"""
     out = []
     for ens in (m for m in outcome.models if m.kind == "ensemble"):
-        acc = summary[ens.name].get("accuracy", {}).get("mean")
-        members = [(summary[n].get("accuracy", {}).get("mean"), n) for n in ens.members]
-        members = [(v, n) for v, n in members if v is not None]
-        if acc is None or not members:
+        verdict = study_verdict(summary, ens.name, ens.members)
+        if verdict is None:
             continue
-        best_acc, best = max(members)
-        interval = next((c for c in comparisons if c["a"] == ens.name and c["b"] == best
+        interval = next((c for c in comparisons if c["a"] == ens.name and c["b"] == verdict.best_member
                          and c["metric"] == "accuracy"), None)
-        sure = (f" (paired 95 % interval of the difference {100 * interval['low']:+.1f} to "
-                f"{100 * interval['high']:+.1f} points: {interval['verdict']})") if interval else ""
-        if acc > best_acc:
-            out.append(f"The ensemble {ens.name} beats its best member {best}: accuracy {100 * acc:.1f} % vs "
-                       f"{100 * best_acc:.1f} % (mean over folds){sure}.")
-        else:
-            out.append(f"The ensemble {ens.name} does NOT beat its best member {best}: accuracy {100 * acc:.1f} % "
-                       f"vs {100 * best_acc:.1f} % (mean over folds){sure}. Prefer {best} alone, or weigh the "
-                       f"members on validation.")
+        sure = (f" Paired 95 % interval of the difference {100 * interval['low']:+.1f} to "
+                f"{100 * interval['high']:+.1f} points: {interval['verdict']}.") if interval else ""
+        advice = "" if verdict.beats else (f" Prefer {verdict.best_member} alone, or weigh the members on "
+                                           f"validation.")
+        out.append(verdict.sentence() + sure + advice)
     return out
 
+
+def study_verdict(summary: dict, ensemble: str, members: Sequence[str]) -> EnsembleVerdict | None:
+    """The ensemble against its best member, by accuracy averaged over the held-out folds (``summary`` =
+    the mean ± std table of :func:`summarize`)."""
+    def mean(name: str):
+        return (summary.get(name, {}).get("accuracy") or {}).get("mean")
+
+    k = (summary.get(ensemble, {}).get("accuracy") or {}).get("n")
+    where = f"the held-out test folds (mean over {k})" if k else "the held-out test folds (mean)"
+    return judge({n: mean(n) for n in members}, mean(ensemble), where, ensemble)
 
 # ---------------------------------------------------------------------------------------------------- html
 CSS = """

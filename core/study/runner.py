@@ -467,21 +467,22 @@ def fold_outcome(out: Path, f: int, models: Sequence[str], classes: Sequence[str
 
 def study_result(page: str | Path) -> dict:
     """What a finished study leaves in the project's runs table: the report, the ensemble's and its best
-    member's mean accuracy and AUC, and whether the ensemble beats that member (said, not hidden)."""
+    member's mean accuracy and AUC, and whether the ensemble beats that member (said, not hidden; the keys
+    of :meth:`core.inference.verdict.EnsembleVerdict.to_metrics`)."""
+    from core.study.report import study_verdict
+
     page = Path(page)
     summary = json.loads((page.parent / "report.json").read_text())
     ms = summary["mean_std"]
     ens = next(m for m in summary["models"] if m["kind"] == "ensemble")
+    verdict = study_verdict(ms, ens["name"], ens["members"])
 
     def mean(name: str, key: str):
         return (ms[name].get(key) or {}).get("mean")
 
-    best = max(ens["members"], key=lambda n: mean(n, "accuracy") or 0.0)
-    beats = (mean(ens["name"], "accuracy") or 0.0) > (mean(best, "accuracy") or 0.0)
-    return {"report": str(page), "k": summary["k"], "ensemble_accuracy": mean(ens["name"], "accuracy"),
-            "ensemble_roc_auc_ovr": mean(ens["name"], "roc_auc_ovr"), "best_member": best,
-            "best_member_accuracy": mean(best, "accuracy"), "best_member_roc_auc_ovr": mean(best, "roc_auc_ovr"),
-            "ensemble_beats_best_member": "yes" if beats else "no",
+    return {"report": str(page), "k": summary["k"], **(verdict.to_metrics() if verdict else {}),
+            "ensemble_roc_auc_ovr": mean(ens["name"], "roc_auc_ovr"),
+            "best_member_roc_auc_ovr": mean(verdict.best_member, "roc_auc_ovr") if verdict else None,
             "verdict": " ".join(summary["verdicts"])[:299]}
 
 

@@ -139,3 +139,13 @@ def quick_listing(root: Path) -> list[Item]:
     walk = walk_folder(root, pause_s=0.0005)
     return [Item(str(path), walk.rel_path(path), n_masks=len(walk.masks.get(path, ())), order=n)
             for n, path in enumerate(walk.images)]
+
+
+def case_groups(items: Iterable[Item]) -> dict[str, list[Item]]:
+    """The images of each case (``case_id`` from manifest.csv or DICOM PatientID), cases and images in
+    natural order; images without a case id are in none."""
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        if it.case_id:
+            groups.setdefault(it.case_id, []).append(it)
+    return {c: sorted(groups[c], key=lambda it: it.sort_key) for c in sorted(groups, key=natural_key)}

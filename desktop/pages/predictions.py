@@ -16,12 +16,14 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core import csvcells
 from desktop import theme
+from desktop.bridge.jobs_bridge import AsyncCaller
 from desktop.bridge.rows import natural_key
 from desktop.pages.jobs_panel import style_plot
 from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.frozen_table import FrozenColumnsTable
 
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
+SIZE_FROM_ROWS = 50          # columns are sized from this many rows (Qt's default reads 1000 of them)
 
 
 @dataclass
@@ -352,12 +354,14 @@ class ConfusionRocView(QtWidgets.QWidget):
 # -- the page ---------------------------------------------------------------------------------------------
 class PredictionsPage(QtWidgets.QWidget):
     openImage = QtCore.Signal(int, str)        # image id, ensemble file (for Grad-CAM; "" if unknown)
+    rowsLoaded = QtCore.Signal()               # the chosen run's rows are shown
     suggested = QtCore.Signal(list)            # image ids, best first
     message = QtCore.Signal(str, int)
 
     def __init__(self, project, parent=None):
         super().__init__(parent)
         self.project = project
+        self._loader = AsyncCaller(workers=1, parent=self)
         self.run_combo = QtWidgets.QComboBox()
         self.run_combo.setMinimumWidth(180)
         self.search = QtWidgets.QLineEdit()
@@ -467,15 +471,23 @@ class PredictionsPage(QtWidgets.QWidget):
             return None
 
     def load_run(self) -> None:
+        """Read the chosen run's rows in a worker (thousands of JSON records: hundreds of ms measured by
+        bench/gui.py on the UI thread), then show them."""
         run = self.run()
         if run is None:
-            self.model.set_data([], [], [])
-            self.charts.set_data([], [], [])
+            self._show_rows(([], [], []))
             self.count_label.setText("no predictions yet: Train → Predict")
-        else:
-            rows, classes, members = load_rows(self.project.store, run.id, self.project.by_id)
-            self.model.set_data(rows, classes, members)
-            self.charts.set_data(rows, classes, members)
+            return
+        store, by_id = self.project.store, self.project.by_id
+        self.count_label.setText("reading the predictions…")
+        self._loader.submit(lambda: load_rows(store, run.id, by_id), self._show_rows,
+                            lambda msg: self.count_label.setText(f"cannot read run #{run.id}: {msg}"), key="rows")
+
+    def _show_rows(self, loaded) -> None:
+        rows, classes, members = loaded
+        self.model.set_data(rows, classes, members)
+        self.charts.set_data(rows, classes, members)
+        if rows:
             self.table.sortByColumn(1, QtCore.Qt.SortOrder.AscendingOrder)
             self._size_columns()
         cur = self.pred_combo.currentData()
@@ -488,10 +500,12 @@ class PredictionsPage(QtWidgets.QWidget):
         self.pred_combo.blockSignals(False)
         self.proxy.set_filter(predicted=self.pred_combo.currentData() or "")
         self._count()
+        self.rowsLoaded.emit()
 
     def _size_columns(self) -> None:
         # measured once, from the first rows (ResizeToContents re-measured every cell on each change)
         h = self.table.horizontalHeader()
+        h.setResizeContentsPrecision(SIZE_FROM_ROWS)
         for c, (_t, kind, _k) in enumerate(self.model.columns):
             h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.Interactive)
             if kind == "name":

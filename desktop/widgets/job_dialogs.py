@@ -204,6 +204,24 @@ class TrainingDialog(JobDialog):
         self.epochs = self.option_spin("epochs")
         self.batch = self.option_spin("batch_size")
         self.lr = self.option_spin("lr", 1e-4, decimals=6)
+        self.estimate = QtWidgets.QLabel("Looking for the speed earlier runs measured…")
+        self.estimate.setObjectName("dim")
+        self.estimate.setWordWrap(True)
+        self.measure = QtWidgets.QPushButton("Measure speed")
+        self.measure.setToolTip("Time a few training steps of this backbone at this image size (a few seconds, "
+                                "in the background)")
+        self.measure.clicked.connect(self.measure_speed)
+        self._speeds: list | None = None      # core.train.estimate.Throughput, newest first; None: still reading
+        self._cuda = cuda_device_count() > 0
+        self._estimator = AsyncCaller(workers=1, parent=self)
+        store = getattr(project, "store", None)
+        if store is not None:
+            from core.train.estimate import project_throughputs
+
+            self._estimator.submit(lambda: project_throughputs(store, self._cuda), self._got_speeds,
+                                   lambda msg: self._got_speeds([]))
+        else:
+            self._speeds = []
 
     def options(self):
         """The run's :class:`core.train.options.ConfigOptions` (defaults, ranges, help)."""
@@ -229,6 +247,65 @@ class TrainingDialog(JobDialog):
         f.addRow("Epochs", self.epochs)
         f.addRow("Batch size", self.batch)
         f.addRow("Learning rate", self.lr)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(self.estimate, 1)
+        row.addWidget(self.measure, 0, QtCore.Qt.AlignmentFlag.AlignTop)
+        f.addRow("Estimated time", row)
+
+    # -- time estimate ------------------------------------------------------------------------------------
+    def watch_estimate(self, *spins) -> None:
+        """Called once a dialog has all its rows: the estimate follows every setting it depends on."""
+        for w in (self.image_size, self.epochs, *spins):
+            w.valueChanged.connect(self.update_estimate)
+        self.backbone.currentTextChanged.connect(self.update_estimate)
+        self.tiny.toggled.connect(self.update_estimate)
+        self.device.currentIndexChanged.connect(self.update_estimate)
+        self.update_estimate()
+
+    def training_images(self) -> int | None:
+        """Images one epoch trains on (None without an open project)."""
+        items = getattr(self.project, "items", None)
+        return len(items) if items else None
+
+    def _got_speeds(self, speeds: list) -> None:
+        self._speeds = list(speeds) + (self._speeds or [])
+        self.update_estimate()
+
+    def update_estimate(self) -> None:
+        from core.train.estimate import device_type, estimate_time
+
+        if self._speeds is None:
+            return
+        n = self.training_images()
+        if not n:
+            self.estimate.setText("Open a project with images to get a time estimate.")
+            return
+        kind = device_type(self.device.currentData(), self._cuda)
+        est = estimate_time(self.kind, backbone=self.backbone.currentText().strip(), tiny=self.tiny.isChecked(),
+                            image_size=self.image_size.value(), epochs=self.epochs.value(), n_images=n,
+                            device_type=kind, measured=self._speeds)
+        self.estimate.setText(f"{self.epochs.value()} epochs of {n} images: {est.text()}." if est is not None else
+                              f"No earlier run measured a comparable setting on {kind.upper()}: Measure speed "
+                              "to estimate.")
+
+    def measure_speed(self) -> None:
+        """A short probe of the chosen setting, off the UI thread; its speed joins the measured ones."""
+        backbone, tiny, size = self.backbone.currentText().strip(), self.tiny.isChecked(), self.image_size.value()
+        batch, device = self.batch.value(), self.device.currentData() or None
+        self.measure.setEnabled(False)
+        self.estimate.setText(f"Measuring {backbone} at {size} px…")
+
+        def probe():
+            from desktop.bridge.jobs_bridge import import_engine
+
+            return import_engine("core.train.estimate").probe_throughput(backbone, tiny=tiny, image_size=size,
+                                                                         batch_size=batch, device=device)
+
+        def failed(msg: str) -> None:
+            self.measure.setEnabled(True)
+            self.estimate.setText(f"Could not measure {backbone}: {msg}")
+
+        self._estimator.submit(probe, lambda t: (self.measure.setEnabled(True), self._got_speeds([t])), failed)
 
     def restore_model(self, v: dict) -> None:
         self.backbone.setCurrentText(v.get("backbone", self.option_default("backbone")))
@@ -278,6 +355,7 @@ class PretrainDialog(TrainingDialog):
         self.method.currentIndexChanged.connect(self._method_changed)
         self._restore()
         self._method_changed()
+        self.watch_estimate()
         folder = project.paths.folder if project is not None and project.paths else None
         self.note.setText(f"Trains on every image of {folder} (labels are not used). "
                           "Cancel saves a checkpoint; Resume continues it." if folder else "")
@@ -408,6 +486,7 @@ class FinetuneDialog(TrainingDialog):
         self.backbone.currentTextChanged.connect(lambda text: self.weights_offer.set_name(text.strip()))
         self._restore()
         self._init_changed()
+        self.watch_estimate(self.val_fraction, self.test_fraction)
         self.note.setText("Uses the labelled images of this project. The first run saves its split (stratified by "
                           "class, grouped by case) in the project as \"default\"; later runs reuse it, so ensemble "
                           "members are tested on the same images (the fractions apply only when no split is saved).")
@@ -416,6 +495,12 @@ class FinetuneDialog(TrainingDialog):
         from core.train.config import FINETUNE_OPTIONS
 
         return FINETUNE_OPTIONS
+
+    def training_images(self) -> int | None:
+        """The labelled images less the validation and test fractions (about: a saved split may differ)."""
+        items = getattr(self.project, "items", None) or []
+        n = sum(1 for it in items if it.label)
+        return round(n * max(0.0, 1 - self.val_fraction.value() - self.test_fraction.value())) or None
 
     def _restore(self) -> None:
         v = self.remembered()
@@ -444,6 +529,7 @@ class FinetuneDialog(TrainingDialog):
         if self.init_mode() != "pretrained" or not self.pretrain_run.currentData():
             self.backbone.setEnabled(True)
             self.tiny.setEnabled(True)
+            self.backbone.setToolTip(self.options()["backbone"].help)
             return
         store = self.project.store
         run = next((r for r in store.list_runs("pretrain") if r.run_dir == self.pretrain_run.currentData()), None)
@@ -451,8 +537,9 @@ class FinetuneDialog(TrainingDialog):
             self.backbone.setCurrentText(run.config.get("backbone", self.backbone.currentText()))
             self.tiny.setChecked(bool(run.config.get("timm_kwargs")))
             self.image_size.setValue(int(run.config.get("image_size", self.image_size.value())))
-        self.backbone.setEnabled(False)
+        self.backbone.setEnabled(False)        # the encoder's weights fit only the backbone it was trained as
         self.tiny.setEnabled(False)
+        self.backbone.setToolTip("Fixed by the pretraining run: its encoder was trained as this backbone.")
 
     def values(self) -> dict:
         return {**self.model_values(), "init": self.init_mode(), "weights_file": self.weights_file.text(),
@@ -521,12 +608,46 @@ class EnsembleDialog(JobDialog):
         self.form.addRow("Members", self.members)
         self.form.addRow("", self.calibrate)
         self.form.addRow("Device", self.device)
+        self.verdicts = verdict_label()
+        earlier = runs_of(project, "ensemble") + runs_of(project, "study")
+        self.verdicts.setText("\n".join(verdict_text(r) for r in earlier) if earlier else
+                              "After it is built, the run says whether the ensemble beats its best member on the "
+                              "test images (Predict a folder shows it too).")
+        self.form.addRow("Earlier ensembles" if earlier else "", self.verdicts)
+        self.preview = verdict_label()
+        self.form.addRow("If built now", self.preview)
+        self._previewer = AsyncCaller(workers=1, parent=self)
+        self.members.itemChanged.connect(lambda _it: self.preview_verdict())
+        self.preview_verdict()
         v = self.remembered()
         self.name.setText(v.get("name", "ensemble"))
         self.set_device(v.get("device", ""))
         self.note.setText("Members must share classes and image size. Runs fine-tuned in this project share "
                           "its saved split (\"default\"), so the report compares members and ensemble on the "
                           "same test images.")
+
+    def preview_verdict(self) -> None:
+        """The ticked members' ensemble against its best member, from their runs' cached logits (a worker)."""
+        members = self.checked()
+        if not members:
+            self.preview.setText("Tick the members.")
+            return
+        paths, names = [p for p, _ in members], self._names([n for _, n in members])
+        self.preview.setText("Comparing with the members…")
+
+        def compare():
+            from desktop.bridge.jobs_bridge import import_engine
+
+            return import_engine("core.inference.ensemble").cached_verdict(paths, names)
+
+        self._previewer.submit(compare, lambda v: self.preview.setText(
+            v.sentence() + " (from the members' cached logits, equal weights)" if v is not None else
+            "The members' runs kept no logits to compare with: the built ensemble's run will say."),
+            lambda msg: self.preview.setText(f"These members cannot be compared: {msg}"), key="preview")
+
+    @staticmethod
+    def _names(names: list[str]) -> list[str]:
+        return names if len(set(names)) == len(names) else [f"{n}-{i}" for i, n in enumerate(names)]
 
     def checked(self) -> list[tuple[str, str]]:
         out = []
@@ -546,11 +667,28 @@ class EnsembleDialog(JobDialog):
 
     def config(self) -> dict:
         members = self.checked()
-        names = [n for _, n in members]
-        if len(set(names)) != len(names):
-            names = [f"{n}-{i}" for i, n in enumerate(names)]
+        names = self._names([n for _, n in members])
         return {"members": [p for p, _ in members], "names": names, "calibrate": self.calibrate.isChecked(),
                 "split": "test", "device": self.device.currentData() or None}
+
+
+def verdict_text(run) -> str:
+    """One line on an ensemble (or study) run: does its ensemble beat its best member, measured where."""
+    from core.inference.verdict import run_verdict
+
+    verdict = run_verdict(run)
+    if verdict is None:
+        return f"#{run.id} {run.name}: no comparison with its members recorded (an older or unfinished run)."
+    advice = "" if verdict.beats else f" Predicting with {verdict.best_member} alone is as good or better."
+    return f"#{run.id} {run.name}: {verdict.sentence()}{advice}"
+
+
+def verdict_label() -> QtWidgets.QLabel:
+    label = QtWidgets.QLabel()
+    label.setObjectName("verdict")
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
 
 
 def slug_name(run) -> str:
@@ -567,15 +705,21 @@ class PredictDialog(JobDialog):
     def __init__(self, project, settings=None, parent=None):
         super().__init__(project, settings, parent)
         self.ensemble = QtWidgets.QComboBox()
+        self._ensemble_runs = {}
         for r in runs_of(project, "ensemble"):
             path = r.ensemble_file
+            self._ensemble_runs[str(Path(path).resolve())] = r
             self.ensemble.addItem(f"#{r.id} {r.name} ({len(r.config.get('members', []))} members)", path)
         self.ensemble_file = PathPicker("Ensemble file", filt="Ensemble (*.json);;All files (*)")
+        self.verdict = verdict_label()
+        self.ensemble.currentIndexChanged.connect(self._show_verdict)
+        self.ensemble_file.edit.textChanged.connect(self._show_verdict)
         self.folder = PathPicker("Image folder", folder=True)
         self.batch = self.spin(0, 1024, 0)
         self.batch.setSpecialValueText("auto (4 on a CPU, 32 on a GPU)")
         self.form.addRow("Ensemble", self.ensemble)
         self.form.addRow("…or a file", self.ensemble_file)
+        self.form.addRow("", self.verdict)
         self.form.addRow("Folder", self.folder)
         self.form.addRow("Batch size", self.batch)
         self.form.addRow("Device", self.device)
@@ -585,12 +729,21 @@ class PredictDialog(JobDialog):
         self.set_device(v.get("device", ""))
         if project is not None and project.paths is not None:
             self.folder.setText(str(project.paths.folder))
+        self._show_verdict()
         self.note.setText("Predictions of the project's own folder are stored in the project (Predictions page, "
                           "library filters, Grad-CAM); any folder also gets RUN/predictions.csv. Re-running "
                           "after a cancel skips images already done.")
 
     def ensemble_path(self) -> str:
         return self.ensemble_file.text() or (self.ensemble.currentData() or "")
+
+    def _show_verdict(self) -> None:
+        """The chosen ensemble against its best member, as its ensemble run measured it."""
+        path = self.ensemble_path()
+        run = self._ensemble_runs.get(str(Path(path).resolve())) if path else None
+        self.verdict.setText(verdict_text(run) if run is not None else
+                             "" if not path else "This file was not built in this project: no comparison with its "
+                             "members is known.")
 
     def values(self) -> dict:
         return {"name": self.name.text(), "batch_size": self.batch.value(), "device": self.device.currentData()}

@@ -183,6 +183,7 @@ def jobs_tour(win, folder: Path, out: Path, prefix: str, epochs: int = 3, tiny: 
     wait(lambda: win.project.scan_complete, 300)
     win.jobs_dock.hide()
     win.predictions.refresh()
+    wait(lambda: win.predictions.model.rowCount() > 0)          # rows are read in a worker
     win.show_page("predictions")
     shoot(win, out / f"{prefix}_jobs_6_predictions.png")
     win.predictions.suggest()

@@ -109,6 +109,9 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     ed = EnsembleDialog(window.project, window.settings, window)
     qtbot.addWidget(ed)
     assert ed.members.count() == 1 and ed.validate() is None
+    # before building: the verdict from the member's cached logits (one member: a tie, so NOT a win)
+    qtbot.waitUntil(lambda: "cached logits" in ed.preview.text(), timeout=60000)
+    assert "the ensemble does NOT beat its best member" in ed.preview.text()
     ed.set_device("cpu")
     eid = window.launch_job("ensemble", ed)
     ens = wait_state(qtbot, window, eid, ("finished", "failed"))
@@ -118,6 +121,8 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     pd = PredictDialog(window.project, window.settings, window)
     qtbot.addWidget(pd)
     assert pd.ensemble_path() == str(ens_file) and pd.validate() is None
+    # one member: the ensemble ties it, and a tie is said to be no win, with the images it was measured on
+    assert "the ensemble does NOT beat its best member" in pd.verdict.text() and "split (" in pd.verdict.text()
     pd.set_device("cpu")
     assert pd.request()[2]["store"] is True and pd.request()[2]["batch_size"] is None   # auto batch size
     pid = window.launch_job("predict", pd)

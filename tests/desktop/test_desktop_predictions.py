@@ -52,7 +52,8 @@ def test_table_has_member_columns_filters_and_exports(qtbot, window, tmp_path):
     rid, items, _ = fake_run(window)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
-    page.refresh()
+    with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
+        page.refresh()
     window.show_page("predictions")
     assert page.run_combo.currentData() == rid
     m = page.model
@@ -87,7 +88,8 @@ def test_suggest_next_orders_unlabeled_by_disagreement_and_opens_viewer(qtbot, w
     rid, items, disagreement = fake_run(window, n_unlabeled=6)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
-    page.refresh()
+    with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
+        page.refresh()
     ids = page.suggest()
     unlabeled = [it.image_id for it in items[:6]]
     assert set(ids) == set(unlabeled)
@@ -123,7 +125,8 @@ def test_confusion_and_roc(qtbot, window):
     _rid, items, _ = fake_run(window, n_unlabeled=1)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
-    page.refresh()
+    with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
+        page.refresh()
     view = page.charts
     n = len(window.project.items)
     assert view.matrix is not None and view.matrix.sum() == n - 1
@@ -198,7 +201,8 @@ def test_prediction_run_stores_typed_records_from_arrays(qtbot, window, tmp_path
         assert rec.entropy == pytest.approx(float(row["entropy"]), abs=1e-6)
         assert rec.disagreement == pytest.approx(float(row["disagreement_js"]), abs=1e-6)
     page = window.predictions
-    page.refresh()
+    with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
+        page.refresh()
     page.run_combo.setCurrentIndex(page.run_combo.findData(rid))
     qtbot.waitUntil(lambda: len(page.model.rows) == len(items), timeout=20000)
     assert page.model.members == ["m0", "x_prob_y"] and page.model.classes == CLASSES

@@ -186,13 +186,37 @@ def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_p
     np.testing.assert_allclose(rep.probs_nc, combine(rep.member_probs_mnc, [1, 3]))
     assert rep.mean_js == pytest.approx(float(js_divergence(rep.member_probs_mnc, [1, 3]).mean()))
     d = rep.to_dict()
-    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty"}
+    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty", "verdict"}
+    best = max(rep.members, key=lambda m: m.after["accuracy"])
+    verdict = rep.verdict()
+    assert (verdict.best_member, verdict.best_member_value) == (best.name, best.after["accuracy"])
+    assert verdict.beats == (rep.ensemble_after["accuracy"] > best.after["accuracy"])
+    assert verdict.source == f"the test split ({n} images)" and d["verdict"] == verdict.to_dict()
+    assert verdict.sentence() in format_table(rep)
     assert [m["name"] for m in d["members"]] == ["A", "B"] and set(d["ensemble"]) == {"before", "after"}
     json.dumps(d)
     assert main(["ensemble", str(tmp_path / "ens.json"), "--report", str(tmp_path / "r.json")]) == 0
     written = json.loads((tmp_path / "r.json").read_text())
     assert set(written) == set(d) and written["n"] == n and "_probs" not in written
     assert "A: T=" in capsys.readouterr().out
+
+
+def test_cached_verdict_is_the_built_ensembles_and_runs_no_model(runs, tmp_path, monkeypatch):
+    import shutil
+
+    import core.models.classifier as classifier
+    from core.inference.ensemble import cached_verdict
+
+    built = evaluate_ensemble(create_spec(tmp_path / "ens.json", [runs / "a", runs / "b"], names=["A", "B"]))
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a model was run: the cached logits are enough")
+
+    monkeypatch.setattr(classifier, "load_classifier", no_model)
+    assert cached_verdict([runs / "a", runs / "b"], ["A", "B"]) == built.verdict()
+    bare = tmp_path / "bare"
+    shutil.copytree(runs / "a" / "checkpoint-best", bare / "checkpoint-best")   # a checkpoint, no cached logits
+    assert cached_verdict([bare, runs / "b"], ["A", "B"]) is None
 
 
 @pytest.mark.parametrize("member, reason", [

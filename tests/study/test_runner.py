@@ -62,6 +62,10 @@ def test_study_end_to_end_and_rerun_skips_finished_steps(demo_dir, tmp_path):
     assert result["best_member"] == best
     assert result["ensemble_beats_best_member"] == ("yes" if ens_acc > rep["mean_std"][best]["accuracy"]["mean"]
                                                     else "no")
+    from core.inference.verdict import EnsembleVerdict
+
+    verdict = EnsembleVerdict.from_metrics(result)        # what the window reads back from the runs table
+    assert verdict.source == "the held-out test folds (mean over 3)" and verdict.sentence() in result["verdict"]
     assert [m["name"] for m in rep["models"]] == [MEMBER_A, MEMBER_B, CONTROL, ENSEMBLE]
     assert rep["k"] == 3 and len(rep["per_fold"][ENSEMBLE]) == 3
     dups = json.loads((out / "duplicates.json").read_text())
