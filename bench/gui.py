@@ -137,11 +137,11 @@ def wait(cond, timeout: float) -> bool:
 
 
 def run(folder: Path, out: dict) -> None:
-    from PySide6 import QtCore, QtTest
+    from PySide6 import QtTest
 
     from desktop.app import create_app
 
-    app = create_app()
+    app = create_app()  # noqa: F841  (held: the QApplication lives as long as the run)
     from desktop.app import preload_engine
 
     preload_engine()            # as desktop.app.main() does behind its splash screen

@@ -1,6 +1,5 @@
 """The engine must run with Qt absent: import every core module with Qt made unimportable."""
 
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ project paths, the scan process, the command line."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
