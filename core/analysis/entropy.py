@@ -244,7 +244,8 @@ def local_entropy(images, radius: int = DEFAULT_RADIUS, bins: int = DEFAULT_HEAT
                   normalize: str = "none", chunk_elements: int = 1 << 22) -> torch.Tensor:
     """Batched dense local entropy: float32 ``[B, H, W]`` (bits) of the ``(2r+1)^2`` window at each pixel.
 
-    Windows are clipped at the image border (only real pixels count). Integral-histogram style: for a
+    Windows are clipped at the image border (only real pixels count), so a radius beyond the image is the
+    same as the image's size and is clamped to it. Integral-histogram style: for a
     chunk of bins the one-hot planes ``[B, K, H, W]`` are box-summed along H then W (small integers,
     exact), and ``sum_k f(n_k)`` is accumulated over chunks; ``K`` is chosen so that a chunk has about
     ``chunk_elements`` elements. With ``N`` = pixels in the window: Shannon ``H = log2 N - sum n log2 n / N``.
@@ -260,7 +261,10 @@ def local_entropy(images, radius: int = DEFAULT_RADIUS, bins: int = DEFAULT_HEAT
         return out[0] if single else out
     idx = bin_indices(x, bins, normalize=normalize)
     idx = idx.to(torch.uint8) if bins <= 256 else idx
-    window = (2 * radius + 1) ** 2
+    # A window wider than the image covers all of it at every pixel: clamping the radius per axis gives the
+    # same map, and keeps the padded box sums the size of the image (radius 100000 once took minutes).
+    radius_y, radius_x = min(radius, H - 1), min(radius, W - 1)
+    window = (2 * radius_y + 1) * (2 * radius_x + 1)
     count_dtype = torch.uint8 if window <= 255 else torch.int16 if window <= 32767 else torch.int32
     # Pixels in each clipped window; separable: N = ny[y] * nx[x].
     iy, ix = torch.arange(H, device=device), torch.arange(W, device=device)
@@ -277,7 +281,7 @@ def local_entropy(images, radius: int = DEFAULT_RADIUS, bins: int = DEFAULT_HEAT
         ks = present[start:start + per_bin]
         planes = idx[:, None] == ks[None, :, None, None]                       # [B, K, H, W] bool
         planes = planes.view(torch.uint8) if count_dtype is torch.uint8 else planes.to(count_dtype)
-        counts = _box_sum(_box_sum(planes, radius, dim=2), radius, dim=3).to(torch.float32)
+        counts = _box_sum(_box_sum(planes, radius_y, dim=2), radius_x, dim=3).to(torch.float32)
         if alpha == 1.0:
             acc += (counts * torch.log2(counts.clamp_min(1.0))).sum(dim=1)
         elif alpha == 0.0:

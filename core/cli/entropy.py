@@ -36,7 +36,8 @@ def register_cli(subparsers) -> None:
                    help=f"histogram bins over [0, 1] for the heatmap (default {DEFAULT_HEATMAP_BINS}: with "
                         f"an 11x11 window, more bins make noise in dark shadows look as busy as tissue)")
     p.add_argument("--radius", type=int, default=DEFAULT_RADIUS,
-                   help=f"heatmap window radius in pixels; window side 2r+1 (default {DEFAULT_RADIUS})")
+                   help=f"heatmap window radius in pixels; window side 2r+1 (default {DEFAULT_RADIUS}); a radius "
+                        f"beyond an image's size is clamped to it (the window then covers the whole image)")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="Renyi entropy order; 1 = Shannon (default), 0 = log2 of occupied bins, inf = min-entropy")
     p.add_argument("--colormap", choices=COLORMAPS, default="inferno", help="PNG colour map (default inferno)")

@@ -21,7 +21,8 @@ def _register_predict(subparsers) -> None:
                     "--out (.csv, or .jsonl for JSON lines): predicted class, ensemble and member "
                     "probabilities, predictive entropy, member disagreement (JS divergence). Rows already in "
                     "--out are skipped, so re-running after an interruption resumes. Unreadable files become "
-                    "rows with status=error and the reason. Under torchrun (python -m torch.distributed.run "
+                    "rows with status=error and the reason; a file that ran out of memory while decoding gets "
+                    "no row (exit status 1): run the command again to retry it. Under torchrun (python -m torch.distributed.run "
                     "--nproc-per-node N -m core.cli predict ...) each process takes its share of the files and "
                     "the rows still end up in the one --out file.")
     p.add_argument("folder")
@@ -61,7 +62,10 @@ def _predict(args) -> int:
         ranks = f", {s['world_size']} processes" if s["world_size"] > 1 else ""
         print(f"{s['predicted']} predicted, {s['errors']} errors, {s['already_done']} already done; {rate} "
               f"({s['backend']}, {s['precision']}{ranks}) -> {s['out']}")
-    return 0
+        if s["retry_later"]:
+            print(f"{s['retry_later']} files ran out of memory while decoding and have no row yet: run the same "
+                  f"command again to retry them")
+    return 1 if s["retry_later"] else 0
 
 
 def _register_export(subparsers) -> None:

@@ -382,7 +382,7 @@ def _open_dicom(path: Path, *, stop_before_pixels: bool = False):
             if "Rows" not in ds or "Columns" not in ds:
                 raise ImageReadError(path, "not a DICOM file (no DICM marker and no image attributes)") from None
             return ds
-    except ImageReadError:
+    except (ImageReadError, MemoryError):   # running out of memory is not the file's fault
         raise
     except PermissionError:
         raise ImageReadError(path, "no permission to read the file") from None
@@ -434,6 +434,8 @@ def _read_dicom(path: Path, max_pixels: int | None) -> ImageData:
         n_frames = 1
     try:
         raw = first_frame(ds, n_frames)
+    except MemoryError:
+        raise
     except Exception as exc:  # truncated data, missing decoder plugin, inconsistent attributes...
         raise ImageReadError(path, f"cannot decode the DICOM pixel data ({type(exc).__name__}: {exc})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -443,7 +445,7 @@ def _read_dicom(path: Path, max_pixels: int | None) -> ImageData:
             array, is_color = _dicom_colour(raw, bits_stored)
         else:
             array, is_color = _dicom_grey(raw, ds, apply_modality_lut, apply_voi_lut), False
-    except ImageReadError:
+    except (ImageReadError, MemoryError):
         raise
     except Exception as exc:
         raise ImageReadError(path, f"cannot apply the DICOM rescale/window ({type(exc).__name__}: {exc})") from None

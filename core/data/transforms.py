@@ -56,7 +56,7 @@ def load_8bit(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
         return plain
     try:
         data = read_image(path, max_pixels=max_pixels)
-    except ImageReadError:
+    except (ImageReadError, MemoryError):   # running out of memory is not the file's fault
         raise
     except Exception as exc:  # anything else a broken file throws
         raise ImageReadError(path, getattr(exc, "reason", None) or str(exc) or type(exc).__name__) from None

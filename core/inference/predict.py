@@ -7,7 +7,9 @@ batch. Memory stays bounded: the loader keeps at most ``num_workers * prefetch``
 
 Resume: rows already in OUT are skipped (by path), so running the same command after a kill or Ctrl-C
 continues where it stopped without duplicates; a last line cut by a kill is removed first. A file that
-cannot be read becomes a row with ``status=error`` and the reason, and is not retried.
+cannot be read becomes a row with ``status=error`` and the reason, and is not retried. Running out of memory
+while decoding a file says nothing about the file (the machine was busy, or the batch too large): that file
+gets no row, is named in the log and counted as ``retry_later``, so the next run retries it.
 
 Fast path (all on by default, each measured in ``bench/predict.py``): ``torch.inference_mode``; batched
 forward passes; decode in worker processes; ``channels_last`` on CUDA (on this kind of CPU the
@@ -92,10 +94,14 @@ def _problem_rows(walk) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------- decoding
+RETRY_LATER = "retry later: ran out of memory while decoding"   # the reason of an item that gets no row
+
+
 class _FolderImages(Dataset):
-    """Items: (position, uint8 [S, S] (grey) or [S, S, 3] or None, error reason). Decoding and the eval
-    resize happen here, in worker processes; grey images are resized before being replicated to RGB
-    (identical pixels, a third of the work) and travel as uint8 (a quarter of the float bytes)."""
+    """Items: (position, uint8 [S, S] (grey) or [S, S, 3] or None, error reason or :data:`RETRY_LATER`).
+    Decoding and the eval resize happen here, in worker processes; grey images are resized before being
+    replicated to RGB (identical pixels, a third of the work) and travel as uint8 (a quarter of the float
+    bytes)."""
 
     def __init__(self, root: Path, rel: Sequence[str], size: int, interpolation: str = "bicubic"):
         self.root, self.rel, self.size, self.interpolation = root, list(rel), size, interpolation
@@ -107,6 +113,8 @@ class _FolderImages(Dataset):
         try:
             img = load_8bit(self.root / self.rel[i])
             return i, np.asarray(resize_pil(img, self.size, self.interpolation)), ""
+        except MemoryError:
+            return i, None, RETRY_LATER
         except Exception as exc:  # any broken file becomes an error row, never a crash
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
             return i, None, str(reason)
@@ -114,7 +122,8 @@ class _FolderImages(Dataset):
 
 def _collate(items):
     ok = [(i, a) for i, a, _ in items if a is not None]
-    errors = [(i, e) for i, a, e in items if a is None]
+    errors = [(i, e) for i, a, e in items if a is None and e != RETRY_LATER]
+    retry = [i for i, a, e in items if a is None and e == RETRY_LATER]
     batch = None
     if ok:
         s = ok[0][1].shape[0]
@@ -122,7 +131,7 @@ def _collate(items):
         for k, (_, a) in enumerate(ok):
             batch[k] = a if a.ndim == 2 else a.transpose(2, 0, 1)          # grey broadcasts to 3 channels
         batch = torch.from_numpy(batch)
-    return [i for i, _ in ok], batch, errors
+    return [i for i, _ in ok], batch, errors, retry
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -519,7 +528,7 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
                         num_workers=num_workers, collate_fn=_collate,
                         prefetch_factor=2 if num_workers > 0 else None,
                         persistent_workers=False, pin_memory=False)
-    n_ok = n_err = 0
+    n_ok = n_err = n_retry = 0
     t0 = time.perf_counter()
     try:
         if ranks.is_main:
@@ -528,9 +537,12 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
                 say(f"error: {folder / r}: {reason}")
             writer.rows([], None, None, None, None, problems)
             n_err += len(problems)
-        for idx, x, errors in loader:
+        for idx, x, errors, retry in loader:
             if ctx is not None:
                 ctx.check_cancelled()
+            for i in retry:
+                say(f"{folder / mine[i]}: ran out of memory while decoding; no row written, the next run retries it")
+            n_retry += len(retry)
             rel = [mine[i] for i in idx]
             ens_p = mem_p = ent = js = None
             if x is not None:
@@ -543,7 +555,7 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
             n_err += len(errors)
             if ctx is not None:
                 dt = time.perf_counter() - t0
-                ctx.progress(len(done) + n_ok + n_err, total, images_per_s=(n_ok + n_err) / max(dt, 1e-9))
+                ctx.progress(len(done) + n_ok + n_err + n_retry, total, images_per_s=(n_ok + n_err) / max(dt, 1e-9))
     finally:
         writer.close()
     stored = sink.stored if sink is not None else 0
@@ -551,17 +563,19 @@ def _predict_files(folder: Path, out: Path, fmt: str, runner, backend: str, clas
     if ranks.world_size > 1:
         if ranks.rank == 0:
             _merge_parts(out, fmt, columns, all_rel)
-        n_ok, n_err, stored = (int(v) for v in all_reduce_sum([n_ok, n_err, stored], ranks.device))
+        n_ok, n_err, n_retry, stored = (int(v) for v in all_reduce_sum([n_ok, n_err, n_retry, stored],
+                                                                        ranks.device))
         barrier()
     dt = time.perf_counter() - t0
     summary = {"out": str(out), "format": fmt, "images_total": total, "already_done": len(done),
-               "predicted": n_ok, "errors": n_err, "seconds": round(dt, 3),
+               "predicted": n_ok, "errors": n_err, "retry_later": n_retry, "seconds": round(dt, 3),
                "images_per_s": (n_ok + n_err) / dt if dt > 0 else None, "precision": runner.precision,
                "backend": "onnxruntime" if backend == "onnx" else "torch",
                "bf16_max_prob_diff": runner.max_diff_vs_fp32, "rank": ranks.rank, "world_size": ranks.world_size}
     if sink is not None:
         summary["stored"] = stored
-    say(f"predicted {n_ok} images ({n_err} errors) in {dt:.1f} s -> {out}")
+    retry_note = f"; {n_retry} ran out of memory, run again to retry them" if n_retry else ""
+    say(f"predicted {n_ok} images ({n_err} errors{retry_note}) in {dt:.1f} s -> {out}")
     return summary
 
 

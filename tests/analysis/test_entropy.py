@@ -163,6 +163,22 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def test_a_radius_beyond_the_image_is_clamped_to_it(monkeypatch):
+    """`medssl entropy --radius 100000` ran 770 s on 16 tiny images: the box sums were padded by the radius.
+    A window wider than the image covers all of it at every pixel, so the radius is clamped per axis
+    (exact): every pixel then has the entropy of the whole image's histogram."""
+    x = textured(1, 12, 20, seed=3)[0]
+    radii = []
+    real_box_sum = E._box_sum
+    monkeypatch.setattr(E, "_box_sum", lambda t, radius, dim: radii.append(radius) or real_box_sum(t, radius, dim))
+    huge = local_entropy_map(x, radius=100_000, bins=16)
+    assert max(radii) <= 19                                 # the padding follows the image, not the radius
+    counts = np.bincount(np.clip(np.floor(x * np.float32(16)), 0, 15).astype(np.int64).ravel(), minlength=16)
+    p = counts[counts > 0] / counts.sum()
+    np.testing.assert_allclose(huge, np.full(x.shape, -(p * np.log2(p)).sum()), atol=1e-5)
+    np.testing.assert_array_equal(huge, local_entropy_map(x, radius=19, bins=16))
+
+
 def test_minmax_normalisation_stretches_each_image():
     x = textured(2, 64, 64, seed=9)
     squeezed = 0.2 + 0.2 * x

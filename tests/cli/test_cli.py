@@ -127,8 +127,25 @@ def test_a_mistyped_project_path_creates_no_store(tmp_path, capsys, command):
     assert not typo.exists() and not typo.parent.exists()
 
 
+def _all_parsers(parser, name="medssl"):
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _all_parsers(sub, f"{name} {sub_name}")
+
+
 def test_help_texts_show_percent_signs_once(capsys):
+    from core.cli import build_parser
+
     with pytest.raises(SystemExit):
         main(["pretrain", "mae", "--help"])
     text = capsys.readouterr().out
     assert "60 %" in text and "%%" not in text
+    parsers = dict(_all_parsers(build_parser()))
+    assert len(parsers) > 15
+    doubled = {name: [line for line in p.format_help().splitlines() if "%%" in line or "%(" in line]
+               for name, p in parsers.items()}
+    assert not {name: lines for name, lines in doubled.items() if lines}

@@ -424,3 +424,22 @@ def test_load_8bit_has_the_pixel_guard(tmp_path):
     small = save(tmp_path / "small.png", Image.fromarray(np.zeros((64, 64), dtype=np.uint8)))
     with pytest.raises(ImageReadError, match="limit of 1,000"):
         load_8bit(small, max_pixels=1000)
+
+
+def test_running_out_of_memory_is_not_called_a_broken_file(tmp_path, monkeypatch):
+    """MemoryError says nothing about the file, so it is not turned into an ImageReadError (which callers
+    record as the file's permanent reason): prediction and the scan see it as what it is."""
+    import pydicom
+
+    from core.data.transforms import load_8bit
+
+    path = write_dicom(tmp_path / "IM0001", np.arange(64, dtype=np.uint16).reshape(8, 8))
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(pydicom, "dcmread", no_memory)
+    with pytest.raises(MemoryError):
+        read_image(path)
+    with pytest.raises(MemoryError):
+        load_8bit(path)

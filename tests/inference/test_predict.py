@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.inference.ensemble import create_spec, load_ensemble
 from core.models.classifier import build_classifier, save_classifier_checkpoint
@@ -419,3 +420,51 @@ def test_a_file_name_that_is_not_utf8_is_named_and_the_rest_proceeds(ensemble_fi
     assert len(named) == 1 and named[0]["status"] == "error" and "UTF-8" in named[0]["error"]
     s2 = predict_folder(folder, out, ensemble=ensemble_file, batch_size=8, num_workers=0, backend="torch")
     assert s2["predicted"] == s2["errors"] == 0 and len(_rows(out)) == 27
+
+
+def test_running_out_of_memory_on_a_file_is_not_its_permanent_error(ensemble_file, folder, tmp_path, monkeypatch,
+                                                                   caplog):
+    """A MemoryError while decoding says nothing about the file: it gets no row (so no status=error that a
+    rerun would skip for good), the run goes on and says so, and the next run predicts it."""
+    import core.data.transforms as transforms
+
+    victim = list_images(folder)[3]
+    real_read = transforms.read_image
+
+    def read_or_run_out(path, **kwargs):
+        if Path(path).as_posix().endswith(victim):
+            raise MemoryError()
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(transforms, "open_plain_8bit", lambda path, **kwargs: None)   # decode via read_image
+    monkeypatch.setattr(transforms, "read_image", read_or_run_out)
+    out = tmp_path / "preds.csv"
+    with caplog.at_level("INFO", logger="core.inference.predict"):
+        s = predict_folder(folder, out, ensemble=ensemble_file, batch_size=5, num_workers=0, backend="torch")
+    assert victim not in {r["path"] for r in _rows(out)}
+    assert s["predicted"] == 23 and s["errors"] == 2 and s["retry_later"] == 1
+    assert any(victim in m and "ran out of memory" in m for m in caplog.messages)
+    monkeypatch.setattr(transforms, "read_image", real_read)
+    s2 = predict_folder(folder, out, ensemble=ensemble_file, batch_size=5, num_workers=0, backend="torch")
+    assert s2["predicted"] == 1 and s2["retry_later"] == 0
+    rows = {r["path"]: r for r in _rows(out)}
+    assert len(rows) == 26 and rows[victim]["status"] == "ok"
+
+
+def test_a_dicom_file_without_a_suffix_is_predicted_like_the_scan_finds_it(ensemble_file, tmp_path):
+    """Scanners write DICOM files without a suffix (IM0001); the one folder walk finds them by preamble, so
+    prediction lists and reads the same files as the library scan."""
+    from core.data.library import scan_folder
+    from tests.data.test_imageio import write_dicom
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("IM0001", "IM0002"):
+        write_dicom(folder / name, rng.integers(0, 4096, (40, 48), dtype=np.uint16))
+    Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(folder / "photo.png")
+    out = tmp_path / "preds.csv"
+    s = predict_folder(folder, out, ensemble=ensemble_file, batch_size=4, num_workers=0, backend="torch")
+    rows = {r["path"]: r["status"] for r in _rows(out)}
+    assert rows == {"IM0001": "ok", "IM0002": "ok", "photo.png": "ok"} and s["errors"] == 0
+    assert sorted(rows) == [r.rel_path for r in scan_folder(folder).images]
