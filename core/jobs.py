@@ -21,6 +21,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
+from core.atomic import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -176,12 +178,9 @@ class Job:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         status = {"id": self.id, "name": self.name, "state": self.state.value, "error": self.error,
                   "time": time.time()}
-        tmp = self.state_dir / "job.json.tmp"
         try:
-            tmp.write_text(json.dumps(status, indent=1))
-            tmp.replace(self.state_dir / "job.json")
+            write_json_atomic(self.state_dir / "job.json", status, indent=1)
         except OSError as exc:     # a full disk must not hide the job's own error
-            tmp.unlink(missing_ok=True)
             log.error("%s: job state %s not saved (%s)", self.state_dir / "job.json", status["state"], exc)
 
     # -- running ----------------------------------------------------------------------------------

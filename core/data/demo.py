@@ -48,13 +48,14 @@ import functools
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from core.atomic import write_bytes_atomic
 
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 MODALITIES: tuple[str, ...] = ("US-A", "US-B")
@@ -462,9 +463,7 @@ def check_output_dir(out_dir: str | Path) -> dict[str, str | None]:
 def _write_if_changed(path: Path, data: bytes) -> None:
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def _marker_bytes(params: dict, files: dict[str, str | None], complete: bool) -> bytes:

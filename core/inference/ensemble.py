@@ -51,7 +51,7 @@ from core import csvcells
 from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
 from core.inference.logits import Inference, softmax
 from core.inference.verdict import EnsembleVerdict, judge, split_source
-from core.train.checkpoint import write_json_atomic
+from core.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from core.atomic import atomic_path
 from core import csvcells
 from core.csvcells import unescape_cell
 
@@ -125,13 +126,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def write_logits(path: Path, samples: Sequence["Sample"], logits: np.ndarray, classes: Sequence[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csvcells.writer(fh)
         w.writerow(["rel_path", "label"] + [f"logit_{c}" for c in classes])
         for s, row in zip(samples, logits):
             w.writerow([s.rel_path, s.label] + [f"{v:.7g}" for v in row])
-    tmp.replace(path)
 
 
 def read_logits(path: Path) -> tuple[list[str], list[str], np.ndarray]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core.data.library import file_sha256
 from core.models.weights import split_name, weights_dir
-from core.train.checkpoint import fsync_path, write_json_atomic
+from core.atomic import fsync_path, write_json_atomic
 
 MANIFEST = "manifest.json"
 

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torchvision.transforms.v2 import functional as TF
+
+from core.atomic import write_json_atomic
 
 __all__ = ["ViewInfo", "Compose", "register_augment", "get_augment", "list_augments", "simclr_ops",
            "jigsaw", "IntensityStats", "compute_modality_stats", "modality_stats_cached", "dad",
@@ -301,10 +302,7 @@ def modality_stats_cached(cache_file: str | Path | None, key: str,
     stats = compute()
     if cache_file is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "stats": {k: vars(v) for k, v in stats.items()}}, indent=1))
-            tmp.replace(path)
+            write_json_atomic(path, {"key": key, "stats": {k: vars(v) for k, v in stats.items()}}, indent=1)
         except OSError:
             pass  # a read-only data folder: the stats are just recomputed next time
     return stats

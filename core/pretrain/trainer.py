@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from core.atomic import atomic_path
 from core.models.weights import read_safetensors, read_torch_file, safetensors_metadata
 from core.pretrain import StepContext, get_method
 from core.pretrain.config import IDENTITY_KEYS, TRAIN_OPTIONS, TrainConfig, current_names
@@ -95,9 +96,8 @@ def _encoder_metadata(config: TrainConfig, data: dict, progress: dict) -> dict[s
 def _save_encoder(encoder_sd: dict, path: Path, metadata: dict[str, str]) -> Path:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in encoder_sd.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in encoder_sd.items()}, str(tmp), metadata=metadata)
     return path
 
 

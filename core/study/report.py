@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core.atomic import write_json_atomic, write_text_atomic
 from core.analysis.bootstrap import paired_bootstrap
 from core.analysis.metrics import classification_metrics, summarize_folds
 from core.inference.verdict import EnsembleVerdict, judge
@@ -243,9 +244,6 @@ def write_report(outcome: StudyOutcome, out_dir: str | Path, *, n_boot: int = 20
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(outcome, n_boot=n_boot)
     page = out / "report.html"
-    for path, text in ((out / "report.json", json.dumps(summary, indent=1, default=float)),
-                       (page, render_html(outcome, summary))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    write_json_atomic(out / "report.json", summary, indent=1, default=float)
+    write_text_atomic(page, render_html(outcome, summary))
     return page

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core.atomic import write_json_atomic
 from core.train.config import FinetuneConfig
 from core.train.data import LabeledData
 
@@ -157,12 +158,6 @@ def duplicate_aware_folds(data: LabeledData, report, k: int, seed: int) -> list[
     return fold
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
-
-
 class Study:
     """One study folder: its steps, each skipped when already done."""
 
@@ -193,14 +188,14 @@ class Study:
                                  f"use another --out")
             return prev
         state = {"config": mine, "seconds": 0.0}
-        _write_json(path, state)
+        write_json_atomic(path, state, indent=1, default=float)
         return state
 
     def _add_seconds(self, seconds: float) -> float:
         path = self.out / "study.json"
         state = json.loads(path.read_text())
         state["seconds"] = state.get("seconds", 0.0) + seconds
-        _write_json(path, state)
+        write_json_atomic(path, state, indent=1, default=float)
         return state["seconds"]
 
     # -- data, duplicates, folds
@@ -228,11 +223,11 @@ class Study:
             data.root, rels, {s.rel_path: s.label for s in data.samples}, ctx=self.ctx,
             max_hamming=self.cfg.max_hamming if self.cfg.max_hamming is not None else DEFAULT_MAX_HAMMING,
             min_ssim=self.cfg.min_ssim if self.cfg.min_ssim is not None else DEFAULT_MIN_SSIM)
-        _write_json(path, {"n_images": report.n_images, "candidates": report.candidates,
-                           "max_hamming": report.max_hamming, "min_ssim": report.min_ssim,
-                           "errors": report.errors,
-                           "groups": [{"members": g.members, "labels": g.labels, "conflicting": g.conflicting}
-                                      for g in report.groups]})
+        write_json_atomic(path, {"n_images": report.n_images, "candidates": report.candidates,
+                                 "max_hamming": report.max_hamming, "min_ssim": report.min_ssim,
+                                 "errors": report.errors,
+                                 "groups": [{"members": g.members, "labels": g.labels, "conflicting": g.conflicting}
+                                            for g in report.groups]}, indent=1, default=float)
         self.say(f"{len(report.groups)} near-duplicate groups ({sum(len(g.members) for g in report.groups)} "
                  f"images), {len(report.conflicting)} with conflicting labels")
         return report
@@ -246,7 +241,7 @@ class Study:
                 raise ValueError(f"{path}: the study's images changed since its folds were made; use another --out")
             return [saved[r] for r in rels]
         fold = duplicate_aware_folds(data, report, self.cfg.k, self.cfg.seed)
-        _write_json(path, {"k": self.cfg.k, "seed": self.cfg.seed, "fold": dict(zip(rels, fold))})
+        write_json_atomic(path, {"k": self.cfg.k, "seed": self.cfg.seed, "fold": dict(zip(rels, fold))}, indent=1)
         if self.cfg.project:      # so `medssl finetune --project P --kfold K --split-name NAME` reruns a fold
             from core.train.data import stored_split
 

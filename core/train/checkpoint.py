@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
+
+from core.atomic import fsync_path, write_text_atomic
 
 REQUIRED = ("config.json", "model.safetensors")
 CLASSIFIER_DIRS = ("checkpoint-best", "checkpoint-last")
@@ -27,15 +28,6 @@ def _siblings(final: Path) -> tuple[Path, Path]:
 
 def _complete(folder: Path, required: tuple[str, ...]) -> bool:
     return all((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in required)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or a folder (its entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -57,25 +49,6 @@ def _write_failure(final: Path, exc: BaseException) -> CheckpointWriteError | No
         free = ""
     return CheckpointWriteError(f"{final}: checkpoint not saved: {cause}{free}. The previous checkpoint is "
                                 f"kept; free some space, then resume")
-
-
-def write_json_atomic(path: str | Path, obj: Any, **dump_kwargs) -> Path:
-    """Write ``obj`` as JSON to ``path`` so that a kill or a full disk leaves the old file or the new one,
-    never a truncated one: a temp file beside it, fsynced, renamed over it, the folder fsynced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, **dump_kwargs)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-    return path
 
 
 def read_json(path: str | Path) -> Any:
@@ -108,13 +81,7 @@ def trim_epoch_log(path: str | Path, epochs_done: int) -> int:
             kept.append(line)
     if len(kept) == len(lines):
         return 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(kept))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    write_text_atomic(path, "".join(kept))
     return len(lines) - len(kept)
 
 

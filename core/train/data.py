@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from core.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, TrainTransform, load_rgb, normalize,
                                   resize_pil, to_float_tensor)
-from core.train.checkpoint import read_json, write_json_atomic
+from core.atomic import write_json_atomic
+from core.train.checkpoint import read_json
 from core.train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)

@@ -44,11 +44,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from core.analysis.metrics import classification_metrics
+from core.atomic import write_json_atomic
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
 from core.models.weights import read_safetensors, read_torch_file
-from core.train.checkpoint import (REQUIRED, find_checkpoint_dir, read_json, repair_checkpoint_dir, trim_epoch_log,
-                                   write_json_atomic)
+from core.train.checkpoint import REQUIRED, find_checkpoint_dir, read_json, repair_checkpoint_dir, trim_epoch_log
 from core.train.config import AUGMENT_OPTIONS, FINETUNE_OPTIONS, FinetuneConfig
 from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, LabeledData, Sample, load_labeled_data,
                              project_folds, project_parts, write_split)

@@ -12,7 +12,8 @@ import numpy as np
 
 from core.analysis.metrics import classification_metrics, summarize_folds
 from core.inference.logits import read_logits, softmax
-from core.train.checkpoint import read_json, write_json_atomic
+from core.atomic import write_json_atomic
+from core.train.checkpoint import read_json
 from core.train.config import FinetuneConfig
 from core.train.data import ImageCache, LabeledData
 from core.train.distributed import barrier, setup_distributed

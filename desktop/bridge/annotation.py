@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PySide6 import QtGui
 
+from core.atomic import atomic_path
 from desktop.bridge import mask_ops
 from desktop.bridge.project import ProjectModel
 from desktop.bridge.rows import Item
@@ -71,12 +72,8 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """Write a 0/255 8-bit PNG atomically (temp file + rename: a crash never leaves half a file)."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
 
 
 class MaskFiles:

@@ -399,7 +399,7 @@ def fake_ensemble_run(store, temperatures=(1.3, 20.0)):
     """A finished ensemble run whose report.json says what evaluate_ensemble writes (the second member's
     temperature reached the fit's limit)."""
     from core.project import runs
-    from core.train.checkpoint import write_json_atomic
+    from core.atomic import write_json_atomic
 
     run = runs.create_run(store, "ensemble", "two members", {"members": ["a", "b"]})
     metrics = lambda acc, ece: {"accuracy": acc, "ece": ece, "nll": 0.9}      # noqa: E731

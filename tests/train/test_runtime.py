@@ -342,7 +342,8 @@ def test_resolvers_name_their_kind_and_say_what_is_missing(tmp_path):
 
 
 def test_json_written_atomically_and_a_damaged_one_is_named(tmp_path):
-    from core.train.checkpoint import read_json, write_json_atomic
+    from core.atomic import write_json_atomic
+    from core.train.checkpoint import read_json
 
     path = tmp_path / "metrics.json"
     write_json_atomic(path, {"a": 1})
