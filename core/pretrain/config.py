@@ -23,6 +23,9 @@ IDENTITY_KEYS = ("method", "backbone", "timm_kwargs", "image_size", "cell", "epo
                  "seed", "hflip", "mean", "std", "options")
 
 
+INIT_CHOICES = ("random", "imagenet", "pretrained")
+
+
 @dataclass
 class TrainConfig:
     method: str = "mae"
@@ -57,7 +60,8 @@ class TrainConfig:
     probe_size: int = 64                # images for the per-epoch collapse metrics
     max_nan_skips: int = 20             # consecutive non-finite steps before giving up
     max_steps: int | None = None        # stop (with a checkpoint) after this many optimizer steps in total
-    init_weights: str | None = None     # encoder weights to start from (weights only)
+    init: str = "random"                # random | imagenet (the backbone's ImageNet weights) | pretrained
+    init_weights: str | None = None     # pretrained: encoder weights to start from; imagenet: its weights file
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,13 +72,19 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         d = current_names(d)
+        if "init" not in d:               # runs written before ``init``: encoder weights or nothing
+            d = {**d, "init": "pretrained" if d.get("init_weights") else "random"}
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.betas, cfg.mean, cfg.std = tuple(cfg.betas), tuple(cfg.mean), tuple(cfg.std)
         return cfg
 
 
 TRAIN_OPTIONS = ConfigOptions(TrainConfig, {
-    "backbone": Option("timm ConvNeXt / ConvNeXt-V2 name, e.g. convnext_atto, convnext_tiny, convnextv2_nano"),
+    "backbone": Option("timm ConvNeXt / ConvNeXt-V2 name, e.g. convnext_atto, convnext_tiny, convnextv2_nano; the MAE "
+                       "also takes an EfficientNet-Lite (efficientnet_lite0)"),
+    "init": Option("the encoder's initial weights: random, imagenet (the backbone's ImageNet weights, found as "
+                   "fine-tuning finds them; --init-weights names the file) or pretrained (--init-weights)",
+                   choices=INIT_CHOICES),
     "image_size": Option("images are resized to this square size, a multiple of 32", min=32, max=1024),
     "cache_mb": Option("keep resized images in memory up to this size (MB)", min=0.0),
     "num_workers": Option("data loader processes", min=0),

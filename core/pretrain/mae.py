@@ -1,4 +1,5 @@
-"""Entropy-guided masked autoencoder for a timm ConvNeXt, SparK-style (masked dense convolution).
+"""Entropy-guided masked autoencoder for a timm ConvNeXt, SparK-style (masked dense convolution); a timm
+EfficientNet-Lite encoder is masked the same way by ``core.pretrain.masked_cnn``.
 
 Shapes: B batch, S image side, c = cell = 32 = the encoder's total stride, h = w = S / c cells per side,
 L = h * w cells, C_i channels of stage i (strides 4, 8, 16, 32). ``mask``: bool [B, h, w], True = hidden
@@ -38,6 +39,8 @@ from timm.layers.grn import GlobalResponseNorm
 
 from core.analysis.masking import DEFAULT_EPS, DEFAULT_RATIO, DEFAULT_TAU, MODES, mask_weights, num_masked, sample_mask
 from core.pretrain import PretrainMethod, StepContext, register_method
+from core.pretrain.masked_cnn import STAGE_STRIDES, check_maskable, freeze_batchnorm_statistics, is_block_cnn, \
+    masked_block_features
 
 MASK_SALT = 2
 CELL = 32     # mask cell = ConvNeXt total stride
@@ -50,6 +53,20 @@ def keep_at(keep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     fy, fx = size[0] // h, size[1] // w
     assert fy * h == size[0] and fx * w == size[1], f"{size} is not a multiple of the mask grid {(h, w)}"
     return keep[:, None].repeat_interleave(fy, 2).repeat_interleave(fx, 3).float()
+
+
+def _keep_cache(keep: torch.Tensor):
+    """keep [B, h, w] -> a function giving keep [B, 1, H, W] at a tensor's resolution and dtype (upsampled once
+    per resolution)."""
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def keep_like(t: torch.Tensor) -> torch.Tensor:
+        size = (t.shape[-2], t.shape[-1])
+        if size not in cache:
+            cache[size] = keep_at(keep, size)
+        return cache[size].to(t.dtype)
+
+    return keep_like
 
 
 # -- masked encoder -----------------------------------------------------------------------------------
@@ -87,27 +104,22 @@ def _block(block: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
 
 def masked_features(encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor | None,
                     zero_input: bool = True) -> list[torch.Tensor]:
-    """Sparse features of a timm ConvNeXt: x [B, 3, S, S] (normalised), mask [B, h, w] bool (True = hidden).
+    """Sparse features of a timm ConvNeXt (or EfficientNet, ``core.pretrain.masked_cnn``): x [B, 3, S, S]
+    (normalised), mask [B, h, w] bool (True = hidden).
 
     Returns the 4 stage outputs [B, C_i, S / s_i, S / s_i] (s_i = 4, 8, 16, 32), zero at hidden positions.
     ``mask=None`` is the plain dense forward (same numbers as timm's ``forward_features`` minus norm_pre).
     ``zero_input=False`` is only for tests of the per-stage masking.
     """
+    if is_block_cnn(encoder):      # its stem's input is zeroed like every spatial convolution's
+        return masked_block_features(encoder, x, None if mask is None else _keep_cache(~mask))
     if mask is None:
         feats, y = [], encoder.stem(x)
         for stage in encoder.stages:
             y = stage(y)
             feats.append(y)
         return feats
-    keep = ~mask                                                      # [B, h, w]
-    cache: dict[tuple[int, int], torch.Tensor] = {}
-
-    def k(t: torch.Tensor) -> torch.Tensor:                           # keep at t's resolution, t's dtype
-        size = (t.shape[-2], t.shape[-1])
-        if size not in cache:
-            cache[size] = keep_at(keep, size)
-        return cache[size].to(t.dtype)
-
+    k = _keep_cache(~mask)
     if zero_input:
         x = x * k(x)                                                  # [B, 3, S, S]
     y = encoder.stem(x)
@@ -177,19 +189,23 @@ def unpatchify(x: torch.Tensor, p: int, h: int, w: int, C: int = 3) -> torch.Ten
     return x.reshape(B, C, h * p, w * p)
 
 
-class ConvNeXtMAE(nn.Module):
-    """``encoder`` (timm ConvNeXt without head) + densifiers + light decoder. Input images in [0, 1]."""
+class MaskedAutoencoder(nn.Module):
+    """``encoder`` (timm ConvNeXt or EfficientNet without head) + densifiers + light decoder. Input images in
+    [0, 1]."""
 
     def __init__(self, encoder: nn.Module, *, decoder_width: int = 512, cell: int = CELL,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), norm_pix_eps: float = 1e-6):
         super().__init__()
-        strides = [f["reduction"] for f in encoder.feature_info]
-        if strides != [4, 8, 16, 32] or cell != 32:
-            raise ValueError(f"the MAE needs a ConvNeXt with stage strides 4, 8, 16, 32 and cell 32, "
+        info = [f for f in encoder.feature_info if f["reduction"] in STAGE_STRIDES]
+        strides = [f["reduction"] for f in info]
+        if strides != list(STAGE_STRIDES) or cell != 32:
+            raise ValueError(f"the MAE needs an encoder with stage strides 4, 8, 16, 32 and cell 32, "
                              f"got strides {strides}, cell {cell}")
+        if is_block_cnn(encoder):
+            check_maskable(encoder)
         self.encoder = encoder
         self.cell, self.norm_pix_eps = cell, norm_pix_eps
-        dims = [f["num_chs"] for f in encoder.feature_info]          # C_0..C_3
+        dims = [f["num_chs"] for f in info]                           # C_0..C_3
         self.decoder = LightDecoder(decoder_width, n_up=5, out_chans=3)
         dec_w = self.decoder.widths[:4][::-1]                         # width at strides 4, 8, 16, 32
         self.densify_norms = nn.ModuleList(LayerNorm2d(c) for c in dims)
@@ -210,6 +226,12 @@ class ConvNeXtMAE(nn.Module):
                     nn.init.trunc_normal_(m.weight, std=0.02)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
+
+    def train(self, mode: bool = True) -> "MaskedAutoencoder":
+        """BatchNorm would mix hidden positions into visible ones through its batch statistics: kept in eval."""
+        super().train(mode)
+        freeze_batchnorm_statistics(self.encoder)
+        return self
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -258,9 +280,9 @@ def masked_mean(cell_loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 @register_method("mae")
 class MAE(PretrainMethod):
     dataset = "images"
-    help = "masked autoencoder (SparK-style masked ConvNeXt) with entropy-guided masks"
+    help = "masked autoencoder (SparK-style masked ConvNeXt or EfficientNet-Lite) with entropy-guided masks"
     description = (
-        "Pretrain a timm ConvNeXt encoder as a masked autoencoder on unlabeled images. Cells of 32x32 px "
+        "Pretrain a timm ConvNeXt or EfficientNet-Lite encoder as a masked autoencoder on unlabeled images. Cells of 32x32 px "
         "are hidden (default 60 %, preferring high-entropy cells), the encoder sees only the visible cells "
         "(masked dense convolution) and a light UNet decoder predicts the hidden pixels "
         "(MSE on per-cell-normalised pixels of hidden cells).")
@@ -308,15 +330,20 @@ class MAE(PretrainMethod):
                 enc = create_backbone(config.backbone, **config.timm_kwargs)
             options["decoder_width"] = min(512, int(enc.feature_info[-1]["num_chs"]))
 
-    def build(self, config) -> ConvNeXtMAE:
+    def build(self, config) -> MaskedAutoencoder:
         from core.models.backbones import create_backbone
 
         o = config.options
         encoder = create_backbone(config.backbone, **config.timm_kwargs)
         encoder.reset_classifier(0)
-        encoder.head = nn.Identity()      # the MAE never uses the classifier head: no unused parameters
-        encoder.norm_pre = nn.Identity()
-        return ConvNeXtMAE(encoder, decoder_width=int(o["decoder_width"]), cell=config.cell,
+        if is_block_cnn(encoder):
+            # the MAE never uses the 1x1 head conv: frozen (no unused trainable parameters), exported unchanged
+            for p in [*encoder.conv_head.parameters(), *encoder.bn2.parameters()]:
+                p.requires_grad_(False)
+        else:
+            encoder.head = nn.Identity()      # the MAE never uses the classifier head: no unused parameters
+            encoder.norm_pre = nn.Identity()
+        return MaskedAutoencoder(encoder, decoder_width=int(o["decoder_width"]), cell=config.cell,
                            mean=config.mean, std=config.std, norm_pix_eps=float(o["norm_pix_eps"]))
 
     def sample_masks(self, batch: dict, step: StepContext, options: dict) -> torch.Tensor:

@@ -168,7 +168,7 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
 
 
 # -- encoder weights for fine-tuning --------------------------------------------------------------------
-_IGNORED_PREFIXES = ("head.", "norm_pre.")
+_IGNORED_PREFIXES = ("head.", "norm_pre.", "classifier.")   # ConvNeXt and EfficientNet heads
 
 
 def read_encoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -227,6 +227,23 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     model.load_state_dict(sd, strict=False)
     kept = [k for k in target if k.startswith(_IGNORED_PREFIXES)]
     return {"loaded": len(sd), "kept": kept, "source": str(path), "metadata": meta}
+
+
+def _initialise_encoder(encoder: nn.Module, config: TrainConfig, log) -> None:
+    """A fresh run's encoder weights: random (as built), ImageNet's or a pretrained encoder's."""
+    if config.init == "imagenet":
+        from core.models.weights import load_imagenet_weights
+
+        rep = load_imagenet_weights(encoder, config.backbone, config.init_weights)
+        if rep.mean and tuple(rep.mean) != tuple(config.mean) or rep.std and tuple(rep.std) != tuple(config.std):
+            raise ValueError(f"the ImageNet weights of {config.backbone} expect mean {rep.mean} and std {rep.std}; "
+                             f"the run normalises with mean {config.mean} and std {config.std}")
+        log(f"encoder initialised with ImageNet weights from {rep.source.describe()} ({rep.loaded} tensors)")
+    elif config.init == "pretrained" or config.init_weights:
+        if not config.init_weights:
+            raise ValueError("init 'pretrained' needs --init-weights CKPT (a run, checkpoint or encoder file)")
+        report = load_encoder_weights(encoder, config.init_weights)
+        log(f"encoder initialised from {config.init_weights} ({report['loaded']} tensors)")
 
 
 def export_encoder(ckpt_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -407,9 +424,8 @@ def _setup(config: TrainConfig, ctx, resume, dd: DistInfo) -> _Run:
     configure_cuda_math(config.precision, device)
     seed_everything(config.seed)
     model = method.build(config)
-    if config.init_weights and saved is None:
-        report = load_encoder_weights(unwrap(model).encoder, config.init_weights)
-        log(f"encoder initialised from {config.init_weights} ({report['loaded']} tensors)")
+    if saved is None:
+        _initialise_encoder(unwrap(model).encoder, config, log)
     model.to(device)
     optimizer = method.build_optimizer(param_groups(model, config.weight_decay), config)
     scaler = make_grad_scaler(precision, device)

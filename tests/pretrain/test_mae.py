@@ -15,7 +15,7 @@ from core.analysis.entropy import cell_entropy
 from core.analysis.masking import sample_mask
 from core.models.backbones import TINY_CONVNEXT, create_backbone
 from core.pretrain import StepContext, get_method
-from core.pretrain.mae import ConvNeXtMAE, _masked_grn, keep_at, masked_features, patchify
+from core.pretrain.mae import MaskedAutoencoder, _masked_grn, keep_at, masked_features, patchify
 from core.pretrain.trainer import train
 from core.pretrain.config import TrainConfig
 
@@ -26,11 +26,11 @@ BACKBONES = ["convnext_atto", "convnext_tiny", "convnextv2_atto", "convnextv2_ti
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_mae(name="convnext_atto", width=32) -> ConvNeXtMAE:
+def tiny_mae(name="convnext_atto", width=32) -> MaskedAutoencoder:
     torch.manual_seed(0)
     enc = create_backbone(name, tiny=True)
     enc.head = torch.nn.Identity()
-    return ConvNeXtMAE(enc, decoder_width=width).eval()
+    return MaskedAutoencoder(enc, decoder_width=width).eval()
 
 
 def with_hidden_pixels_changed(x: torch.Tensor, mask: torch.Tensor, seed=1) -> torch.Tensor:
