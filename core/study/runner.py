@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from core.atomic import write_json_atomic
+from core.data.splits import read_folds_file, write_folds_file
 from core.train.config import FinetuneConfig
 from core.train.data import LabeledData
 
@@ -236,12 +237,12 @@ class Study:
         path = self.out / "folds.json"
         rels = [s.rel_path for s in data.samples]
         if path.is_file():
-            saved = json.loads(path.read_text())["fold"]
+            saved = read_folds_file(path, self.cfg.k)
             if sorted(saved) != sorted(rels):
                 raise ValueError(f"{path}: the study's images changed since its folds were made; use another --out")
             return [saved[r] for r in rels]
         fold = duplicate_aware_folds(data, report, self.cfg.k, self.cfg.seed)
-        write_json_atomic(path, {"k": self.cfg.k, "seed": self.cfg.seed, "fold": dict(zip(rels, fold))}, indent=1)
+        write_folds_file(path, dict(zip(rels, fold)), self.cfg.k, self.cfg.seed)
         if self.cfg.project:      # so `medssl finetune --project P --kfold K --split-name NAME` reruns a fold
             from core.train.data import stored_split
 

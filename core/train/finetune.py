@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 
 from core.analysis.metrics import classification_metrics
 from core.atomic import write_json_atomic
+from core.data.splits import read_folds_file
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
 from core.models.weights import read_safetensors, read_torch_file
@@ -422,18 +423,9 @@ def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: 
 
 # ---------------------------------------------------------------------------------------------------- job
 def folds_from_file(path: str | Path, data: "LabeledData", k: int) -> list[int | None]:
-    """The fold of every sample from a study's ``folds.json`` (``{"k": K, "fold": {rel_path: i}}``); images
-    the file does not list are left out, as the study left them out."""
-    path = Path(path)
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        fold, saved_k = dict(saved["fold"]), int(saved["k"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a folds file ({exc})") from None
-    if saved_k != k:
-        raise ValueError(f"{path} holds a {saved_k}-fold split; pass --kfold {saved_k}")
-    if any(not isinstance(f, int) or not 0 <= f < k for f in fold.values()):
-        raise ValueError(f"{path}: fold numbers must be 0..{k - 1}")
+    """The fold of every sample from a study's ``folds.json`` (:func:`core.data.splits.read_folds_file`);
+    images the file does not list are left out, as the study left them out."""
+    fold = read_folds_file(path, k)
     fold_of = [fold.get(s.rel_path) for s in data.samples]
     if not any(f is not None for f in fold_of):
         raise ValueError(f"{path}: none of its images is in the data")
