@@ -465,6 +465,7 @@ def study_result(page: str | Path) -> dict:
     """What a finished study leaves in the project's runs table: the report, the ensemble's and its best
     member's mean accuracy and AUC, and whether the ensemble beats that member (said, not hidden; the keys
     of :meth:`core.inference.verdict.EnsembleVerdict.to_metrics`)."""
+    from core.analysis.metrics import fold_mean
     from core.study.report import study_verdict
 
     page = Path(page)
@@ -472,13 +473,9 @@ def study_result(page: str | Path) -> dict:
     ms = summary["mean_std"]
     ens = next(m for m in summary["models"] if m["kind"] == "ensemble")
     verdict = study_verdict(ms, ens["name"], ens["members"])
-
-    def mean(name: str, key: str):
-        return (ms[name].get(key) or {}).get("mean")
-
     return {"report": str(page), "k": summary["k"], **(verdict.to_metrics() if verdict else {}),
-            "ensemble_roc_auc_ovr": mean(ens["name"], "roc_auc_ovr"),
-            "best_member_roc_auc_ovr": mean(verdict.best_member, "roc_auc_ovr") if verdict else None,
+            "ensemble_roc_auc_ovr": fold_mean(ms[ens["name"]], "roc_auc_ovr"),
+            "best_member_roc_auc_ovr": fold_mean(ms[verdict.best_member], "roc_auc_ovr") if verdict else None,
             "verdict": " ".join(summary["verdicts"])[:299]}
 
 
