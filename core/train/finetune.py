@@ -56,7 +56,7 @@ from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, Labele
 from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from core.train.nan_guard import NanGuard
 from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
-from core.train.rng import gather_rng_states, restore_rng_state, seed_everything
+from core.train.rng import gather_rng_states, loader_generator, restore_rng_state, seed_everything
 from core.train.schedule import lr_at, param_groups, set_lr
 
 log = logging.getLogger(__name__)
@@ -158,19 +158,13 @@ class _Loaders:
         per_rank_bs = cfg.batch_size // world
         self.train = DataLoader(train_ds, batch_size=per_rank_bs, sampler=self.sampler, num_workers=self.workers,
                                 drop_last=len(train_ds) // world > per_rank_bs, persistent_workers=self.workers > 0,
-                                pin_memory=dd.device.type == "cuda", generator=self._worker_seeds())
+                                pin_memory=dd.device.type == "cuda", generator=loader_generator(cfg.seed))
 
     def evaluation(self, samples: Sequence[Sample], persistent: bool = False) -> DataLoader:
         ds = ClassifierDataset(samples, self.cidx, self.cache, train=False, mean=self.mean, std=self.std)
         return DataLoader(ds, batch_size=max(self.cfg.batch_size, 32), shuffle=False, num_workers=self.workers,
-                          persistent_workers=persistent and self.workers > 0, generator=self._worker_seeds())
-
-    def _worker_seeds(self) -> torch.Generator:
-        """A loader's own generator for the worker seed it draws when an iterator starts. With the global
-        one, persistent workers draw it in epoch 1 only, a resumed run in its first epoch again: the global
-        RNG (drop path) then ran one draw off an uninterrupted run's. Augmentation is seeded per draw
-        (:class:`EpochSampler`), so the workers' own seeds change nothing."""
-        return torch.Generator().manual_seed(self.cfg.seed)
+                          persistent_workers=persistent and self.workers > 0,
+                          generator=loader_generator(self.cfg.seed))
 
 
 def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device: torch.device) -> nn.Module:
