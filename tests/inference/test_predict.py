@@ -484,7 +484,7 @@ def test_a_dicom_file_without_a_suffix_is_predicted_like_the_scan_finds_it(ensem
     """Scanners write DICOM files without a suffix (IM0001); the one folder walk finds them by preamble, so
     prediction lists and reads the same files as the library scan."""
     from core.data.library import scan_folder
-    from tests.data.test_imageio import write_dicom
+    from tests.dicom_files import write_dicom
 
     folder = tmp_path / "series"
     folder.mkdir()
