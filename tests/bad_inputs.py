@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.dicom_files import write_dicom
+
 FORMULA_NAME = "=cmd|' calc'!A0.png"
 NOT_UTF8_NAME = b"caf\xe9.png"
 
@@ -31,25 +33,6 @@ def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def _dicom(path: Path, *, pixels: bool, photometric: str = "MONOCHROME2") -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.Modality = "case-1", "US"
-    if pixels:
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 1, 8, 8, 7
-        ds.PixelRepresentation, ds.PhotometricInterpretation = 0, photometric
-        ds.PixelData = bytes(range(64))
-    ds.save_as(path, enforce_file_format=True)
 
 
 def make_corpus(root: Path) -> tuple[set[str], set[str]]:
@@ -88,8 +71,9 @@ def make_corpus(root: Path) -> tuple[set[str], set[str]]:
     }
     for name, data in {**bad, **good}.items():
         (c / name).write_bytes(data)
-    _dicom(c / "no_pixels.dcm", pixels=False)
-    _dicom(c / "odd_photometric.dcm", pixels=True, photometric="YBR_NONSENSE")
+    write_dicom(c / "no_pixels.dcm", None, PatientID="case-1", Modality="US")
+    write_dicom(c / "odd_photometric.dcm", np.arange(64, dtype=np.uint8).reshape(8, 8), photometric="YBR_NONSENSE",
+                PatientID="case-1", Modality="US")
     bad_names = {f"c/{n}" for n in bad} | {"c/no_pixels.dcm"}
     maybe = {f"c/{n}" for n in good} | {"c/odd_photometric.dcm"}
     with open(os.path.join(os.fsencode(c), NOT_UTF8_NAME), "wb") as fh:

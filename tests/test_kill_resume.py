@@ -49,7 +49,7 @@ def pretrain_args(method: str, data: Path, out: Path) -> list[str]:
 
 def finetune_args(data: Path, out: Path) -> list[str]:
     """One (persistent) loader worker: its seed once came from the global RNG, so a resumed run's drop path
-    differed from an uninterrupted run's (core.train.finetune._Loaders._worker_seeds)."""
+    differed from an uninterrupted run's (core.train.rng.loader_generator)."""
     return ["finetune", str(data), "--out", str(out), *COMMON, "--workers", "1", "--init", "random",
             "--image-size", "32",
             "--epochs", str(FINETUNE_EPOCHS), "--batch-size", "16", "--lr", "3e-3", "--warmup-epochs", "0.5",

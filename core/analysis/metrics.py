@@ -15,7 +15,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 __all__ = ["classification_metrics", "expected_calibration_error", "reliability_bins", "nll",
-           "per_class_auc", "macro_auc_ovr", "summarize_folds", "SUMMARY_KEYS"]
+           "per_class_auc", "macro_auc_ovr", "summarize_folds", "fold_mean", "SUMMARY_KEYS"]
 
 # Scalar metrics worth a mean ± std over folds and a column in comparison tables.
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece", "nll")
@@ -132,6 +132,11 @@ def summarize_folds(fold_metrics: Sequence[dict], keys: Sequence[str] = SUMMARY_
         out[key] = {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
                     "n": int(len(arr)), "values": [float(v) for v in arr]}
     return out
+
+
+def fold_mean(summary: dict | None, key: str) -> float | None:
+    """The mean over folds of ``key`` in a :func:`summarize_folds` table; None when no fold had it."""
+    return ((summary or {}).get(key) or {}).get("mean")
 
 
 # -- uncertainty of an ensemble (shared by core.inference.ensemble and core.analysis.active) ---------------------------------

@@ -11,17 +11,26 @@ them for self-supervised pretraining; take them with ``unlabelled_indices(labels
 
 Everything is deterministic for a given seed and input order. Indices are positions into the ``labels``
 sequence you passed (int64, sorted ascending).
+
+A study's k-fold split travels as ``folds.json`` (``{"k": K, "seed": S, "fold": {rel_path: i}}``):
+:func:`write_folds_file` writes it, :func:`read_folds_file` is its one reader (the study continuing, and
+``medssl finetune --folds-file`` rerunning one of its folds).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-__all__ = ["split_indices", "kfold_indices", "unlabelled_indices", "group_ids"]
+from core.atomic import write_json_atomic
+
+__all__ = ["split_indices", "kfold_indices", "unlabelled_indices", "group_ids", "write_folds_file",
+           "read_folds_file"]
 
 _MAX_FOLDS = 20  # finest fold count used to approximate a fraction
 
@@ -141,3 +150,25 @@ def kfold_indices(labels: Sequence[object], groups: Sequence[object] | None, k: 
         except ValueError as exc:
             raise ValueError(f"cannot make {k} stratified folds: {exc}") from exc
     return [(np.sort(keep[tr]).astype(np.int64), np.sort(keep[va]).astype(np.int64)) for tr, va in folds]
+
+
+def write_folds_file(path: str | Path, fold: Mapping[str, int], k: int, seed: int) -> Path:
+    """Write a k-fold split (``fold``: image path relative to the data root -> fold number) as ``folds.json``."""
+    return write_json_atomic(path, {"k": int(k), "seed": int(seed), "fold": {r: int(f) for r, f in fold.items()}},
+                             indent=1)
+
+
+def read_folds_file(path: str | Path, k: int) -> dict[str, int]:
+    """The ``{rel_path: fold}`` of a ``folds.json``, checked: JSON of the expected shape, made for ``k`` folds,
+    every fold number in 0..k-1. ValueError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        fold, saved_k = dict(saved["fold"]), int(saved["k"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a folds file ({exc})") from None
+    if saved_k != k:
+        raise ValueError(f"{path} holds a {saved_k}-fold split; pass --kfold {saved_k}")
+    if any(isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < k for f in fold.values()):
+        raise ValueError(f"{path}: fold numbers must be 0..{k - 1}")
+    return fold

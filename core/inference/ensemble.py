@@ -48,7 +48,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core import csvcells
-from core.analysis.metrics import classification_metrics, js_divergence, predictive_entropy, summarize_folds
+from core.analysis.metrics import (classification_metrics, fold_mean, js_divergence, predictive_entropy,
+                                   summarize_folds)
 from core.inference.logits import Inference, softmax
 from core.inference.verdict import EnsembleVerdict, judge, split_source
 from core.atomic import write_json_atomic
@@ -660,12 +661,8 @@ def evaluate_ensemble_cv(spec: EnsembleSpec, *, calibrate: bool = True, data_roo
     mem = np.concatenate(pooled_mem, axis=1)
     pooled = {name: classification_metrics(y, mem[i], classes) for i, name in enumerate(names)}
     pooled["ensemble"] = classification_metrics(y, np.concatenate(pooled_ens), classes)
-
-    def mean_accuracy(name: str):
-        return (rows[name]["after"].get("accuracy") or {}).get("mean")
-
-    verdict = judge({n: mean_accuracy(n) for n in names}, mean_accuracy("ensemble"),
-                    f"the held-out folds (mean over {k})")
+    verdict = judge({n: fold_mean(rows[n]["after"], "accuracy") for n in names},
+                    fold_mean(rows["ensemble"]["after"], "accuracy"), f"the held-out folds (mean over {k})")
     return {"k": k, "classes": classes, "members": names, "mean_std": rows, "pooled_after": pooled,
             "folds": folds, "verdict": verdict.to_dict() if verdict else None}
 

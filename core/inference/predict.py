@@ -51,6 +51,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from core import csvcells
+from core.atomic import atomic_path
 from core.csvcells import unescape_cell
 from core.analysis.metrics import js_divergence, predictive_entropy
 from core.inference.ensemble import LoadedEnsemble, load_ensemble
@@ -312,45 +313,40 @@ def export_onnx(ensemble: LoadedEnsemble | str | Path, out: str | Path, *, opset
 
     ens = ensemble if isinstance(ensemble, LoadedEnsemble) else load_ensemble(ensemble, "cpu")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     module = cpu_copy(ens.module).eval()
     x = torch.rand(2, 3, ens.image_size, ens.image_size)
     kwargs: dict[str, Any] = dict(input_names=["image"], output_names=["probs", "member_probs"],
                                   opset_version=opset,
                                   dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"},
                                                 "member_probs": {1: "batch"}})
-    import warnings
-
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript exporter is deprecated in favour of torch.export (which needs onnxscript); it
-        # still exports these CNNs exactly, without the extra dependency
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            torch.onnx.export(module, (x,), str(tmp), dynamo=False, **kwargs)
-        except TypeError:  # older torch without the dynamo switch
-            torch.onnx.export(module, (x,), str(tmp), **kwargs)
-    model = onnx.load(str(tmp))
-    meta = {"classes": json.dumps(ens.classes), "members": json.dumps(ens.names),
-            "weights": json.dumps(ens.weights), "image_size": str(ens.image_size),
-            "interpolation": ens.configs[0].get("interpolation", "bicubic"),
-            "temperatures": json.dumps([float(1 / t) for t in ens.module.inv_temperature.tolist()]),
-            "producer": "medssl-studio"}
-    for k, v in meta.items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.save(model, str(tmp))
-    if check:
-        runner = OnnxEnsemble(tmp)          # CPU provider: fp32 on both sides (ort_providers)
-        with torch.inference_mode():
-            ref, _ = module(x)
-        got, _ = runner(x)
-        diff = float(np.abs(ref.numpy() - got).max())
-        if diff > 1e-3:
-            tmp.unlink()
-            raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e}")
-        log.info("ONNX export %s: max probability difference vs PyTorch %.2e", out, diff)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:      # a failed export or check leaves no file (and an older export intact)
+        with torch.no_grad():
+            # The TorchScript exporter, which torch deprecates (and says so): the torch.export-based one
+            # (dynamo=True, the default since torch 2.9) needs the onnxscript package, not a dependency and not
+            # installable offline; this one exports these CNNs exactly (checked below).
+            try:
+                torch.onnx.export(module, (x,), str(tmp), dynamo=False, **kwargs)
+            except TypeError:  # torch before 2.5 has no dynamo switch (and only this exporter)
+                torch.onnx.export(module, (x,), str(tmp), **kwargs)
+        model = onnx.load(str(tmp))
+        meta = {"classes": json.dumps(ens.classes), "members": json.dumps(ens.names),
+                "weights": json.dumps(ens.weights), "image_size": str(ens.image_size),
+                "interpolation": ens.configs[0].get("interpolation", "bicubic"),
+                "temperatures": json.dumps([float(1 / t) for t in ens.module.inv_temperature.tolist()]),
+                "producer": "medssl-studio"}
+        for k, v in meta.items():
+            p = model.metadata_props.add()
+            p.key, p.value = k, v
+        onnx.save(model, str(tmp))
+        if check:
+            runner = OnnxEnsemble(tmp)          # CPU provider: fp32 on both sides (ort_providers)
+            with torch.inference_mode():
+                ref, _ = module(x)
+            got, _ = runner(x)
+            diff = float(np.abs(ref.numpy() - got).max())
+            if diff > 1e-3:
+                raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e}")
+            log.info("ONNX export %s: max probability difference vs PyTorch %.2e", out, diff)
     return out
 
 

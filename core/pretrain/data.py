@@ -32,11 +32,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.pretrain import sample_seed
+from core.train.rng import loader_generator
 
 __all__ = ["UnlabeledImages", "EpochBatchSampler", "scan_images", "fingerprint", "build_dataset",
            "register_dataset", "DATASETS", "make_loader", "load_grey_resized"]
 
 FLIP_SALT = 1
+WORKER_SALT = 3     # with index -1: an epoch's loader worker seeds (index -1, salt 0: its batch order)
 
 
 def fingerprint(content_hashes: Sequence[str]) -> str:
@@ -214,10 +216,13 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(dataset, sampler: EpochBatchSampler, *, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """One epoch's loader; its worker seeds come from (seed, epoch) (:func:`core.train.rng.loader_generator`),
+    never from the global RNG, so a resumed epoch's workers are seeded as the uninterrupted epoch's were."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(sampler.epoch)   # before the iterator exists: workers get a copy with it
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      collate_fn=getattr(dataset, "collate", None))
+                      collate_fn=getattr(dataset, "collate", None),
+                      generator=loader_generator(sample_seed(sampler.seed, sampler.epoch, -1, WORKER_SALT)))
 
 
 # -- dataset kinds named by methods (PretrainMethod.dataset) ---------------------------------------------

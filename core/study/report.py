@@ -20,7 +20,7 @@ import numpy as np
 
 from core.atomic import write_json_atomic, write_text_atomic
 from core.analysis.bootstrap import paired_bootstrap
-from core.analysis.metrics import classification_metrics, summarize_folds
+from core.analysis.metrics import classification_metrics, fold_mean, summarize_folds
 from core.inference.verdict import EnsembleVerdict, judge
 from core.study import plots
 
@@ -130,12 +130,10 @@ def _verdicts(outcome: StudyOutcome, summary: dict, comparisons: list[dict]) -> 
 def study_verdict(summary: dict, ensemble: str, members: Sequence[str]) -> EnsembleVerdict | None:
     """The ensemble against its best member, by accuracy averaged over the held-out folds (``summary`` =
     the mean ± std table of :func:`summarize`)."""
-    def mean(name: str):
-        return (summary.get(name, {}).get("accuracy") or {}).get("mean")
-
     k = (summary.get(ensemble, {}).get("accuracy") or {}).get("n")
     where = f"the held-out test folds (mean over {k})" if k else "the held-out test folds (mean)"
-    return judge({n: mean(n) for n in members}, mean(ensemble), where, ensemble)
+    return judge({n: fold_mean(summary.get(n), "accuracy") for n in members},
+                 fold_mean(summary.get(ensemble), "accuracy"), where, ensemble)
 
 # ---------------------------------------------------------------------------------------------------- html
 CSS = """

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from core.atomic import write_json_atomic
+from core.data.splits import read_folds_file, write_folds_file
 from core.train.config import FinetuneConfig
 from core.train.data import LabeledData
 
@@ -236,12 +237,12 @@ class Study:
         path = self.out / "folds.json"
         rels = [s.rel_path for s in data.samples]
         if path.is_file():
-            saved = json.loads(path.read_text())["fold"]
+            saved = read_folds_file(path, self.cfg.k)
             if sorted(saved) != sorted(rels):
                 raise ValueError(f"{path}: the study's images changed since its folds were made; use another --out")
             return [saved[r] for r in rels]
         fold = duplicate_aware_folds(data, report, self.cfg.k, self.cfg.seed)
-        write_json_atomic(path, {"k": self.cfg.k, "seed": self.cfg.seed, "fold": dict(zip(rels, fold))}, indent=1)
+        write_folds_file(path, dict(zip(rels, fold)), self.cfg.k, self.cfg.seed)
         if self.cfg.project:      # so `medssl finetune --project P --kfold K --split-name NAME` reruns a fold
             from core.train.data import stored_split
 
@@ -464,6 +465,7 @@ def study_result(page: str | Path) -> dict:
     """What a finished study leaves in the project's runs table: the report, the ensemble's and its best
     member's mean accuracy and AUC, and whether the ensemble beats that member (said, not hidden; the keys
     of :meth:`core.inference.verdict.EnsembleVerdict.to_metrics`)."""
+    from core.analysis.metrics import fold_mean
     from core.study.report import study_verdict
 
     page = Path(page)
@@ -471,13 +473,9 @@ def study_result(page: str | Path) -> dict:
     ms = summary["mean_std"]
     ens = next(m for m in summary["models"] if m["kind"] == "ensemble")
     verdict = study_verdict(ms, ens["name"], ens["members"])
-
-    def mean(name: str, key: str):
-        return (ms[name].get(key) or {}).get("mean")
-
     return {"report": str(page), "k": summary["k"], **(verdict.to_metrics() if verdict else {}),
-            "ensemble_roc_auc_ovr": mean(ens["name"], "roc_auc_ovr"),
-            "best_member_roc_auc_ovr": mean(verdict.best_member, "roc_auc_ovr") if verdict else None,
+            "ensemble_roc_auc_ovr": fold_mean(ms[ens["name"]], "roc_auc_ovr"),
+            "best_member_roc_auc_ovr": fold_mean(ms[verdict.best_member], "roc_auc_ovr") if verdict else None,
             "verdict": " ".join(summary["verdicts"])[:299]}
 
 

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 
 from core.analysis.metrics import classification_metrics
 from core.atomic import write_json_atomic
+from core.data.splits import read_folds_file
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
 from core.models.weights import read_safetensors, read_torch_file
@@ -55,7 +56,7 @@ from core.train.data import (ClassifierDataset, EpochSampler, ImageCache, Labele
 from core.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown_distributed
 from core.train.nan_guard import NanGuard
 from core.train.precision import Precision, configure_cuda_math, make_grad_scaler, resolve_precision
-from core.train.rng import gather_rng_states, restore_rng_state, seed_everything
+from core.train.rng import gather_rng_states, loader_generator, restore_rng_state, seed_everything
 from core.train.schedule import lr_at, param_groups, set_lr
 
 log = logging.getLogger(__name__)
@@ -157,19 +158,13 @@ class _Loaders:
         per_rank_bs = cfg.batch_size // world
         self.train = DataLoader(train_ds, batch_size=per_rank_bs, sampler=self.sampler, num_workers=self.workers,
                                 drop_last=len(train_ds) // world > per_rank_bs, persistent_workers=self.workers > 0,
-                                pin_memory=dd.device.type == "cuda", generator=self._worker_seeds())
+                                pin_memory=dd.device.type == "cuda", generator=loader_generator(cfg.seed))
 
     def evaluation(self, samples: Sequence[Sample], persistent: bool = False) -> DataLoader:
         ds = ClassifierDataset(samples, self.cidx, self.cache, train=False, mean=self.mean, std=self.std)
         return DataLoader(ds, batch_size=max(self.cfg.batch_size, 32), shuffle=False, num_workers=self.workers,
-                          persistent_workers=persistent and self.workers > 0, generator=self._worker_seeds())
-
-    def _worker_seeds(self) -> torch.Generator:
-        """A loader's own generator for the worker seed it draws when an iterator starts. With the global
-        one, persistent workers draw it in epoch 1 only, a resumed run in its first epoch again: the global
-        RNG (drop path) then ran one draw off an uninterrupted run's. Augmentation is seeded per draw
-        (:class:`EpochSampler`), so the workers' own seeds change nothing."""
-        return torch.Generator().manual_seed(self.cfg.seed)
+                          persistent_workers=persistent and self.workers > 0,
+                          generator=loader_generator(self.cfg.seed))
 
 
 def _criterion(cfg: FinetuneConfig, train_y: np.ndarray, n_classes: int, device: torch.device) -> nn.Module:
@@ -422,18 +417,9 @@ def _end_of_epoch(run_dir: Path, model: nn.Module, optimizer, scaler, ckpt_cfg: 
 
 # ---------------------------------------------------------------------------------------------------- job
 def folds_from_file(path: str | Path, data: "LabeledData", k: int) -> list[int | None]:
-    """The fold of every sample from a study's ``folds.json`` (``{"k": K, "fold": {rel_path: i}}``); images
-    the file does not list are left out, as the study left them out."""
-    path = Path(path)
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        fold, saved_k = dict(saved["fold"]), int(saved["k"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a folds file ({exc})") from None
-    if saved_k != k:
-        raise ValueError(f"{path} holds a {saved_k}-fold split; pass --kfold {saved_k}")
-    if any(not isinstance(f, int) or not 0 <= f < k for f in fold.values()):
-        raise ValueError(f"{path}: fold numbers must be 0..{k - 1}")
+    """The fold of every sample from a study's ``folds.json`` (:func:`core.data.splits.read_folds_file`);
+    images the file does not list are left out, as the study left them out."""
+    fold = read_folds_file(path, k)
     fold_of = [fold.get(s.rel_path) for s in data.samples]
     if not any(f is not None for f in fold_of):
         raise ValueError(f"{path}: none of its images is in the data")

@@ -76,6 +76,14 @@ def restore_rng_state(saved: dict | list[dict], rank: int = 0, device: torch.dev
     return True
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator, for the worker seed it draws when an iterator starts. With the global
+    one (the default), every new iterator takes a draw from the global RNG: a resumed run then continues
+    one draw off an uninterrupted run's (drop path, dropout), and worker RNGs depend on what ran before.
+    Data randomness itself is seeded per sample, so which seed workers get changes no result."""
+    return torch.Generator().manual_seed(int(seed))
+
+
 def seed_everything(seed: int) -> None:
     """python, numpy and torch (all devices) from one seed."""
     random.seed(seed)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.data.imageio import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageData, ImageReadError, is_dicom_file,
                           is_mask_file, mask_image_stem, probe_image, read_grey, read_image, read_mask)
+from tests.dicom_files import write_dicom
 
 GREY_RAMP = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (8, 1))  # 8 x 16, values 0..240
 
@@ -28,38 +29,6 @@ def colour_pattern() -> np.ndarray:
 
 def save(path: Path, image: Image.Image, **kwargs) -> Path:
     image.save(path, **kwargs)
-    return path
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", preamble: bool = True,
-                **attributes) -> Path:
-    """A minimal uncompressed DICOM file written with pydicom (CT image storage, explicit VR LE)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = CTImageStorage
-    file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=file_meta, preamble=b"\0" * 128 if preamble else None)
-    ds.SOPClassUID = file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
-    frames = pixels.shape[0] if pixels.ndim == 3 and photometric != "RGB" else 1
-    rows, columns = pixels.shape[-2:] if photometric != "RGB" else pixels.shape[:2]
-    ds.Rows, ds.Columns = rows, columns
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
-    if photometric == "RGB":
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.save_as(path, enforce_file_format=preamble)
     return path
 
 

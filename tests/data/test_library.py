@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.jobs import EventKind, Job, JobCancelled, JobState
 from core.data.library import MANIFEST_NAME, ImageRecord, ScanError, ScanResult, file_sha256, scan_folder
+from tests.dicom_files import CT_PIXELS, write_dicom
 
 
 def write_png(path: Path, value: int = 100, size: tuple[int, int] = (16, 12), mode: str = "L") -> Path:
@@ -35,25 +36,6 @@ def write_mask(path: Path, box: tuple[int, int, int, int], size: tuple[int, int]
     mask[top:bottom, left:right] = 255
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask).save(path)
-    return path
-
-
-def write_dicom(path: Path, *, patient_id: str, modality: str) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = CTImageStorage
-    file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=file_meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, file_meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.Modality = patient_id, modality
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8, 10, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(80, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -167,10 +149,10 @@ def test_manifest_without_path_column_is_reported(class_folder):
 
 def test_dicom_metadata_fills_case_and_modality(tmp_path):
     root = tmp_path / "dicoms"
-    write_dicom(root / "ct" / "a.dcm", patient_id="P1", modality="CT")
-    write_dicom(root / "ct" / "IM0002", patient_id="P2", modality="CT")  # no suffix: found by preamble
-    write_dicom(root / "DICOMDIR", patient_id="index", modality="CT")  # an index file, never an image
-    write_dicom(root / "mr" / "b.dcm", patient_id="P1", modality="MR")
+    write_dicom(root / "ct" / "a.dcm", CT_PIXELS, PatientID="P1", Modality="CT")
+    write_dicom(root / "ct" / "IM0002", CT_PIXELS, PatientID="P2", Modality="CT")  # no suffix: found by preamble
+    write_dicom(root / "DICOMDIR", CT_PIXELS, PatientID="index", Modality="CT")  # an index file, never an image
+    write_dicom(root / "mr" / "b.dcm", CT_PIXELS, PatientID="P1", Modality="MR")
     (root / MANIFEST_NAME).write_text("path,modality\nmr/b.dcm,MR-T2\n")
     result = scan_folder(root)
     records = by_rel_path(result)
@@ -192,7 +174,7 @@ def test_bad_files_each_give_one_clear_error_and_the_rest_is_scanned(tmp_path):
     (root / "bad" / "text.png").write_text("hello, I am text\n" * 10)
     (root / "bad" / "empty.png").write_bytes(b"")
     Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(root / "bad" / "bomb.png")
-    dicom = write_dicom(root / "bad" / "corrupt.dcm", patient_id="P", modality="CT")
+    dicom = write_dicom(root / "bad" / "corrupt.dcm", CT_PIXELS, PatientID="P", Modality="CT")
     dicom.write_bytes(dicom.read_bytes()[:-100])
     result = scan_folder(root, max_pixels=1000)
     errors = errors_by_name(result)

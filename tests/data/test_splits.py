@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from core.data.splits import kfold_indices, split_indices, unlabelled_indices
+from core.data.splits import kfold_indices, read_folds_file, split_indices, unlabelled_indices, write_folds_file
 
 
 def dataset(n_cases: int = 120, seed: int = 0):
@@ -111,3 +112,22 @@ def test_kfold_deterministic_and_errors():
     assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
     with pytest.raises(ValueError):
         kfold_indices(["a", "b", "a"], ["g1", "g1", "g2"], k=5)
+
+
+def test_folds_file_round_trip_and_checks(tmp_path):
+    path = tmp_path / "folds.json"
+    write_folds_file(path, {"a/1.png": 0, "b/2.png": np.int64(2)}, 3, 7)
+    assert json.loads(path.read_text()) == {"k": 3, "seed": 7, "fold": {"a/1.png": 0, "b/2.png": 2}}
+    assert read_folds_file(path, 3) == {"a/1.png": 0, "b/2.png": 2}
+    with pytest.raises(ValueError, match="3-fold split; pass --kfold 3"):
+        read_folds_file(path, 5)
+    for bad in (7, -1, True, "1", 1.0):
+        path.write_text(json.dumps({"k": 3, "fold": {"a/1.png": bad}}))
+        with pytest.raises(ValueError, match="folds.json: fold numbers must be 0..2"):
+            read_folds_file(path, 3)
+    for text in ("{not json", json.dumps({"fold": {}}), json.dumps({"k": 3, "fold": [1, 2]}), json.dumps([1])):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="folds.json: not a folds file"):
+            read_folds_file(path, 3)
+    with pytest.raises(ValueError, match="missing.json: not a folds file"):
+        read_folds_file(tmp_path / "missing.json", 3)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from core.data.walk import attach_masks, walk_folder
+from tests.dicom_files import CT_PIXELS, write_dicom
 
 
 def write_png(path: Path, value: int = 100, size: tuple[int, int] = (16, 12)) -> Path:
@@ -17,25 +18,6 @@ def write_png(path: Path, value: int = 100, size: tuple[int, int] = (16, 12)) ->
     pixels = np.full((size[1], size[0]), value % 256, dtype=np.uint8)
     pixels[: size[1] // 2] = (value * 7) % 256        # some texture, so entropy maps are not trivial
     Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_dicom(path: Path) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = CTImageStorage
-    file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=file_meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, file_meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.Modality = "p1", "CT"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 12, 16, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(192, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -55,14 +37,14 @@ def test_images_by_suffix_any_case_and_nothing_else(tmp_path):
 
 def test_suffix_less_dicom_is_detected_by_its_preamble(tmp_path):
     pytest.importorskip("pydicom")
-    write_dicom(tmp_path / "series" / "IM0001")
+    write_dicom(tmp_path / "series" / "IM0001", CT_PIXELS)
     (tmp_path / "series" / "README").write_text("x" * 200)
     assert rels(walk_folder(tmp_path)) == ["series/IM0001"]
 
 
 def test_dicomdir_index_hidden_entries_and_medssl_are_skipped(tmp_path):
     pytest.importorskip("pydicom")
-    write_dicom(tmp_path / "DICOMDIR")
+    write_dicom(tmp_path / "DICOMDIR", CT_PIXELS)
     for rel in (".medssl/thumbs/t.png", ".git/x.png", "a/.hidden.png", ".b/c.png", "a/kept.png"):
         write_png(tmp_path / rel)
     assert rels(walk_folder(tmp_path)) == ["a/kept.png"]
@@ -175,8 +157,8 @@ def tricky_folder(tmp_path) -> Path:
     write_png(root / "orphan_mask.png", 255)
     write_png(root / ".medssl" / "thumbs" / "t.png", 50)
     write_png(root / "benign" / ".hidden.png", 60)
-    write_dicom(root / "ct" / "IM0001")
-    write_dicom(root / "DICOMDIR")
+    write_dicom(root / "ct" / "IM0001", CT_PIXELS)
+    write_dicom(root / "DICOMDIR", CT_PIXELS)
     write_png(tmp_path / "elsewhere" / "e.png", 70)
     (root / "notes.txt").write_text("not an image")
     os.symlink(root / "benign", root / "benign-again")

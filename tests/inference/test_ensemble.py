@@ -154,6 +154,10 @@ def test_cross_validated_ensemble(demo_dir, tmp_path):
     assert rep["k"] == 2 and set(rep["mean_std"]) == {"A", "B", "ensemble"}
     assert rep["pooled_after"]["ensemble"]["n"] == 96
     assert len(rep["mean_std"]["A"]["temperatures"]) == 2
+    after = {n: rep["mean_std"][n]["after"]["accuracy"]["mean"] for n in ("A", "B", "ensemble")}
+    best = max(("A", "B"), key=after.get)
+    assert rep["verdict"]["best_member"] == best and rep["verdict"]["best_member_value"] == after[best]
+    assert rep["verdict"]["ensemble_value"] == after["ensemble"]
     json.dumps(rep)
     assert "± " in format_table(rep)
 

@@ -180,6 +180,35 @@ def test_export_onnx_matches_torch(ensemble_file, folder, tmp_path):
             assert abs(float(r["prob_benign"]) - float(pt[r["path"]]["prob_benign"])) < 1e-4
 
 
+def test_export_onnx_leaves_no_temp_file_and_a_failed_export_keeps_the_old_one(ensemble_file, tmp_path,
+                                                                                 monkeypatch):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from core.inference import predict
+    from core.inference.predict import OnnxEnsemble, export_onnx
+
+    out = tmp_path / "ens.onnx"
+    export_onnx(ensemble_file, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["ens.onnx"]         # no temp file left beside it
+    good = out.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(onnx, "save", disk_full)     # the exported temp file is there: it must not stay
+    with pytest.raises(OSError, match="No space left"):
+        export_onnx(ensemble_file, out)
+    assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["ens.onnx"]
+    monkeypatch.undo()
+    monkeypatch.setattr(predict.OnnxEnsemble, "__call__", lambda self, x: (np.zeros((len(x), len(self.classes))),
+                                                                          None))
+    with pytest.raises(RuntimeError, match="ONNX export differs from PyTorch"):
+        export_onnx(ensemble_file, out)
+    assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["ens.onnx"]
+    monkeypatch.undo()
+    assert OnnxEnsemble(out).names == ["A", "B"]
+
+
 def test_predict_cli(ensemble_file, folder, tmp_path, capsys):
     from core.cli import main
 
@@ -455,7 +484,7 @@ def test_a_dicom_file_without_a_suffix_is_predicted_like_the_scan_finds_it(ensem
     """Scanners write DICOM files without a suffix (IM0001); the one folder walk finds them by preamble, so
     prediction lists and reads the same files as the library scan."""
     from core.data.library import scan_folder
-    from tests.data.test_imageio import write_dicom
+    from tests.dicom_files import write_dicom
 
     folder = tmp_path / "series"
     folder.mkdir()

@@ -233,6 +233,64 @@ def test_nan_guard_skips_bad_steps_and_stops_after_too_many(demo_dir, tmp_path, 
         train(cfg)
 
 
+class _WorkerNoise(torch.utils.data.Dataset):
+    """The images with noise from the loader worker's torch RNG, which the DataLoader seeds when an epoch's
+    iterator starts: the loss then shows where that seed came from."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def set_epoch(self, epoch):
+        self.images.set_epoch(epoch)
+
+    def collate(self, items):
+        return self.images.collate(items)
+
+    def __getitem__(self, index):
+        item = self.images[index]
+        return {**item, "image": item["image"] + 0.1 * torch.rand_like(item["image"])}
+
+
+class _GlobalRngBeforeTraining(_NanMethod):
+    """Draws ``draws_before_training`` numbers from the global RNG after building the model (as any set-up
+    code may), then trains on :class:`_WorkerNoise` images."""
+
+    dataset = "_test_worker_noise"
+
+    def build(self, config):
+        model = super().build(config)
+        torch.rand(int(config.options.get("draws_before_training", 0)))
+        return model
+
+
+@pytest.fixture
+def global_rng_method():
+    from core.pretrain import _METHODS
+    from core.pretrain.data import DATASETS, register_dataset
+
+    register_dataset("_test_worker_noise", lambda records, config, ctx=None:
+                     _WorkerNoise(DATASETS["images"](records, config, ctx)))
+    register_method("_test_global_rng")(_GlobalRngBeforeTraining)
+    yield "_test_global_rng"
+    _METHODS.pop("_test_global_rng", None)
+    DATASETS.pop("_test_worker_noise", None)
+
+
+def test_global_rng_use_before_training_changes_no_loss(demo_dir, tmp_path, global_rng_method):
+    """A loader seeds its worker from its own generator (core.train.rng.loader_generator): with the global
+    one, the first epoch's data (and so a resumed run's) depended on what drew from the global RNG before."""
+    def first_epoch(name: str, draws: int) -> list[float]:
+        return losses(train(tiny_config(demo_dir, tmp_path / name, method=global_rng_method, epochs=1,
+                                        num_workers=1, probe_size=0,
+                                        options={"draws_before_training": draws})))
+
+    quiet, busy = first_epoch("quiet", 0), first_epoch("busy", 1000)
+    assert len(quiet) == 6 and quiet == busy
+
+
 def test_ddp_two_cpu_processes_match_one_process(demo_dir, tmp_path):
     """torchrun --nproc-per-node 2 (gloo) with global batch 16 == one process with batch 16."""
     args = ["pretrain", "mae", str(demo_dir), "--tiny", "--backbone", "convnext_atto", "--image-size", "64",

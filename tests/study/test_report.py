@@ -52,3 +52,14 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert img.std() > 10                       # text, tables and plots, not a blank page
     assert (img < 100).mean() > 0.005           # dark ink somewhere (text, curves)
+
+
+def test_study_verdict_reads_fold_means_and_skips_missing_numbers():
+    from core.study.report import study_verdict
+
+    summary = {"A": {"accuracy": {"mean": 0.7, "std": 0.1, "n": 3}}, "B": {"roc_auc_ovr": {"mean": 0.9}},
+               "A+B": {"accuracy": {"mean": 0.75, "std": 0.05, "n": 3}}}
+    verdict = study_verdict(summary, "A+B", ["A", "B", "C"])     # B has no accuracy, C no row at all
+    assert (verdict.best_member, verdict.best_member_value, verdict.ensemble_value) == ("A", 0.7, 0.75)
+    assert verdict.source == "the held-out test folds (mean over 3)"
+    assert study_verdict({"A": summary["A"]}, "A+B", ["A"]) is None

@@ -163,20 +163,18 @@ def test_a_study_fold_rerun_by_hand_gives_the_same_numbers(demo_dir, tmp_path, s
         assert (by_hand / "fold1" / "logits_test.csv").read_text() == (study_fold / "logits_test.csv").read_text()
 
 
-def test_folds_file_is_checked(demo_dir, tmp_path):
+def test_folds_file_maps_samples_and_rejects_foreign_files(demo_dir, tmp_path):
+    from core.data.splits import write_folds_file
     from core.train.data import load_labeled_data
     from core.train.finetune import folds_from_file
 
     data = load_labeled_data(demo_dir)
     path = tmp_path / "folds.json"
-    path.write_text(json.dumps({"k": 3, "fold": {data.samples[0].rel_path: 0, data.samples[1].rel_path: 2}}))
+    write_folds_file(path, {data.samples[0].rel_path: 0, data.samples[1].rel_path: 2}, 3, 0)
     fold_of = folds_from_file(path, data, 3)
     assert fold_of[:2] == [0, 2] and set(fold_of[2:]) == {None}
-    with pytest.raises(ValueError, match="3-fold split; pass --kfold 3"):
+    with pytest.raises(ValueError, match="3-fold split; pass --kfold 3"):   # checked by read_folds_file
         folds_from_file(path, data, 5)
-    path.write_text(json.dumps({"k": 3, "fold": {data.samples[0].rel_path: 7}}))
-    with pytest.raises(ValueError, match="fold numbers must be 0..2"):
-        folds_from_file(path, data, 3)
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match="folds.json: not a folds file"):
+    write_folds_file(path, {"elsewhere/x.png": 1}, 3, 0)
+    with pytest.raises(ValueError, match="folds.json: none of its images is in the data"):
         folds_from_file(path, data, 3)

@@ -12,7 +12,7 @@ from core.models.classifier import build_classifier, load_classifier, save_class
 from core.train.data import load_labeled_data
 from core.train.finetune import finetune
 from core.train.config import FinetuneConfig
-from core.analysis.metrics import classification_metrics, expected_calibration_error, summarize_folds
+from core.analysis.metrics import classification_metrics, expected_calibration_error, fold_mean, summarize_folds
 
 CLASSES = ["benign", "malignant", "normal"]
 
@@ -55,6 +55,8 @@ def test_ece_known_value_and_missing_class():
     assert m["per_class"]["c"]["roc_auc"] is None and m["roc_auc_ovr"] is None
     s = summarize_folds([{"accuracy": 0.5}, {"accuracy": 0.7}])
     assert s["accuracy"]["mean"] == pytest.approx(0.6) and s["accuracy"]["n"] == 2
+    assert fold_mean(s, "accuracy") == pytest.approx(0.6)
+    assert fold_mean(s, "roc_auc_ovr") is None and fold_mean(None, "accuracy") is None   # no fold had it / no model
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from core.train.rng import (capture_rng_state, cuda_rng_state_for, gather_rng_states, rank_rng_state,
-                            restore_rng_state, seed_everything)
+from core.train.rng import (capture_rng_state, cuda_rng_state_for, gather_rng_states, loader_generator,
+                            rank_rng_state, restore_rng_state, seed_everything)
 
 
 @pytest.fixture
@@ -110,3 +110,14 @@ def test_each_ddp_rank_resumes_with_its_own_state(tmp_path):
     for rank in (0, 1):
         expect, got, restored = result[rank]
         assert restored and got == expect
+
+
+def test_a_loader_with_its_own_generator_leaves_the_global_rng_alone():
+    from torch.utils.data import DataLoader
+
+    before = torch.get_rng_state()
+    list(DataLoader(range(4), batch_size=2))                    # the default: one draw per iterator
+    assert not torch.equal(torch.get_rng_state(), before)
+    before = torch.get_rng_state()
+    list(DataLoader(range(4), batch_size=2, generator=loader_generator(7)))
+    assert torch.equal(torch.get_rng_state(), before)
