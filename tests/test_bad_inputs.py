@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from core.csvcells import unescape_cell
-from tests.bad_inputs import make_corpus
+from tests.bad_inputs import check_handled, good_images, make_corpus, make_two_class_corpus, rel_to
 from tests.test_csvcells import formula_cells
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _check(path_name: str, ok: set[str], errors: dict[str, str], bad: set[str], maybe: set[str]) -> None:
-    tried = bad | maybe
-    handled = {n for n in bad if n in errors and errors[n]} | {n for n in maybe if n in ok or errors.get(n)}
-    print(f"{path_name}: {len(tried)} bad inputs tried, {len(handled)} handled; errors named: "
-          f"{sorted(errors)}")
-    assert handled == tried, sorted(tried - handled)
-    assert not ok & bad
-
-
-def _rel(root, path) -> str:
-    return str(path).split(str(root) + "/", 1)[-1]
 
 
 @pytest.fixture
@@ -42,11 +31,11 @@ def test_scan_and_scan_store(corpus, tmp_path, capsys):
     root, bad, maybe = corpus
     assert main(["scan", str(root), "--json", "--store"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    errors = {_rel(root, e["path"]): e["reason"] for e in summary["errors"]}
+    errors = {rel_to(root, e["path"]): e["reason"] for e in summary["errors"]}
     from core.data.library import scan_folder
 
     ok = {r.rel_path for r in scan_folder(root).images}
-    _check("scan --store", ok, errors, bad, maybe)
+    check_handled("scan --store", ok, errors, bad, maybe)
 
 
 def test_entropy(corpus, tmp_path):
@@ -55,10 +44,10 @@ def test_entropy(corpus, tmp_path):
     root, bad, maybe = corpus
     out = tmp_path / "maps"
     s = entropy_folder_job(root, out, cell=8, radius=2)(None)
-    errors = {_rel(root, p): reason for p, reason in s["errors"]}
-    ok = {_rel(out, p.with_suffix("")).rsplit("_entropy", 1)[0] for p in out.rglob("*.png")}
+    errors = {rel_to(root, p): reason for p, reason in s["errors"]}
+    ok = {rel_to(out, p.with_suffix("")).rsplit("_entropy", 1)[0] for p in out.rglob("*.png")}
     ok = {n for n in maybe if any(n.rsplit(".", 1)[0] in o for o in ok)}
-    _check("entropy", ok, errors, bad, maybe)
+    check_handled("entropy", ok, errors, bad, maybe)
     assert s["n_written"] == len(maybe - set(errors))
     assert formula_cells(out / "errors.csv") == []
 
@@ -81,7 +70,7 @@ def test_predict(corpus, tmp_path):
         rows = list(csv.DictReader(fh))
     ok = {unescape_cell(r["path"]) for r in rows if r["status"] == "ok"}
     errors = {unescape_cell(r["path"]): r["error"] for r in rows if r["status"] == "error"}
-    _check("predict", ok, errors, bad, maybe)
+    check_handled("predict", ok, errors, bad, maybe)
     assert formula_cells(out) == []
     again = predict_folder(root, out, ensemble=ens, batch_size=4, num_workers=0, backend="torch")
     assert again["predicted"] == again["errors"] == 0
@@ -123,11 +112,11 @@ def test_reconstruct(corpus, demo_dir, tmp_path, capsys):
 
     printable = {p: os.fsencode(p).decode("utf-8", "backslashreplace") for p in files}
     lines = out.splitlines()
-    errors = {_rel(root, name): line[len(f"error: {name}: "):] for name in printable.values()
+    errors = {rel_to(root, name): line[len(f"error: {name}: "):] for name in printable.values()
               for line in lines if line.startswith(f"error: {name}: ")}
-    ok = {_rel(root, name) for name in printable.values()} - set(errors)
+    ok = {rel_to(root, name) for name in printable.values()} - set(errors)
     named = {"c/caf\\xe9.png"}      # given by name, a file whose name is not UTF-8 is read (its panel too)
-    _check("reconstruct", ok, errors, bad - named, maybe | named)
+    check_handled("reconstruct", ok, errors, bad - named, maybe | named)
 
 
 def test_finetune_on_a_one_class_folder_is_a_clear_error(corpus, tmp_path, capsys):
@@ -138,3 +127,73 @@ def test_finetune_on_a_one_class_folder_is_a_clear_error(corpus, tmp_path, capsy
                  "convnext_atto", "--image-size", "32", "--epochs", "1"]) == 1
     err = capsys.readouterr().err
     assert "two labelled classes" in err and "Traceback" not in err
+
+
+def tree(folder: Path) -> dict[str, int]:
+    """Every entry under ``folder`` (files, links, folders) with its size, to see that nothing was written."""
+    return {rel_to(folder, os.fsencode(p).decode("utf-8", "backslashreplace")):
+            (p.lstat().st_size if not p.is_dir() or p.is_symlink() else -1) for p in folder.rglob("*")}
+
+
+def logged_errors(text: str, root: Path, names: set[str], prefix: str) -> dict[str, str]:
+    """``{name: reason}`` of the log lines ``PREFIX ROOT/NAME: REASON``."""
+    errors = {}
+    for line in text.splitlines():
+        for name in names:
+            head = f"{prefix}{root}/{name}: "
+            if line.startswith(head):
+                errors[name] = line[len(head):]
+    return errors
+
+
+PRETRAIN_ARGS = {
+    "mae": ["--image-size", "64", "--decoder-width", "16"],
+    "simclr": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
+    "micle": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
+    "fgssl": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
+    "multimodal": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
+}
+
+
+def pretraining_corpus(root: Path, method: str) -> tuple[set[str], set[str]]:
+    """The corpus plus eight good images, laid out as ``method`` reads a folder: MICLe gets cases and the
+    multimodal method cases of two modalities from a manifest.csv that lists every bad file too."""
+    bad, maybe = make_corpus(root)
+    maybe |= {f"c/{n}" for n in good_images(root / "c", 8)}
+    if method in ("micle", "multimodal"):
+        listed = sorted(n for n in bad | maybe if "\\x" not in n)       # a manifest is UTF-8: not caf\xe9
+        rows = [f'"{n}",,case-{i // 2},{("US", "MRI")[i % 2] if method == "multimodal" else ""}'
+                for i, n in enumerate(listed)]
+        (root / "manifest.csv").write_text("path,label,case_id,modality\n" + "\n".join(rows) + "\n",
+                                           encoding="utf-8")
+    return bad, maybe
+
+
+@pytest.mark.parametrize("method", list(PRETRAIN_ARGS))
+def test_pretraining(method, tmp_path, data_dir, capsys):
+    """Each method trains on the readable images and logs every other file with its reason."""
+    from core.cli import main
+    from core.train.checkpoint import read_json
+
+    root = tmp_path / "corpus"
+    bad, maybe = pretraining_corpus(root, method)
+    before = tree(root)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["pretrain", method, str(root), "--out", str(run), "--tiny", "--backbone", "convnext_atto",
+                 "--precision", "fp32", "--workers", "0", *PRETRAIN_ARGS[method], "--epochs", "1",
+                 "--batch-size", "4", "--warmup-epochs", "0", "--max-steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = logged_errors(err, root, bad | maybe, "skipped ")
+    n_images = read_json(run / "checkpoint-last" / "config.json")["data"]["n_images"]
+    assert n_images == len(maybe - set(errors))
+    check_handled(f"pretrain {method}", maybe - set(errors), errors, bad, maybe)
+    if method in ("micle", "multimodal"):                   # the manifest's cases (and modalities) were used
+        pairs = next(line for line in err.splitlines() if line.startswith("pairs '"))
+        print(pairs)
+        assert " 0 cases" not in pairs and "same_case" in pairs, pairs
+        assert method == "micle" or "2 modalities" in pairs, pairs
+    assert (run / "encoder.safetensors").is_file()
+    assert tree(root) == before                       # nothing written into the image folder
+    assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "run", "userdata"}   # nor beside it
