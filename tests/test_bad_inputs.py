@@ -197,3 +197,55 @@ def test_pretraining(method, tmp_path, data_dir, capsys):
     assert (run / "encoder.safetensors").is_file()
     assert tree(root) == before                       # nothing written into the image folder
     assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "run", "userdata"}   # nor beside it
+
+
+@pytest.fixture
+def two_class_corpus(tmp_path):
+    root = tmp_path / "corpus"
+    bad, maybe = make_two_class_corpus(root)
+    return root, bad, maybe
+
+
+def finetune_args(root: Path, out: Path) -> list[str]:
+    return ["finetune", str(root), "--out", str(out), "--init", "random", "--tiny", "--backbone", "convnext_atto",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--warmup-epochs", "0", "--workers", "0",
+            "--precision", "fp32", "--quiet"]
+
+
+def job_log(run: Path) -> str:
+    """The log messages a job wrote to RUN/job.log, one a line."""
+    with open(run / "job.log", encoding="utf-8") as fh:
+        return "\n".join(e["message"] for e in map(json.loads, fh) if e["kind"] == "log")
+
+
+def split_names(run: Path) -> set[str]:
+    """The images a fine-tuning run's split.json put in train, val or test."""
+    from core.train.checkpoint import read_json
+
+    split = read_json(run / "split.json")
+    return {rel for part in ("train", "val", "test") for rel, _label in split[part]}
+
+
+def test_finetune(two_class_corpus, tmp_path, data_dir, capsys):
+    """A two-class copy of the corpus: every bad file of both classes logged with its reason, the rest split
+    and trained; the exported logits cannot run as formulas."""
+    from core.cli import main
+
+    root, bad, maybe = two_class_corpus
+    (root / "manifest.csv").write_text("path,label\n../../etc/passwd,a\nmissing.png,b\n", encoding="utf-8")
+    bad = bad | {"missing.png"}
+    before = tree(root)
+    run = tmp_path / "ft"
+    capsys.readouterr()
+    assert main(finetune_args(root, run)) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    log = job_log(run)
+    errors = logged_errors(log, root, bad | maybe, "skipped ")
+    assert "skipped ../../etc/passwd: listed in manifest.csv (line 2) but outside" in log
+    used = split_names(run)
+    check_handled("finetune", used, errors, bad, maybe)
+    assert used == maybe - set(errors)
+    for part in ("val", "test"):
+        assert formula_cells(run / f"logits_{part}.csv") == []
+    assert tree(root) == before
+    assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "ft", "userdata"}
