@@ -249,3 +249,56 @@ def test_finetune(two_class_corpus, tmp_path, data_dir, capsys):
         assert formula_cells(run / f"logits_{part}.csv") == []
     assert tree(root) == before
     assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "ft", "userdata"}
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["images-read", "logits-cached"])
+def test_ensemble(cached, two_class_corpus, tmp_path, data_dir, capsys):
+    """Two members fine-tuned on the two-class corpus; then files of their val/test split are spoilt with the
+    corpus's bad files. Images read (cached logits removed): the ensemble names each spoilt image with its
+    reason in its log and report and evaluates the rest. Logits cached (the images are not read for them):
+    the Grad-CAM of each spoilt test image is named as not made, the others are made."""
+    import shutil
+
+    from core.cli import main
+    from core.train.checkpoint import read_json
+
+    root, bad, maybe = two_class_corpus
+    members = [tmp_path / "m0", tmp_path / "m1"]
+    for m in members:
+        assert main([*finetune_args(root, m), "--val-fraction", "0.3", "--test-fraction", "0.3"]) == 0
+    split = read_json(members[0] / "split.json")
+    evaluated = [rel for part in ("val", "test") for rel, _ in split[part]]
+    test_rel = {rel for rel, _ in split["test"]}
+    kinds = sorted(n for n in bad if n.startswith("a/") and "\\x" not in n and "loop" not in n)  # file contents
+    spoilt = dict(zip(evaluated[::2], kinds))
+    assert len(spoilt) == len(kinds) and set(spoilt) & test_rel and set(spoilt) - test_rel    # val and test have some
+    for rel, source in spoilt.items():
+        (root / rel).unlink()
+        shutil.copyfile(root / source, root / rel)
+    if not cached:
+        for m in members:
+            for logits in m.glob("logits_*.csv"):
+                logits.unlink()
+    before = tree(root)
+    capsys.readouterr()
+    assert main(["ensemble", str(tmp_path / "ens.json"), "--members", *map(str, members), "--per-image",
+                 str(tmp_path / "per_image.csv"), "--cam", str(tmp_path / "cam")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    report = read_json(tmp_path / "ens.report.json")
+    rows = {unescape_cell(r["path"]) for r in csv.DictReader(open(tmp_path / "per_image.csv", encoding="utf-8"))}
+    cams = len(list((tmp_path / "cam").glob("*_cam.png")))
+    if cached:
+        errors = logged_errors(err, root, test_rel, "no Grad-CAM for ")
+        check_handled("ensemble --cam", test_rel - set(errors), errors, set(spoilt) & test_rel, test_rel - set(spoilt))
+        assert rows == test_rel and report["unreadable"] == [] and cams == len(test_rel - set(spoilt))
+    else:
+        errors = logged_errors(err, root, set(evaluated), "skipped ")
+        assert {e["path"]: e["reason"] for e in report["unreadable"]} == {r: errors[r] for r in errors
+                                                                          if r in test_rel}
+        check_handled("ensemble", rows, errors, set(spoilt), test_rel - set(spoilt))
+        assert rows == test_rel - set(spoilt) and report["n"] == len(rows) == cams
+    assert formula_cells(tmp_path / "per_image.csv") == []
+    assert tree(root) == before
+    assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "m0", "m1", "ens.json", "ens.report.json",
+                                                   "per_image.csv", "cam", "userdata"}
