@@ -302,3 +302,27 @@ def test_ensemble(cached, two_class_corpus, tmp_path, data_dir, capsys):
     assert tree(root) == before
     assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "m0", "m1", "ens.json", "ens.report.json",
                                                    "per_image.csv", "cam", "userdata"}
+
+
+def test_study(two_class_corpus, tmp_path, data_dir, capsys):
+    """The tiny study on the two-class corpus: every bad file named with its reason in the study's job.log,
+    the folds (and the report's image count) hold exactly the readable images, the report is written."""
+    from core.cli import main
+    from core.train.checkpoint import read_json
+
+    root, bad, maybe = two_class_corpus
+    before = tree(root)
+    out = tmp_path / "study"
+    capsys.readouterr()
+    assert main(["study", str(root), "--out", str(out), "--budget", "tiny", "--kfold", "2", "--transductive",
+                 "--no-control", "--member-a-init", "random", "--precision", "fp32", "--workers", "0",
+                 "--n-boot", "50", "--panels", "1", "--quiet"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    errors = logged_errors(job_log(out), root, bad | maybe, "skipped ")
+    folds = set(read_json(out / "folds.json")["fold"])
+    check_handled("study", folds, errors, bad, maybe)
+    assert folds == maybe - set(errors)
+    assert read_json(out / "report" / "report.json")["data"]["n_images"] == len(folds)
+    assert (out / "report" / "report.html").is_file()
+    assert tree(root) == before
+    assert {p.name for p in tmp_path.iterdir()} <= {"corpus", "study", "userdata"}
