@@ -36,6 +36,7 @@ def test_scan_and_scan_store(corpus, tmp_path, capsys):
 
     ok = {r.rel_path for r in scan_folder(root).images}
     check_handled("scan --store", ok, errors, bad, maybe)
+    assert [len(group) for group in summary["identical_files"]] == [6]     # plain.png's copies, listed
 
 
 def test_entropy(corpus, tmp_path):
