@@ -142,3 +142,9 @@ def make_two_class_corpus(root: Path) -> tuple[set[str], set[str]]:
         bad |= b
         maybe |= m | {f"{label}/{n}" for n in good_images(root / label, 6, seed=seed)}
     return bad, maybe
+
+
+def tree(folder: Path) -> dict[str, int]:
+    """Every entry under ``folder`` (files, links, folders) with its size, to see that nothing was written."""
+    return {rel_to(folder, os.fsencode(p).decode("utf-8", "backslashreplace")):
+            (p.lstat().st_size if not p.is_dir() or p.is_symlink() else -1) for p in folder.rglob("*")}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.csvcells import unescape_cell
-from tests.bad_inputs import check_handled, good_images, make_corpus, make_two_class_corpus, rel_to
+from tests.bad_inputs import check_handled, good_images, make_corpus, make_two_class_corpus, rel_to, tree
 from tests.test_csvcells import formula_cells
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,8 +109,6 @@ def test_reconstruct(corpus, demo_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["reconstruct", str(run), *map(str, files), "--out", str(tmp_path / "panels")]) == 1
     out = capsys.readouterr().out
-    import os
-
     printable = {p: os.fsencode(p).decode("utf-8", "backslashreplace") for p in files}
     lines = out.splitlines()
     errors = {rel_to(root, name): line[len(f"error: {name}: "):] for name in printable.values()
@@ -128,12 +126,6 @@ def test_finetune_on_a_one_class_folder_is_a_clear_error(corpus, tmp_path, capsy
                  "convnext_atto", "--image-size", "32", "--epochs", "1"]) == 1
     err = capsys.readouterr().err
     assert "two labelled classes" in err and "Traceback" not in err
-
-
-def tree(folder: Path) -> dict[str, int]:
-    """Every entry under ``folder`` (files, links, folders) with its size, to see that nothing was written."""
-    return {rel_to(folder, os.fsencode(p).decode("utf-8", "backslashreplace")):
-            (p.lstat().st_size if not p.is_dir() or p.is_symlink() else -1) for p in folder.rglob("*")}
 
 
 def logged_errors(text: str, root: Path, names: set[str], prefix: str) -> dict[str, str]:

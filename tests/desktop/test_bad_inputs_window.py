@@ -4,8 +4,7 @@ the only thing written is the project beside the images."""
 
 from __future__ import annotations
 
-from tests.bad_inputs import check_handled, make_corpus, rel_to
-from tests.test_bad_inputs import tree
+from tests.bad_inputs import check_handled, make_corpus, rel_to, tree
 
 
 def test_open_folder_lists_each_unreadable_file_with_its_reason(qtbot, main_window, tmp_path):
