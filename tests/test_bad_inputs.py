@@ -164,7 +164,7 @@ def pretraining_corpus(root: Path, method: str) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("method", list(PRETRAIN_ARGS))
 def test_pretraining(method, tmp_path, data_dir, capsys):
-    """Each method trains on the readable images and logs every other file with its reason."""
+    """Each method trains on the readable images and names every other file with its reason in RUN/job.log."""
     from core.cli import main
     from core.train.checkpoint import read_json
 
@@ -176,14 +176,14 @@ def test_pretraining(method, tmp_path, data_dir, capsys):
     assert main(["pretrain", method, str(root), "--out", str(run), "--tiny", "--backbone", "convnext_atto",
                  "--precision", "fp32", "--workers", "0", *PRETRAIN_ARGS[method], "--epochs", "1",
                  "--batch-size", "4", "--warmup-epochs", "0", "--max-steps", "1"]) == 0
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = logged_errors(err, root, bad | maybe, "skipped ")
+    assert "Traceback" not in capsys.readouterr().err
+    log = job_log(run)                                 # the run's own log file, as the CLI showed it
+    errors = logged_errors(log, root, bad | maybe, "skipped ")
     n_images = read_json(run / "checkpoint-last" / "config.json")["data"]["n_images"]
     assert n_images == len(maybe - set(errors))
     check_handled(f"pretrain {method}", maybe - set(errors), errors, bad, maybe)
     if method in ("micle", "multimodal"):                   # the manifest's cases (and modalities) were used
-        pairs = next(line for line in err.splitlines() if line.startswith("pairs '"))
+        pairs = next(line for line in log.splitlines() if line.startswith("pairs '"))
         print(pairs)
         assert " 0 cases" not in pairs and "same_case" in pairs, pairs
         assert method == "micle" or "2 modalities" in pairs, pairs
