@@ -347,7 +347,7 @@ class MainWindow(QtWidgets.QMainWindow):
         p.editApplied.connect(self._edit_applied)
         p.itemsReset.connect(self._update_title)
         p.scanFinished.connect(lambda result: self.scan_problems.set_problems(
-            result.errors, result.counts.get("label_conflicts") or []))
+            result.errors, result.counts.get("label_conflicts") or [], result.counts.get("identical_files") or []))
         p.opened.connect(lambda _paths: self.scan_problems.clear())
         p.closed.connect(self.scan_problems.clear)
         self.library.openItem.connect(self.open_item)

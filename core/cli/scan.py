@@ -122,4 +122,6 @@ def format_summary(summary: dict) -> str:
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     for group in summary["label_conflicts"]:
         lines.append(f"  label conflict (identical files, the project keeps the first): {' = '.join(group)}")
+    for group in summary["identical_files"]:
+        lines.append(f"  identical files (the project keeps one image, the first): {' = '.join(group)}")
     return "\n".join(lines)

@@ -89,6 +89,11 @@ class ScanResult:
     def label_conflicts(self) -> list[list[ImageRecord]]:
         return [g for g in self.duplicates() if len({r.label for r in g}) > 1]
 
+    def identical_files(self) -> list[list[ImageRecord]]:
+        """Groups of identical files with one label: the store merges each into one image (its first file),
+        so the rest vanish from a project's list unless they are named."""
+        return [g for g in self.duplicates() if len({r.label for r in g}) == 1]
+
     def summary(self) -> dict[str, Any]:
         class_counts = Counter(r.label for r in self.images if r.label is not None)
         modality_counts = Counter(r.modality for r in self.images if r.modality is not None)
@@ -102,6 +107,7 @@ class ScanResult:
             "n_errors": len(self.errors),
             "n_duplicate_files": sum(len(g) - 1 for g in self.duplicates()),
             "label_conflicts": [[f"{r.rel_path} ({r.label})" for r in g] for g in self.label_conflicts()],
+            "identical_files": [[r.rel_path for r in g] for g in self.identical_files()],
         }
 
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from core import csvcells
 from core.analysis.metrics import (classification_metrics, fold_mean, js_divergence, predictive_entropy,
                                    summarize_folds)
+from core.data.imageio import ImageReadError
 from core.inference.logits import Inference, softmax
 from core.inference.verdict import EnsembleVerdict, judge, split_source
 from core.atomic import write_json_atomic
@@ -440,8 +441,10 @@ def save_cam_png(path: Path, x01: torch.Tensor, cam: CamResult) -> None:
 
 # -------------------------------------------------------------------------------------------- evaluation
 def _member_logits(ckpt: Path, rel_paths: Sequence[str], root: Path, part: str, device, ctx=None,
-                   batch_size: int = 32) -> np.ndarray:
-    """fp32 logits of one checkpoint on images (cached ``logits_<part>.csv`` of its run when it matches)."""
+                   batch_size: int = 32, unreadable: dict[str, str] | None = None) -> np.ndarray:
+    """fp32 logits of one checkpoint on images (cached ``logits_<part>.csv`` of its run when it matches).
+    An image that cannot be read gets a row of NaN and its reason in ``unreadable`` (rel path -> reason):
+    one spoilt file leaves that image out, not the whole evaluation."""
     from core.models.classifier import load_classifier
     from core.inference.logits import read_logits
 
@@ -456,15 +459,27 @@ def _member_logits(ckpt: Path, rel_paths: Sequence[str], root: Path, part: str, 
     model, cfg = load_classifier(ckpt, device)
     tf = eval_transform(int(cfg["image_size"]), cfg["mean"], cfg["std"], cfg.get("interpolation", "bicubic"))
     run = Inference(model, device, precision="fp32", channels_last=False)
+    out = np.full((len(rel_paths), len(cfg["classes"])), np.nan, np.float32)
+    for start in range(0, len(rel_paths), batch_size):
+        if ctx is not None:
+            ctx.check_cancelled()
+        rows, images = [], []
+        for i, rel in enumerate(rel_paths[start:start + batch_size], start):
+            try:
+                images.append(tf(load_rgb(root / rel)))
+            except ImageReadError as exc:
+                if unreadable is not None:
+                    unreadable[rel] = exc.reason
+                continue
+            rows.append(i)
+        if images:
+            out[rows] = run(torch.stack(images))
+    return out
 
-    def batches():
-        for i in range(0, len(rel_paths), batch_size):
-            if ctx is not None:
-                ctx.check_cancelled()
-            yield torch.stack([tf(load_rgb(root / r)) for r in rel_paths[i:i + batch_size]])
 
-    out = list(run.over(batches()))
-    return np.concatenate(out) if out else np.zeros((0, len(cfg["classes"])), np.float32)
+def _readable(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows every member could compute (an unreadable image is NaN in the members that read it)."""
+    return np.all([np.isfinite(lg).all(axis=1) for lg in logits], axis=0)
 
 
 @dataclass
@@ -494,6 +509,7 @@ class EnsembleReport:
     labels_n: np.ndarray
     probs_nc: np.ndarray
     member_probs_mnc: np.ndarray
+    unreadable: dict[str, str] = field(default_factory=dict)    # images of the split left out: rel -> reason
 
     @property
     def n(self) -> int:
@@ -510,6 +526,7 @@ class EnsembleReport:
                 "members": [asdict(m) for m in self.members],
                 "ensemble": {"before": self.ensemble_before, "after": self.ensemble_after},
                 "uncertainty": {"mean_entropy": self.mean_entropy, "mean_js": self.mean_js},
+                "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable.items()],
                 "verdict": verdict.to_dict() if verdict else None}
 
 
@@ -544,19 +561,31 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                              f"the store; with a folder, the same labels, seed and fractions or folds)")
     rel = [r for r, _ in eval_items]
     y = np.asarray([classes.index(lbl) for _, lbl in eval_items], dtype=np.int64)
-    member_rows, logits_eval, temps = [], [], []
+    unreadable: dict[str, str] = {}
+    logits_eval, val_logits = [], []
     for k, (m, ck, s) in enumerate(zip(spec.members, ckpts, splits)):
         root = Path(data_root) if data_root else Path(s["root"])
         if ctx is not None:
             ctx.progress(k, len(spec.members), message=f"member {m.name}")
         with _naming(spec, m):
-            lg = _member_logits(ck, rel, root, part, device, ctx)
+            logits_eval.append(_member_logits(ck, rel, root, part, device, ctx, unreadable=unreadable))
+            vrel = [r for r, _ in s.get("val") or []] if calibrate else []
+            val_logits.append(_member_logits(ck, vrel, root, "val", device, ctx, unreadable=unreadable)
+                              if vrel else None)
+    folder = Path(data_root) if data_root else Path(splits[0]["root"])
+    for path, reason in unreadable.items():
+        if ctx is not None:
+            ctx.log(f"skipped {folder / path}: {reason}")
+    keep = _readable(logits_eval)
+    rel, y, logits_eval = [r for r, k in zip(rel, keep) if k], y[keep], [lg[keep] for lg in logits_eval]
+    member_rows, temps = [], []
+    for m, ck, s, lg, vl in zip(spec.members, ckpts, splits, logits_eval, val_logits):
         t = m.temperature or 1.0
         if calibrate:
-            vrel = [r for r, _ in s.get("val") or []]
-            if vrel:
+            if vl is not None:
                 vy = np.asarray([classes.index(lbl) for _, lbl in s["val"]])
-                vl = _member_logits(ck, vrel, root, "val", device, ctx)
+                readable = _readable([vl])
+                vl, vy = vl[readable], vy[readable]
                 t = fit_temperature(vl, vy)
                 m.temperature = t
                 if t in TEMPERATURE_LIMITS:
@@ -565,11 +594,11 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                                 "no better than a constant" if t == TEMPERATURE_LIMITS[1] else "all right")
             else:
                 log.warning("member %s has no validation split: not calibrated", m.name)
-        logits_eval.append(lg)
         temps.append(t)
         member_rows.append(MemberReport(m.name, str(ck), m.weight, t, classification_metrics(y, softmax(lg), classes),
                                         classification_metrics(y, softmax(lg, t), classes),
                                         calibrate and t in TEMPERATURE_LIMITS))
+    eval_set = {r for r, _ in eval_items}
     weights = [m.weight for m in spec.members]
     before = np.stack([softmax(lg) for lg in logits_eval])
     after = np.stack([softmax(lg, t) for lg, t in zip(logits_eval, temps)])
@@ -578,7 +607,8 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
         part, list(classes), member_rows, classification_metrics(y, combine(before, weights), classes),
         classification_metrics(y, ens_after, classes),
         float(predictive_entropy(ens_after).mean()) if len(y) else None,
-        float(js_divergence(after, weights).mean()) if len(y) else None, rel, y, ens_after, after)
+        float(js_divergence(after, weights).mean()) if len(y) else None, rel, y, ens_after, after,
+        {r: reason for r, reason in unreadable.items() if r in eval_set})
     if calibrate and save and spec.path is not None:
         spec.save()
     if per_image:
@@ -586,9 +616,13 @@ def evaluate_ensemble(spec: EnsembleSpec, *, split: str = "test", calibrate: boo
                         weights)
     if cam_dir:
         ens = load_ensemble(spec, device)
-        root = Path(data_root) if data_root else Path(splits[0]["root"])
-        for i, r in enumerate(rel[:cam_limit]):
-            x = ens.load_image(root / r)
+        for r in rel[:cam_limit]:
+            try:
+                x = ens.load_image(folder / r)
+            except ImageReadError as exc:      # its logits came from the runs' cache: the file changed since
+                if ctx is not None:
+                    ctx.log(f"no Grad-CAM for {folder / r}: {exc.reason}")
+                continue
             cam = ens.cam(x)
             out = Path(cam_dir) / (Path(r).with_suffix("").as_posix().replace("/", "__") + "_cam.png")
             save_cam_png(out, x, cam)

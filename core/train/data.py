@@ -84,7 +84,7 @@ def load_labeled_data(folder: str | Path | None = None, *, project: str | Path |
             raise FileNotFoundError(f"{folder}: not a folder")
         res = scan_folder(folder, ctx=ctx)
         if ctx is not None:
-            for err in res.errors[:20]:
+            for err in res.errors:          # every one: a file left out must be named, not only counted
                 ctx.log(f"skipped {err.path}: {err.reason}")
             for group in res.label_conflicts():
                 ctx.log("identical files with different labels (both kept; they share a split part unless their "

@@ -82,7 +82,8 @@ def scan_worker(store_path: str, root: str, folder_writable: bool, send_rows: bo
             ctx.check_cancelled()
             ctx.progress(0, None, "saving to project")
             counts = store.import_scan(scan)
-            counts["label_conflicts"] = scan.summary()["label_conflicts"]
+            summary = scan.summary()
+            counts["label_conflicts"], counts["identical_files"] = summary["label_conflicts"], summary["identical_files"]
             send(("done", read_items(store, ctx), counts, list(scan.errors)))
     except JobCancelled:
         send(("cancelled",))

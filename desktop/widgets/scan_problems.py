@@ -1,5 +1,6 @@
-"""What the last scan could not use, itemised: each unreadable file with its reason, and each set of
-identical files filed under different labels. A status-bar button stays until the next scan and opens the
+"""What the last scan could not use, itemised: each unreadable file with its reason, each set of
+identical files filed under different labels, and each set of identical files the project merged into one
+image (else they would vanish from the library unnamed). A status-bar button stays until the next scan and opens the
 list (a status-bar message that vanishes after a few seconds is easy to miss and names no file)."""
 
 from __future__ import annotations
@@ -10,21 +11,27 @@ from desktop import theme
 from desktop.bridge.rows import natural_key
 
 CONFLICT_REASON = "identical files with different labels: the project keeps the first file's label"
+IDENTICAL_REASON = "identical files: the project keeps one image, the first file"
 
 
-def problem_rows(errors, conflicts) -> list[tuple[str, str]]:
-    """(file, reason) rows: the scan's ``ScanError`` s, then one row per set of identical files."""
+def problem_rows(errors, conflicts, identical) -> list[tuple[str, str]]:
+    """(file, reason) rows: the scan's ``ScanError`` s, then one row per set of identical files (with
+    different labels, then with one label)."""
     rows = sorted(((str(e.path), e.reason) for e in errors), key=lambda row: natural_key(row[0]))
     rows += [(" = ".join(group), CONFLICT_REASON) for group in conflicts]
+    rows += [(" = ".join(group), IDENTICAL_REASON) for group in identical]
     return rows
 
 
-def summary(errors, conflicts) -> str:
+def summary(errors, conflicts, identical) -> str:
     parts = []
     if errors:
         parts.append(f"{len(errors)} unreadable file{'s' if len(errors) != 1 else ''}")
     if conflicts:
         parts.append(f"{len(conflicts)} label conflict{'s' if len(conflicts) != 1 else ''}")
+    merged = sum(len(group) - 1 for group in identical)
+    if merged:
+        parts.append(f"{merged} identical file{'s' if merged != 1 else ''} merged")
     return " · ".join(parts)
 
 
@@ -41,9 +48,9 @@ class ScanProblemsButton(QtWidgets.QToolButton):
         self.clicked.connect(self.open_list)
         self.hide()
 
-    def set_problems(self, errors, conflicts) -> None:
-        self.rows = problem_rows(errors, conflicts)
-        self.setText(f"⚠ {summary(errors, conflicts)}")
+    def set_problems(self, errors, conflicts, identical) -> None:
+        self.rows = problem_rows(errors, conflicts, identical)
+        self.setText(f"⚠ {summary(errors, conflicts, identical)}")
         self.setVisible(bool(self.rows))
 
     def clear(self) -> None:

@@ -84,7 +84,7 @@ def test_class_folders_become_labels(class_folder):
     assert b2.path == class_folder.resolve() / "benign" / "b2.png" and b2.path.is_absolute()
     assert result.summary() == {"n_images": 5, "classes": {"benign": 2, "malignant": 2}, "n_unlabeled": 1,
                                 "n_with_masks": 2, "n_cases": 0, "modalities": {}, "n_errors": 0,
-                                "n_duplicate_files": 0, "label_conflicts": []}
+                                "n_duplicate_files": 0, "label_conflicts": [], "identical_files": []}
 
 
 def test_masks_are_attached_in_order_and_never_listed(class_folder):

@@ -190,7 +190,8 @@ def test_ensemble_report_is_typed_and_its_json_keeps_the_file_layout(runs, tmp_p
     np.testing.assert_allclose(rep.probs_nc, combine(rep.member_probs_mnc, [1, 3]))
     assert rep.mean_js == pytest.approx(float(js_divergence(rep.member_probs_mnc, [1, 3]).mean()))
     d = rep.to_dict()
-    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty", "verdict"}
+    assert set(d) == {"split", "n", "classes", "members", "ensemble", "uncertainty", "unreadable", "verdict"}
+    assert d["unreadable"] == [] and rep.unreadable == {}
     best = max(rep.members, key=lambda m: m.after["accuracy"])
     verdict = rep.verdict()
     assert (verdict.best_member, verdict.best_member_value) == (best.name, best.after["accuracy"])

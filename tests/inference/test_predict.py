@@ -497,3 +497,63 @@ def test_a_dicom_file_without_a_suffix_is_predicted_like_the_scan_finds_it(ensem
     rows = {r["path"]: r["status"] for r in _rows(out)}
     assert rows == {"IM0001": "ok", "IM0002": "ok", "photo.png": "ok"} and s["errors"] == 0
     assert sorted(rows) == [r.rel_path for r in scan_folder(folder).images]
+
+
+def _data_rows(path: Path) -> int:
+    """Complete rows (after the header) of a CSV file being written; 0 when it is absent."""
+    try:
+        return max(0, path.read_bytes().count(b"\n") - 1)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow   # two torchrun launches and a 1-process reference run
+def test_torchrun_prediction_killed_as_a_whole_resumes_without_duplicate_or_missing_rows(ensemble_file, demo_dir,
+                                                                                        folder, tmp_path):
+    """``torchrun ... medssl predict`` SIGKILLed as a whole (torchrun and both ranks, one process group) once
+    some rows are in the part files (read from the files, never from its output); the same command run
+    again gives OUT the rows of an uninterrupted 1-process run: each image once, none missing, the same
+    probabilities (fp32)."""
+    import os
+
+    from core.inference.predict import part_files
+
+    for rel in list_images(demo_dir)[1::2]:             # more images, so that a kill lands mid-way
+        (folder / "more" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_dir / rel, folder / "more" / rel)
+    listing = list_images(folder)
+    out = tmp_path / "two.csv"
+    cmd = TORCHRUN_2 + ["-m", "core.cli", "predict", str(folder), "--ensemble", str(ensemble_file), "--out", str(out),
+                        "--backend", "torch", "--precision", "fp32", "--workers", "0", "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if sum(_data_rows(p) for p in part_files(out)) >= 4:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.001)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    in_parts = sum(len(_rows(p)) for p in part_files(out))
+    assert 4 <= in_parts < len(listing) and _data_rows(out) == 0     # killed mid-way, nothing merged yet
+
+    _torchrun_predict(folder, ensemble_file, out, "--batch-size", "3")
+    one = tmp_path / "one.csv"
+    predict_folder(folder, one, ensemble=ensemble_file, backend="torch", precision="fp32", num_workers=0)
+    rows, ref = _rows(out), {r["path"]: r for r in _rows(one)}
+    paths = [r["path"] for r in rows]
+    print(f"torchrun predict killed with {in_parts} of {len(listing)} rows in its part files; resumed: "
+          f"{len(paths)} rows, {len(paths) - len(set(paths))} duplicate, {len(set(ref) - set(paths))} missing")
+    assert len(paths) == len(set(paths)) == len(listing) and set(paths) == set(ref) and part_files(out) == []
+    cols = [f"prob_{c}" for c in CLASSES] + [f"{n}_prob_{c}" for n in ("A", "B") for c in CLASSES]
+    for r in rows:
+        q = ref[r["path"]]
+        assert (r["status"], r["predicted"], r["error"]) == (q["status"], q["predicted"], q["error"])
+        if r["status"] == "ok":
+            np.testing.assert_allclose([float(r[c]) for c in cols], [float(q[c]) for c in cols], atol=1e-5)
