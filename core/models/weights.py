@@ -289,6 +289,8 @@ def _map_lite_package(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> di
     """
     target = model.state_dict()
     sk = list(sd.keys())
+    if not any(k.startswith("classifier.") for k in target):     # a headless encoder: no ImageNet head
+        sk = [k for k in sk if not k.startswith("_fc.")]
     if len(sk) != len(target):
         raise ValueError(f"efficientnet-lite file has {len(sk)} tensors, timm model {len(target)}")
     out = {}

