@@ -29,6 +29,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from core.project import runs as core_runs
 from core.project.runs import (ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail,
                                read_step_losses)
+from core.train.estimate import format_duration
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
 from desktop.pages.library import whole_percent
@@ -41,17 +42,6 @@ OTHER_PROCESS_NOTE = "running in another process (e.g. the medssl command line)"
 
 def kind_label(kind: str) -> str:
     return JOB_KINDS[kind].label if kind in JOB_KINDS else kind
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
 
 
 # -- the queue -----------------------------------------------------------------------------------------
@@ -853,7 +843,7 @@ class JobsPanel(QtWidgets.QWidget):
         if e.message:
             parts.append(e.message)
         if e.state == "running":
-            parts.append(f"ETA {fmt_duration(e.eta_s)}")
+            parts.append(f"ETA {format_duration(e.eta_s, with_seconds=True)}")
             if e.images_per_s:
                 parts.append(f"{e.images_per_s:.1f} images/s")
         if e.error and e.state != "running":
