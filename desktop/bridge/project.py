@@ -21,6 +21,11 @@ from desktop.settings import ProjectPaths, locate_project
 
 log = logging.getLogger(__name__)
 
+#: undo steps kept (the oldest go first). A mask step holds the mask before and after at 1 bit per pixel
+#: (desktop.bridge.mask_ops.pack): 100 steps of a 1000×1000 image stay under 25 MB; a day's labelling
+#: grew the stack without end before.
+UNDO_STEPS = 100
+
 _ROW_FIELDS = ("image_id", "label", "n_masks", "prediction", "uncertainty", "case_id", "modality", "width",
                "height", "is_color", "order")
 
@@ -51,6 +56,7 @@ class ProjectModel(QtCore.QObject):
         self.by_id: dict[int, Item] = {}
         self.classes: list[str] = []
         self.undo_stack = QtGui.QUndoStack(self)
+        self.undo_stack.setUndoLimit(UNDO_STEPS)
         self.scan_runner: JobRunner | None = None
         self.scan_complete = False
         self._edited: set[int] = set()

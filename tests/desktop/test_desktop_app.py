@@ -733,6 +733,22 @@ def test_a_long_undo_text_is_elided_on_the_toolbar(qtbot, window, project_dir):
     assert button.toolTip() == f"Undo {text}" and window.actions_by_id["undo"].text() == f"Undo {text}"
 
 
+def test_the_undo_stack_keeps_the_newest_steps_only(qtbot):
+    from PySide6 import QtGui
+
+    from desktop.bridge.project import UNDO_STEPS, ProjectModel
+
+    project = ProjectModel()
+    for k in range(UNDO_STEPS + 5):
+        project.undo_stack.push(QtGui.QUndoCommand(f"step {k}"))
+    stack = project.undo_stack
+    assert stack.count() == UNDO_STEPS                              # the five oldest were dropped
+    assert stack.command(0).text() == "step 5" and stack.undoText() == f"step {UNDO_STEPS + 4}"
+    for _ in range(UNDO_STEPS):
+        stack.undo()
+    assert not stack.canUndo() and stack.redoText() == "step 5"
+
+
 def test_the_mae_panel_shows_the_real_image_and_aligns_the_models_views_on_it(qtbot, window, tmp_path, monkeypatch):
     from PIL import Image
 
