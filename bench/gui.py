@@ -306,7 +306,7 @@ def measure_pages(win, probe, out: dict) -> None:
     probe.set_phase("predictions")
     win.predictions.refresh()
     win.show_page("predictions")
-    wait(lambda: win.predictions.model.rowCount() > 0, 60)      # the rows are read in a worker
+    wait(lambda: win.predictions.model.rows and win.predictions.model.filled, 60)   # read in a worker, shown in batches
     spin(400)
     probe.set_phase("confusion_roc")
     win.predictions.tabs.setCurrentWidget(win.predictions.charts)
