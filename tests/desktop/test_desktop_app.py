@@ -667,6 +667,41 @@ def test_the_runs_browser_fits_the_screen(qtbot, window, project_dir):
 
 
 # -- issue 17, item 10: a clinician's day ------------------------------------------------------------------
+def test_the_runs_browser_opens_before_the_runs_are_read_and_builds_its_plots_a_few_per_turn(qtbot, window,
+                                                                                               project_dir,
+                                                                                               monkeypatch):
+    """Five plots built and drawn at once, after reading every run's log on the UI thread, held the window
+    for a quarter of a second (bench/gui.py): now the dialog shows first, a worker reads, and each
+    event-loop turn builds at most one pane's two plots."""
+    import json as json_
+    import threading
+
+    import pyqtgraph as pg
+
+    import desktop.pages.runs_browser as runs_browser
+    from core.project import runs
+
+    open_and_scan(qtbot, window, project_dir)
+    store = window.project.store
+    for name in ("first", "second"):
+        run = runs.create_run(store, "finetune", name, {"lr": 1e-3})
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run.run_dir) / "history.jsonl").write_text(json_.dumps({"epoch": 1, "train_loss": 1.0}) + "\n")
+        store.update_run(run.id, state="finished")
+    readers = []
+    read_history = runs_browser.read_history
+    monkeypatch.setattr(runs_browser, "read_history",
+                        lambda *a: readers.append(threading.current_thread()) or read_history(*a))
+    dlg = window.show_runs()
+    qtbot.addWidget(dlg)
+    assert dlg.isVisible() and dlg.findChildren(pg.PlotWidget) == []        # shown before anything is drawn
+    built = []
+    dlg._stage_timer.timeout.connect(lambda: built.append(len(dlg.findChildren(pg.PlotWidget))))
+    qtbot.waitUntil(lambda: dlg.settled, timeout=10000)
+    assert readers and threading.main_thread() not in readers
+    assert built == [2, 4, 5] and dlg.overlay_series
+
+
 def test_the_lesion_fill_lets_the_texture_through_and_its_outline_stays(qtbot, window, project_dir):
     from desktop import theme
 
@@ -800,6 +835,7 @@ def test_the_runs_browser_opens_on_two_runs_with_curves(qtbot, window, project_d
     store.add_run("predict", "pred", {}, state="finished")
     dlg = window.show_runs()
     qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.settled, timeout=10000)              # read in a worker, drawn a plot a turn
     assert {dlg.left.combo.currentData(), dlg.right.combo.currentData()} == set(trained)
     assert dlg.left.combo.currentData() == trained[1]                # the newer one on the left
     assert dlg.overlay_series and dlg.left.view.currentWidget() is dlg.left.curves
