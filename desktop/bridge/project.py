@@ -10,6 +10,7 @@ from __future__ import annotations
 
 
 import logging
+import operator
 from pathlib import Path
 
 from PySide6 import QtCore, QtGui
@@ -190,10 +191,14 @@ class ProjectModel(QtCore.QObject):
         old = self.items
         if len(old) == len(items) and all(a.path == b.path for a, b in zip(old, items)):
             # the same files (a rescan, or stored rows followed by complete ones): update the row
-            # objects in place so views keep their selection and skip a full reset
+            # objects in place so views keep their selection and skip a full reset; only rows that
+            # differ (setting every field of 10 000 rows was ~60 ms of a warm re-open on the UI thread)
+            fields = operator.attrgetter(*_ROW_FIELDS)
             for a, b in zip(old, items):
-                for name in _ROW_FIELDS:
-                    setattr(a, name, getattr(b, name))
+                new = fields(b)
+                if fields(a) != new:
+                    for name, value in zip(_ROW_FIELDS, new):
+                        setattr(a, name, value)
         else:
             self.items = items
         self.by_id = {it.image_id: it for it in self.items if it.image_id is not None}

@@ -16,6 +16,7 @@ curves (pyqtgraph), log tail, Cancel / Resume.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import time
@@ -646,14 +647,20 @@ class ReportView(QtWidgets.QWidget):
 
 class RunView(QtWidgets.QStackedWidget):
     """Training curves for the kinds that train, the report for the others: an ensemble or a prediction
-    never shows empty plots left with the previous run's axes."""
+    never shows empty plots left with the previous run's axes. A training run with nothing to plot yet
+    (queued, or failed before its first step) says so instead of showing empty, squashed axes."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.curves = CurvesWidget()
         self.report = ReportView()
+        self.empty = QtWidgets.QLabel()
+        self.empty.setObjectName("dim")
+        self.empty.setWordWrap(True)
+        self.empty.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.addWidget(self.curves)
         self.addWidget(self.report)
+        self.addWidget(self.empty)
 
     def show_entry(self, e: JobEntry | None, full: bool = True) -> None:
         if e is not None and not has_curves(e.kind):
@@ -661,8 +668,21 @@ class RunView(QtWidgets.QStackedWidget):
                 self.report.show_entry(e)
             self.setCurrentWidget(self.report)
             return
+        if e is None or (not e.losses and not e.history):
+            self.empty.setText(nothing_to_plot(e))
+            self.setCurrentWidget(self.empty)
+            return
         self.curves.show_entry(e)
         self.setCurrentWidget(self.curves)
+
+
+def nothing_to_plot(e: JobEntry | None) -> str:
+    """Why a training run shows no curves."""
+    if e is None:
+        return "No job selected."
+    if e.state in (core_runs.QUEUED, core_runs.RUNNING):
+        return "The curves appear with the first training steps."
+    return "No training step was recorded: the run ended before its first step (its message is above)."
 
 
 class JobsPanel(QtWidgets.QWidget):
@@ -847,10 +867,12 @@ class JobsPanel(QtWidgets.QWidget):
             if e.images_per_s:
                 parts.append(f"{e.images_per_s:.1f} images/s")
         if e.error and e.state != "running":
-            parts.append(f"<span style='color:{theme.ERROR}'>{e.error[:200]}</span>")
+            error = e.error if len(e.error) <= 1000 else e.error[:1000] + "…"    # it wraps; a traceback is long
+            parts.append(f"<span style='color:{theme.ERROR}'>{html.escape(error)}</span>")
         dev = e.config.get("device") or "auto"
         parts.append(f"device {dev}")
         self.stats.setText("  ·  ".join(parts))
+        self.stats.setToolTip(e.error if e.error and e.state != "running" else "")
         self.cancel_btn.setEnabled(e.cancellable)
         self.resume_btn.setEnabled(e.state in RESUMABLE_STATES)
         self.view.show_entry(e, full)

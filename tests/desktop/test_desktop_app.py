@@ -3,7 +3,9 @@ a brush stroke saved as a mask PNG, overlay toggles, filter counts, autosave on 
 
 from __future__ import annotations
 
+
 import getpass
+import html
 import hashlib
 import sys
 import shutil
@@ -309,11 +311,15 @@ def test_the_window_fits_1280x720_with_a_long_failed_job_error_and_long_names(qt
     open_and_scan(qtbot, window, folder.parent)
     store = window.project.store
     rid = store.add_run("finetune", "fine-tune " + "with a long name " * 8)
-    store.update_run(rid, state="failed", error="RuntimeError: " + "the optimiser met a NaN in the loss " * 20)
+    error = "RuntimeError: " + "the optimiser met a NaN in the loss " * 19 + "at step <12>"
+    store.update_run(rid, state="failed", error=error)
     window.jobs.load()
     window.jobs_dock.show()
-    window.jobs_panel.select_run(rid)
-    assert "NaN" in window.jobs_panel.stats.text()
+    panel = window.jobs_panel
+    panel.select_run(rid)
+    assert html.escape(error) in panel.stats.text()                 # all of it, wrapped (it was cut at 200)
+    # no empty, squashed axes for a run that never trained: a sentence says why there is nothing to plot
+    assert panel.view.currentWidget() is panel.view.empty and "No training step" in panel.view.empty.text()
     show_first(qtbot, window)
     for page in ("library", "viewer", "mae", "predictions"):
         window.show_page(page)
@@ -648,6 +654,10 @@ def test_unreadable_files_and_label_conflicts_are_itemised_until_the_next_scan(q
     assert rows[0][0] == str(root / "benign" / "broken.png") and rows[0][1]
     assert "benign/good.png (benign)" in rows[1][0] and "malignant/copy.png (malignant)" in rows[1][0]
     assert "label" in rows[1][1]
+    # the elided columns aside, the chosen row's whole path and reason are readable below the list
+    assert dlg.details.text().replace("\u200b", "") == f"{rows[0][0]}\n{rows[0][1]}"
+    dlg.tree.setCurrentItem(dlg.tree.topLevelItem(1))
+    assert dlg.details.text().replace("\u200b", "") == f"{rows[1][0]}\n{rows[1][1]}"
     dlg.close()
     qtbot.wait(300)                                  # a later message does not hide the list
     assert button.isVisibleTo(window)
