@@ -62,10 +62,15 @@ def load_rows(store, run_id: int, items_by_id: dict) -> tuple[list[PredRow], lis
                             it.rel_path if it is not None else "", it.label if it is not None else None,
                             p.predicted, dict(p.probs), {n: dict(d) for n, d in p.members.items()},
                             p.entropy, p.disagreement))
+    return place_by_name(rows), classes, members
+
+
+def place_by_name(rows: list[PredRow]) -> list[PredRow]:
+    """The rows in natural file-name order, each told its place (the key the Image column sorts by)."""
     rows.sort(key=lambda r: (natural_key(r.name), natural_key(r.rel_path)))
     for place, r in enumerate(rows):
         r.name_place = place
-    return rows, classes, members
+    return rows
 
 
 def sort_key(kind: str, key):
