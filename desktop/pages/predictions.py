@@ -429,6 +429,12 @@ class ConfusionRocView(QtWidgets.QWidget):
         pi.getAxis("bottom").setTicks(ticks)
         pi.getAxis("left").setTicks(ticks)
         self.cm_plot.setRange(xRange=(0, n), yRange=(0, n), padding=0.02)
+        # the curves on a later event-loop turn (matrix and curves at once held the UI thread ~100 ms), queued
+        # under the same key so that a newer computation supersedes them
+        self._worker.submit(lambda: numbers, self._draw_roc, key="charts")
+
+    def _draw_roc(self, numbers: ChartNumbers) -> None:
+        classes = numbers.classes
         self.roc_plot.plot([0, 1], [0, 1], pen=pg.mkPen(theme.BORDER, style=QtCore.Qt.PenStyle.DashLine))
         self.aucs = {}
         for k, (c, (fpr, tpr, auc)) in enumerate(zip(classes, numbers.rocs)):
