@@ -338,6 +338,7 @@ def pages_tour(win, root: Path, out: Path, prefix: str) -> None:
     win.jobs_dock.hide()
 
     weights = win.show_weights()
+    wait(lambda: weights.page.table.rowCount() > 0 or weights.page.caller.pending == 0, 60)
     shoot_screen(out / f"{prefix}_10_weights.png")
     weights.close()
     study = StudyDialog(win.project, win.settings, win)
