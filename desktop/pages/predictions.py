@@ -22,6 +22,7 @@ from desktop.pages.jobs_panel import style_plot
 from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.frozen_table import FrozenColumnsTable
 
+ROC_POINTS = 400             # points a drawn ROC curve keeps (10 000 images gave ~2 500 each to paint)
 FILL_BATCH = 500             # rows added to the table per event-loop turn (10 000 at once froze the window)
 
 
@@ -316,7 +317,15 @@ def chart_numbers(rows: list[PredRow], classes: list[str], member: str) -> Chart
     p = np.array([[d.get(c, 0.0) for c in classes] for d in src], dtype=float).reshape(len(lab), len(classes))
     pred = p.argmax(1)
     return ChartNumbers(classes, len(y), float((pred == y).mean()), confusion(y, pred, len(classes)),
-                        [roc_curve(p[:, k], y == k) for k in range(len(classes))])
+                        [thin_curve(*roc_curve(p[:, k], y == k)) for k in range(len(classes))])
+
+
+def thin_curve(fpr: np.ndarray, tpr: np.ndarray, auc: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """At most ROC_POINTS evenly spaced points of the curve, both ends kept (the AUC is the full curve's)."""
+    if len(fpr) <= ROC_POINTS:
+        return fpr, tpr, auc
+    keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_POINTS).round().astype(int))
+    return fpr[keep], tpr[keep], auc
 
 
 class ConfusionRocView(QtWidgets.QWidget):

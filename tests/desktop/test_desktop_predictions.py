@@ -157,6 +157,13 @@ def test_confusion_and_roc(qtbot, window):
     assert auc == pytest.approx(1.0) and fpr[0] == 0 and tpr[-1] == 1
     _, _, auc = roc_curve(np.array([0.1, 0.2, 0.8, 0.9]), np.array([True, True, False, False]))
     assert auc == pytest.approx(0.0)
+    from desktop.pages.predictions import ROC_POINTS, thin_curve
+
+    rng = np.random.default_rng(1)
+    fpr, tpr, auc = roc_curve(rng.random(20000), rng.random(20000) < 0.5)
+    tf, tt, ta = thin_curve(fpr, tpr, auc)                  # what is drawn: few points, same ends and AUC
+    assert len(fpr) > ROC_POINTS >= len(tf) and ta == auc
+    assert (tf[0], tt[0], tf[-1], tt[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
 
 
 def _tiny_ensemble(root: Path, names: list[str]) -> Path:
