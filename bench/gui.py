@@ -22,7 +22,8 @@ the UI thread could not react):
 
 The machine's own load shows up as stalls too: ``load_avg`` is reported alongside.
 
-Usage: ``python bench/gui.py [--images 10000] [--folder DIR]`` (runs offscreen unless a display is set).
+Usage: ``python bench/gui.py [--images 10000] [--folder DIR]`` (runs offscreen unless a display is set). Each run
+works in its own temporary folder (removed at the end); ``--folder`` keeps the generated images for reuse.
 The last line printed is one JSON object.
 """
 
@@ -47,13 +48,11 @@ def make_folder(folder: Path, n: int, size: int = 96) -> Path:
     marker = folder / f".bench-{n}-{size}"
     if marker.exists():
         return folder
-    if folder.exists():
-        shutil.rmtree(folder)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size]
     classes = ["alpha", "beta", "gamma", "delta"]
     for c in classes:
-        (folder / c).mkdir(parents=True)
+        (folder / c).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         cls = classes[i % 4]
         cx, cy, r = rng.integers(20, size - 20, 2).tolist() + [int(rng.integers(6, 16))]
@@ -307,7 +306,7 @@ def measure_pages(win, probe, out: dict) -> None:
     probe.set_phase("predictions")
     win.predictions.refresh()
     win.show_page("predictions")
-    wait(lambda: win.predictions.model.rowCount() > 0, 60)      # the rows are read in a worker
+    wait(lambda: win.predictions.model.rows and win.predictions.model.filled, 60)   # read in a worker, shown in batches
     spin(400)
     probe.set_phase("confusion_roc")
     win.predictions.tabs.setCurrentWidget(win.predictions.charts)
@@ -338,21 +337,26 @@ def measure_pages(win, probe, out: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000)
-    ap.add_argument("--folder", type=Path, default=None, help="where the generated images go (reused)")
+    ap.add_argument("--folder", type=Path, default=None,
+                    help="reuse generated images there (made when absent; its .medssl is removed each run)")
     args = ap.parse_args()
     import tempfile
 
-    base = Path(tempfile.gettempdir()) / "medssl-bench-gui"
-    folder = args.folder or base / f"images-{args.images}"
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("MEDSSL_DATA_DIR", str(base / "userdata"))
-    t = time.perf_counter()
-    make_folder(folder, args.images)
-    shutil.rmtree(folder / ".medssl", ignore_errors=True)          # cold open every run
-    out: dict = {"bench": "gui", "images_generated_s": round(time.perf_counter() - t, 1),
-                 "qpa": os.environ.get("QT_QPA_PLATFORM", "xcb"), "cpus": os.cpu_count()}
-    run(folder, out)
+    # a private folder per run: two runs at once never share images, store or settings; removed at the end
+    with tempfile.TemporaryDirectory(prefix="medssl-bench-gui-", ignore_cleanup_errors=True) as base:
+        folder = args.folder or Path(base) / f"images-{args.images}"
+        if folder.exists() and any(folder.iterdir()) and not (folder / f".bench-{args.images}-96").exists():
+            sys.exit(f"{folder}: not a folder of generated benchmark images (no .bench-{args.images}-96 marker); "
+                     "it is left alone")
+        os.environ.setdefault("MEDSSL_DATA_DIR", str(Path(base) / "userdata"))
+        t = time.perf_counter()
+        make_folder(folder, args.images)
+        shutil.rmtree(folder / ".medssl", ignore_errors=True)          # cold open every run
+        out: dict = {"bench": "gui", "images_generated_s": round(time.perf_counter() - t, 1),
+                     "qpa": os.environ.get("QT_QPA_PLATFORM", "xcb"), "cpus": os.cpu_count()}
+        run(folder, out)
     out["load_avg"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     out["ok"] = bool(out.get("first_thumbnails_s") is not None and out["first_thumbnails_s"] < 1.0
                      and out["max_ui_block_ms"] <= 100)

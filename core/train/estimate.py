@@ -11,6 +11,7 @@ scaled, because it can be off by a factor when the machine is busy.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -47,12 +48,16 @@ class TimeEstimate:
         return f"about {format_duration(self.seconds)} at ≈ {self.images_per_s:.3g} images/s ({self.basis})"
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float | None, with_seconds: bool = False) -> str:
+    """A duration as people read it: "42 s", "10 min", "3 h 05 min", "1.5 days"; ``with_seconds`` keeps the
+    seconds under an hour ("4 min 07 s": a live ETA that visibly counts down). Unknown: "–"."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
     s = max(0, int(round(seconds)))
     if s < 60:
         return f"{s} s"
     if s < 3600:
-        return f"{s // 60} min"
+        return f"{s // 60} min {s % 60:02d} s" if with_seconds else f"{s // 60} min"
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"
     return f"{s / 86400:.1f} days"

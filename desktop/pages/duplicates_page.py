@@ -10,8 +10,11 @@ from pathlib import Path
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop.bridge.jobs_bridge import AsyncCaller
+from desktop.widgets.elided_label import ElidedLabel
 
 TILE_PX = 180
+TILES_PER_ROW = 3        # a group of four or more wraps to the next row: in one row the fourth image (often
+                         # the one whose label disagrees) was out of sight behind a sideways scroll bar
 
 
 def find_groups(root: Path, rels: list[str], labels: dict[str, str | None]):
@@ -29,10 +32,10 @@ class DuplicatesDialog(QtWidgets.QDialog):
         self.setWindowTitle("Near-duplicates")
         self.resize(980, 520)
         self.groups = QtWidgets.QListWidget()
-        self.groups.setMaximumWidth(260)
+        self.groups.setMaximumWidth(320)        # "Group 12: 4 images — labels disagree" in full
         self.groups.currentRowChanged.connect(self.show_group)
         self.tiles = QtWidgets.QWidget()
-        self.tiles_layout = QtWidgets.QHBoxLayout(self.tiles)
+        self.tiles_layout = QtWidgets.QGridLayout(self.tiles)
         self.tiles_layout.setAlignment(QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignTop)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidgetResizable(True)
@@ -88,7 +91,7 @@ class DuplicatesDialog(QtWidgets.QDialog):
         if not 0 <= row < len(self.stored):
             return
         members = [self.project.by_id.get(i) for i in self.stored[row]]
-        for it in sorted((it for it in members if it is not None), key=lambda it: it.sort_key):
+        for k, it in enumerate(sorted((it for it in members if it is not None), key=lambda it: it.sort_key)):
             image_id = it.image_id
             tile = QtWidgets.QFrame()
             tile.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
@@ -99,7 +102,9 @@ class DuplicatesDialog(QtWidgets.QDialog):
             self.pixmap_labels[it.path] = pic
             self._set_pixmap(it.path)
             v.addWidget(pic)
-            v.addWidget(QtWidgets.QLabel(it.rel_path))
+            name = ElidedLabel(it.rel_path, QtCore.Qt.TextElideMode.ElideMiddle)   # a tile is as wide as its image
+            name.setMaximumWidth(TILE_PX)
+            v.addWidget(name)
             v.addWidget(QtWidgets.QLabel(f"label: {it.label or 'unlabelled'}"))
             box = QtWidgets.QComboBox()
             for text, value in (("no choice (used)", None), ("keep", "keep"), ("exclude from training", "exclude")):
@@ -108,7 +113,7 @@ class DuplicatesDialog(QtWidgets.QDialog):
             box.currentIndexChanged.connect(lambda _i, iid=image_id, b=box: self.set_choice(iid, b.currentData()))
             self.choice_boxes[image_id] = box
             v.addWidget(box)
-            self.tiles_layout.addWidget(tile)
+            self.tiles_layout.addWidget(tile, k // TILES_PER_ROW, k % TILES_PER_ROW)
 
     def _set_pixmap(self, path: str) -> None:
         pm = self.thumbs.get(path)

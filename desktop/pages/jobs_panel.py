@@ -16,6 +16,7 @@ curves (pyqtgraph), log tail, Cancel / Resume.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from core.project import runs as core_runs
 from core.project.runs import (ACTIVE_STATES, JOB_KINDS, RESUMABLE_STATES, Run, read_history, read_log_tail,
                                read_step_losses)
+from core.train.estimate import format_duration
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
 from desktop.pages.library import whole_percent
@@ -41,17 +43,6 @@ OTHER_PROCESS_NOTE = "running in another process (e.g. the medssl command line)"
 
 def kind_label(kind: str) -> str:
     return JOB_KINDS[kind].label if kind in JOB_KINDS else kind
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
 
 
 # -- the queue -----------------------------------------------------------------------------------------
@@ -656,14 +647,20 @@ class ReportView(QtWidgets.QWidget):
 
 class RunView(QtWidgets.QStackedWidget):
     """Training curves for the kinds that train, the report for the others: an ensemble or a prediction
-    never shows empty plots left with the previous run's axes."""
+    never shows empty plots left with the previous run's axes. A training run with nothing to plot yet
+    (queued, or failed before its first step) says so instead of showing empty, squashed axes."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.curves = CurvesWidget()
         self.report = ReportView()
+        self.empty = QtWidgets.QLabel()
+        self.empty.setObjectName("dim")
+        self.empty.setWordWrap(True)
+        self.empty.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.addWidget(self.curves)
         self.addWidget(self.report)
+        self.addWidget(self.empty)
 
     def show_entry(self, e: JobEntry | None, full: bool = True) -> None:
         if e is not None and not has_curves(e.kind):
@@ -671,8 +668,21 @@ class RunView(QtWidgets.QStackedWidget):
                 self.report.show_entry(e)
             self.setCurrentWidget(self.report)
             return
+        if e is None or (not e.losses and not e.history):
+            self.empty.setText(nothing_to_plot(e))
+            self.setCurrentWidget(self.empty)
+            return
         self.curves.show_entry(e)
         self.setCurrentWidget(self.curves)
+
+
+def nothing_to_plot(e: JobEntry | None) -> str:
+    """Why a training run shows no curves."""
+    if e is None:
+        return "No job selected."
+    if e.state in (core_runs.QUEUED, core_runs.RUNNING):
+        return "The curves appear with the first training steps."
+    return "No training step was recorded: the run ended before its first step (its message is above)."
 
 
 class JobsPanel(QtWidgets.QWidget):
@@ -853,14 +863,16 @@ class JobsPanel(QtWidgets.QWidget):
         if e.message:
             parts.append(e.message)
         if e.state == "running":
-            parts.append(f"ETA {fmt_duration(e.eta_s)}")
+            parts.append(f"ETA {format_duration(e.eta_s, with_seconds=True)}")
             if e.images_per_s:
                 parts.append(f"{e.images_per_s:.1f} images/s")
         if e.error and e.state != "running":
-            parts.append(f"<span style='color:{theme.ERROR}'>{e.error[:200]}</span>")
+            error = e.error if len(e.error) <= 1000 else e.error[:1000] + "…"    # it wraps; a traceback is long
+            parts.append(f"<span style='color:{theme.ERROR}'>{html.escape(error)}</span>")
         dev = e.config.get("device") or "auto"
         parts.append(f"device {dev}")
         self.stats.setText("  ·  ".join(parts))
+        self.stats.setToolTip(e.error if e.error and e.state != "running" else "")
         self.cancel_btn.setEnabled(e.cancellable)
         self.resume_btn.setEnabled(e.state in RESUMABLE_STATES)
         self.view.show_entry(e, full)

@@ -22,8 +22,8 @@ from desktop.pages.jobs_panel import style_plot
 from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.frozen_table import FrozenColumnsTable
 
-SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
-SIZE_FROM_ROWS = 50          # columns are sized from this many rows (Qt's default reads 1000 of them)
+ROC_POINTS = 400             # points a drawn ROC curve keeps (10 000 images gave ~2 500 each to paint)
+FILL_BATCH = 500             # rows added to the table per event-loop turn (10 000 at once froze the window)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class PredRow:
     entropy: float | None = None
     disagreement: float | None = None
     rank: int | None = None          # "suggest next" position (1 = first)
+    name_place: int = 0              # place in natural file-name order ("benign (2)" before "benign (10)")
 
     @property
     def correct(self) -> bool | None:
@@ -47,7 +48,8 @@ class PredRow:
 
 
 def load_rows(store, run_id: int, items_by_id: dict) -> tuple[list[PredRow], list[str], list[str]]:
-    """Rows of a prediction run, its classes and member names; labels are the images' current labels."""
+    """Rows of a prediction run in natural file-name order, its classes and member names; labels are the
+    images' current labels. Runs in a worker: reading and ordering thousands of rows is UI-thread time."""
     rows, classes, members = [], [], []
     for p in store.prediction_records(run_id):
         for c in p.probs:
@@ -61,25 +63,50 @@ def load_rows(store, run_id: int, items_by_id: dict) -> tuple[list[PredRow], lis
                             it.rel_path if it is not None else "", it.label if it is not None else None,
                             p.predicted, dict(p.probs), {n: dict(d) for n, d in p.members.items()},
                             p.entropy, p.disagreement))
-    return rows, classes, members
+    return place_by_name(rows), classes, members
+
+
+def place_by_name(rows: list[PredRow]) -> list[PredRow]:
+    """The rows in natural file-name order, each told its place (the key the Image column sorts by)."""
+    rows.sort(key=lambda r: (natural_key(r.name), natural_key(r.rel_path)))
+    for place, r in enumerate(rows):
+        r.name_place = place
+    return rows
+
+
+def sort_key(kind: str, key):
+    """The key a column sorts by: numbers as numbers, a missing value first (a missing rank last)."""
+    if kind == "name":
+        return lambda r: r.name_place
+    if kind == "rank":
+        return lambda r: r.rank if r.rank is not None else float("inf")
+    if kind in ("label", "predicted"):
+        return lambda r: getattr(r, kind) or ""
+    if kind == "prob":
+        return lambda r: r.probs.get(key, -1.0)
+    if kind == "member":
+        return lambda r: r.members.get(key[0], {}).get(key[1], -1.0)
+    return lambda r: -1.0 if getattr(r, kind) is None else float(getattr(r, kind))
 
 
 class PredictionsModel(QtCore.QAbstractTableModel):
+    """All rows of a run, of which the first ``shown`` are in the table: ``set_data`` resets to none and
+    ``show_more`` appends a batch per call, so a large run fills in while the window stays responsive.
+    Sorting reorders every row with a Python key (the proxy's per-comparison ``data()`` calls took
+    seconds on 10 000 rows); the shown rows are always the first of that order."""
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.rows: list[PredRow] = []
+        self.shown = 0
         self.classes: list[str] = []
         self.members: list[str] = []
         self.columns: list[tuple[str, str, object]] = []   # (header, kind, key)
-        self.name_order: list[int] = []                      # each row's place in natural file-name order
 
     def set_data(self, rows: list[PredRow], classes: list[str], members: list[str]) -> None:
         self.beginResetModel()
         self.rows, self.classes, self.members = rows, classes, members
-        order = sorted(range(len(rows)), key=lambda i: (natural_key(rows[i].name), natural_key(rows[i].rel_path)))
-        self.name_order = [0] * len(rows)
-        for place, i in enumerate(order):
-            self.name_order[i] = place
+        self.shown = 0
         cols: list[tuple[str, str, object]] = [("#", "rank", None), ("Image", "name", None), ("Label", "label", None),
                                                ("Prediction", "predicted", None)]
         cols += [(f"p({c})", "prob", c) for c in classes]
@@ -88,14 +115,41 @@ class PredictionsModel(QtCore.QAbstractTableModel):
         self.columns = cols
         self.endResetModel()
 
+    def show_more(self, batch: int) -> bool:
+        """Append up to ``batch`` rows to the table; False once every row is in."""
+        n = min(batch, len(self.rows) - self.shown)
+        if n > 0:
+            self.beginInsertRows(QtCore.QModelIndex(), self.shown, self.shown + n - 1)
+            self.shown += n
+            self.endInsertRows()
+        return self.shown < len(self.rows)
+
+    @property
+    def filled(self) -> bool:
+        return self.shown == len(self.rows)
+
+    def sort(self, column: int, order=QtCore.Qt.SortOrder.AscendingOrder) -> None:  # noqa: A003 (Qt name)
+        if not 0 <= column < len(self.columns):
+            return
+        _h, kind, key = self.columns[column]
+        self.layoutAboutToBeChanged.emit()
+        before = self.persistentIndexList()
+        held = [self.rows[i.row()] for i in before]
+        self.rows.sort(key=sort_key(kind, key), reverse=order == QtCore.Qt.SortOrder.DescendingOrder)
+        place = {id(r): k for k, r in enumerate(self.rows)}
+        after = [self.index(place[id(r)], i.column()) if place[id(r)] < self.shown else QtCore.QModelIndex()
+                 for r, i in zip(held, before)]
+        self.changePersistentIndexList(before, after)
+        self.layoutChanged.emit()
+
     def set_ranks(self, ranks: dict[int, int]) -> None:
         for r in self.rows:
             r.rank = ranks.get(r.image_id)
-        if self.rows:
-            self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, 0))
+        if self.shown:
+            self.dataChanged.emit(self.index(0, 0), self.index(self.shown - 1, 0))
 
     def rowCount(self, parent=QtCore.QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.rows)
+        return 0 if parent.isValid() else self.shown
 
     def columnCount(self, parent=QtCore.QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self.columns)
@@ -136,12 +190,6 @@ class PredictionsModel(QtCore.QAbstractTableModel):
             if isinstance(v, float):
                 return f"{v:.3f}"
             return str(v)
-        if role == SORT_ROLE:
-            if kind == "name":      # "benign (2)" before "benign (10)": a number compares as fast as a string
-                return self.name_order[index.row()]
-            if v is None:
-                return float("inf") if kind == "rank" else -1.0 if kind not in ("name", "label", "predicted") else ""
-            return float(v) if isinstance(v, (bool, int, float)) else str(v)
         if role == QtCore.Qt.ItemDataRole.ForegroundRole:
             if kind == "correct" and v is not None:
                 return QtGui.QBrush(QtGui.QColor("#5fbf7f" if v else theme.ERROR))
@@ -161,12 +209,16 @@ class PredictionsModel(QtCore.QAbstractTableModel):
 
 
 class PredictionsFilter(QtCore.QSortFilterProxyModel):
+    """Filters the rows; sorting is the source model's (``PredictionsModel.sort``), this keeps its order."""
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.text = ""
         self.show = "all"       # all | labelled | unlabeled | incorrect | correct | suggested
         self.predicted = ""     # class name or ""
-        self.setSortRole(SORT_ROLE)
+
+    def sort(self, column: int, order=QtCore.Qt.SortOrder.AscendingOrder) -> None:  # noqa: A003 (Qt name)
+        self.sourceModel().sort(column, order)
 
     def set_filter(self, *, text=None, show=None, predicted=None) -> None:
         if text is not None:
@@ -209,7 +261,7 @@ def export_csv(path: str | Path, model: PredictionsModel, proxy: QtCore.QSortFil
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csvcells.writer(fh)
         w.writerow(header)
-        count = proxy.rowCount() if proxy is not None else model.rowCount()
+        count = proxy.rowCount() if proxy is not None else len(model.rows)
         for i in range(count):
             src = proxy.mapToSource(proxy.index(i, 0)).row() if proxy is not None else i
             row = model.rows[src]
@@ -244,12 +296,49 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     return fpr, tpr, float(metrics.auc(fpr, tpr))
 
 
+@dataclass
+class ChartNumbers:
+    """What the Confusion & ROC tab draws, computed off the UI thread."""
+    classes: list[str]
+    n_labelled: int
+    accuracy: float
+    matrix: np.ndarray
+    rocs: list[tuple[np.ndarray, np.ndarray, float]]     # (fpr, tpr, auc) per class
+
+
+def chart_numbers(rows: list[PredRow], classes: list[str], member: str) -> ChartNumbers | None:
+    """Confusion matrix and one-vs-rest ROC of the ensemble (``member`` "") or one member over the labelled
+    rows; None when no labelled row has a prediction."""
+    lab = [r for r in rows if r.label in classes]
+    if not classes or not lab:
+        return None
+    y = np.array([classes.index(r.label) for r in lab], dtype=int)
+    src = [(r.members.get(member, {}) if member else r.probs) for r in lab]
+    p = np.array([[d.get(c, 0.0) for c in classes] for d in src], dtype=float).reshape(len(lab), len(classes))
+    pred = p.argmax(1)
+    return ChartNumbers(classes, len(y), float((pred == y).mean()), confusion(y, pred, len(classes)),
+                        [thin_curve(*roc_curve(p[:, k], y == k)) for k in range(len(classes))])
+
+
+def thin_curve(fpr: np.ndarray, tpr: np.ndarray, auc: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """At most ROC_POINTS evenly spaced points of the curve, both ends kept (the AUC is the full curve's)."""
+    if len(fpr) <= ROC_POINTS:
+        return fpr, tpr, auc
+    keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_POINTS).round().astype(int))
+    return fpr[keep], tpr[keep], auc
+
+
 class ConfusionRocView(QtWidgets.QWidget):
     """Confusion matrix (counts, row-normalised colour) and one-vs-rest ROC per class, for the ensemble or
-    one member, over the labelled images of the prediction run."""
+    one member, over the labelled images of the prediction run. Computed in a worker, and only while the
+    tab is visible: a hidden tab only notes that it is out of date."""
+
+    drawn = QtCore.Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self._worker = AsyncCaller(workers=1, parent=self)
+        self._stale = False
         self.source = QtWidgets.QComboBox()
         self.caption = QtWidgets.QLabel()
         self.caption.setObjectName("dim")
@@ -294,33 +383,42 @@ class ConfusionRocView(QtWidgets.QWidget):
         self.source.blockSignals(False)
         self.redraw()
 
-    def probs_for(self, member: str) -> tuple[np.ndarray, np.ndarray]:
-        lab = [r for r in self.rows if r.label in self.classes]
-        y = np.array([self.classes.index(r.label) for r in lab], dtype=int)
-        src = [(r.members.get(member, {}) if member else r.probs) for r in lab]
-        p = np.array([[d.get(c, 0.0) for c in self.classes] for d in src], dtype=float).reshape(len(lab), len(self.classes))
-        return y, p
-
     def redraw(self) -> None:
+        """Recompute (in a worker) when visible; otherwise when the tab is next shown."""
+        self._stale = True
+        if self.isVisible():
+            self._compute()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        super().showEvent(event)
+        if self._stale:
+            self._compute()
+
+    def _compute(self) -> None:
+        self._stale = False
+        rows, classes, member = list(self.rows), list(self.classes), self.source.currentData() or ""
+        self._worker.submit(lambda: chart_numbers(rows, classes, member), self._draw,
+                            lambda msg: self.caption.setText(f"cannot compute the charts: {msg}"), key="charts")
+
+    def _draw(self, numbers: ChartNumbers | None) -> None:
         for t in self.cm_texts:
             self.cm_plot.removeItem(t)
         self.cm_texts = []
         self.roc_plot.clear()
         self.roc_legend.clear()
-        n = len(self.classes)
-        member = self.source.currentData() or ""
-        y, p = self.probs_for(member) if n else (np.zeros(0, int), np.zeros((0, 0)))
-        if n == 0 or len(y) == 0:
+        if numbers is None:
             self.caption.setText("No labelled image has a prediction yet.")
             self.cm_image.clear()
             self.matrix = None
+            self.drawn.emit()
             return
-        pred = p.argmax(1)
-        m = confusion(y, pred, n)
+        classes = numbers.classes
+        n = len(classes)
+        m = numbers.matrix
         self.matrix = m
-        acc = float((pred == y).mean())
-        self.caption.setText(f"{len(y)} labelled images, accuracy {acc:.1%}. Images the members were trained on "
-                             "are included: use the ensemble report (test split) for an unbiased estimate.")
+        self.caption.setText(f"{numbers.n_labelled} labelled images, accuracy {numbers.accuracy:.1%}. Images the "
+                             "members were trained on are included: use the ensemble report (test split) for an "
+                             "unbiased estimate.")
         norm = m / np.maximum(1, m.sum(1, keepdims=True))
         self.cm_image.setImage(norm, levels=(0, 1))   # row-major: rows = true class (y), columns = predicted (x)
         self.cm_image.setLookupTable(pg.colormap.get("viridis").getLookupTable(nPts=256))
@@ -335,26 +433,32 @@ class ConfusionRocView(QtWidgets.QWidget):
                 t.setPos(j + 0.5, i + 0.5)
                 self.cm_plot.addItem(t)
                 self.cm_texts.append(t)
-        ticks = [[(k + 0.5, c) for k, c in enumerate(self.classes)]]
+        ticks = [[(k + 0.5, c) for k, c in enumerate(classes)]]
         pi = self.cm_plot.getPlotItem()
         pi.getAxis("bottom").setTicks(ticks)
         pi.getAxis("left").setTicks(ticks)
         self.cm_plot.setRange(xRange=(0, n), yRange=(0, n), padding=0.02)
+        # the curves on a later event-loop turn (matrix and curves at once held the UI thread ~100 ms), queued
+        # under the same key so that a newer computation supersedes them
+        self._worker.submit(lambda: numbers, self._draw_roc, key="charts")
+
+    def _draw_roc(self, numbers: ChartNumbers) -> None:
+        classes = numbers.classes
         self.roc_plot.plot([0, 1], [0, 1], pen=pg.mkPen(theme.BORDER, style=QtCore.Qt.PenStyle.DashLine))
         self.aucs = {}
-        for k, c in enumerate(self.classes):
-            fpr, tpr, auc = roc_curve(p[:, k], y == k)
+        for k, (c, (fpr, tpr, auc)) in enumerate(zip(classes, numbers.rocs)):
             self.aucs[c] = auc
             color = theme.class_color(k)
             name = f"{c}  AUC {auc:.3f}" if np.isfinite(auc) else f"{c}  (no positives)"
             self.roc_plot.plot(fpr, tpr, pen=pg.mkPen(color, width=2), name=name)
         self.roc_plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.02)
+        self.drawn.emit()
 
 
 # -- the page ---------------------------------------------------------------------------------------------
 class PredictionsPage(QtWidgets.QWidget):
     openImage = QtCore.Signal(int, str)        # image id, ensemble file (for Grad-CAM; "" if unknown)
-    rowsLoaded = QtCore.Signal()               # the chosen run's rows are shown
+    rowsLoaded = QtCore.Signal()               # every row of the chosen run is in the table
     suggested = QtCore.Signal(list)            # image ids, best first
     message = QtCore.Signal(str, int)
 
@@ -417,9 +521,6 @@ class PredictionsPage(QtWidgets.QWidget):
         self.table.verticalHeader().setDefaultSectionSize(24)
         self.table.horizontalHeader().setHighlightSections(False)
         self.table.setWordWrap(False)
-        # column widths from the first rows only: sizing to every row of a large run asked the model for
-        # each cell and froze the window for seconds when the page first showed
-        self.table.horizontalHeader().setResizeContentsPrecision(50)
         self.charts = ConfusionRocView()
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.table, "Table")
@@ -444,6 +545,8 @@ class PredictionsPage(QtWidgets.QWidget):
         project.itemChanged.connect(self._label_changed)
         self._redraw_charts = QtCore.QTimer(self, singleShot=True, interval=100)   # a burst of labels: one redraw
         self._redraw_charts.timeout.connect(self.charts.redraw)
+        self._fill = QtCore.QTimer(self, interval=0)        # one batch of rows per event-loop turn
+        self._fill.timeout.connect(self._show_batch)
 
     # -- data -----------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -484,12 +587,14 @@ class PredictionsPage(QtWidgets.QWidget):
                             lambda msg: self.count_label.setText(f"cannot read run #{run.id}: {msg}"), key="rows")
 
     def _show_rows(self, loaded) -> None:
+        """Columns and filters at once; the rows follow a batch per event-loop turn (``_show_batch``)."""
         rows, classes, members = loaded
+        self._fill.stop()
         self.model.set_data(rows, classes, members)
         self.charts.set_data(rows, classes, members)
-        if rows:
-            self.table.sortByColumn(1, QtCore.Qt.SortOrder.AscendingOrder)
-            self._size_columns()
+        self.table.horizontalHeader().setSortIndicator(1, QtCore.Qt.SortOrder.AscendingOrder)  # rows come by name
+        self.export_btn.setEnabled(False)
+        self.suggest_btn.setEnabled(False)
         cur = self.pred_combo.currentData()
         self.pred_combo.blockSignals(True)
         self.pred_combo.clear()
@@ -499,19 +604,37 @@ class PredictionsPage(QtWidgets.QWidget):
         self.pred_combo.setCurrentIndex(max(0, self.pred_combo.findData(cur or "")))
         self.pred_combo.blockSignals(False)
         self.proxy.set_filter(predicted=self.pred_combo.currentData() or "")
+        self._show_batch()
+        if not self.model.filled:
+            self._fill.start()
+
+    def _show_batch(self) -> None:
+        first = self.model.shown == 0
+        more = self.model.show_more(FILL_BATCH)
+        if first and self.model.shown:
+            self._size_columns()
         self._count()
-        self.rowsLoaded.emit()
+        if not more:
+            self._fill.stop()
+            self.export_btn.setEnabled(True)
+            self.suggest_btn.setEnabled(True)
+            self.rowsLoaded.emit()
 
     def _size_columns(self) -> None:
-        # measured once, from the first rows (ResizeToContents re-measured every cell on each change)
+        """Widths from the header and the widest value a column can hold (a number "0.000", a class name, ✓):
+        asking Qt to measure the cells called ``data()`` thousands of times on the UI thread."""
         h = self.table.horizontalHeader()
-        h.setResizeContentsPrecision(SIZE_FROM_ROWS)
-        for c, (_t, kind, _k) in enumerate(self.model.columns):
+        fm = self.table.fontMetrics()
+        widest = {"label": max(self.model.classes + ["—"], key=fm.horizontalAdvance), "predicted": "",
+                  "rank": str(len(self.model.rows)), "correct": "✓"}
+        widest["predicted"] = widest["label"]
+        for c, (title, kind, _k) in enumerate(self.model.columns):
             h.setSectionResizeMode(c, QtWidgets.QHeaderView.ResizeMode.Interactive)
             if kind == "name":
                 self.table.setColumnWidth(c, 220)
             else:
-                self.table.resizeColumnToContents(c)
+                cell = fm.horizontalAdvance(widest.get(kind, "0.000")) + 16
+                self.table.setColumnWidth(c, max(cell, fm.horizontalAdvance(title) + 28))   # + the sort arrow
 
     def _filter(self, **kw) -> None:
         self.proxy.set_filter(**kw)
@@ -519,7 +642,8 @@ class PredictionsPage(QtWidgets.QWidget):
 
     def _count(self) -> None:
         if self.model.rows:
-            self.count_label.setText(f"{self.proxy.rowCount()} of {len(self.model.rows)}")
+            filling = "" if self.model.filled else f" (reading: {self.model.shown} so far)"
+            self.count_label.setText(f"{self.proxy.rowCount()} of {len(self.model.rows)}{filling}")
 
     def _label_changed(self, image_id: int) -> None:
         it = self.project.by_id.get(image_id)
@@ -527,8 +651,9 @@ class PredictionsPage(QtWidgets.QWidget):
             if r.image_id == image_id and it is not None:
                 r.label = it.label
                 row = self.model.rows.index(r)
-                self.model.dataChanged.emit(self.model.index(row, 0),
-                                            self.model.index(row, self.model.columnCount() - 1))
+                if row < self.model.shown:
+                    self.model.dataChanged.emit(self.model.index(row, 0),
+                                                self.model.index(row, self.model.columnCount() - 1))
                 self._redraw_charts.start()     # the confusion matrix and ROC count labelled images
                 break
 

@@ -21,12 +21,13 @@ def newest_prediction_run(store):
 
 
 def load_review_image(path: str):
-    """A QImage of ``path`` at most IMAGE_PX on a side (runs in a worker: decoding can take a while)."""
+    """A QImage of ``path`` scaled to IMAGE_PX on its longer side (runs in a worker: decoding can take a
+    while). Small images are enlarged too: a 128 px image sat as a stamp in the middle of the dialog."""
     from core.data.imageio import read_image
     from desktop.bridge.thumbs import array_to_qimage
 
     img = array_to_qimage(read_image(path).array)
-    if max(img.width(), img.height()) > IMAGE_PX:
+    if max(img.width(), img.height()) != IMAGE_PX:
         img = img.scaled(IMAGE_PX, IMAGE_PX, QtCore.Qt.AspectRatioMode.KeepAspectRatio,
                          QtCore.Qt.TransformationMode.SmoothTransformation)
     return img

@@ -1,17 +1,24 @@
 """Runs browser: every run of the project (from the store) with its config, metrics, per-epoch curves and
 checkpoints; two runs side by side to compare (differing config values are highlighted), and one per-epoch
-metric of both runs overlaid in one plot."""
+metric of both runs overlaid in one plot.
+
+It opens at once: the runs are read in a worker, and the five plots are built and drawn one per event-loop
+turn (created and drawn together they held the UI thread for a quarter of a second, bench/gui.py).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import deque
+from dataclasses import dataclass, field
 
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from core.project.runs import read_history
 from desktop import theme
+from desktop.bridge.jobs_bridge import AsyncCaller
 from desktop.pages.jobs_panel import (CURVE_COLORS, CURVE_NAMES, JobEntry, LegendPlot, RunView, has_curves,
                                       kind_label)
 
@@ -29,29 +36,82 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+@dataclass
+class PaneData:
+    """One run as a pane shows it, read off the UI thread (store rows, the per-epoch log on disk)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    label: str = ""
+    entry: JobEntry | None = None
+
+
+def read_pane(store, run_id) -> PaneData:
+    """The run's state, metrics, config and checkpoints as fields, and its per-epoch log."""
+    if store is None or run_id is None:
+        return PaneData()
+    run = store.get_run(int(run_id))
+    fields = {"state": run.state, "run folder": run.run_dir or ""}
+    if run.error:
+        fields["error"] = run.error
+    fields.update({f"metric {k}": v for k, v in flatten(run.metrics).items()})
+    fields.update({f"config {k}": v for k, v in flatten(run.config).items()})
+    for c in store.checkpoints(run.id):
+        fields[f"checkpoint {c.path.rsplit('/', 1)[-1]}"] = f"{c.path}" + (f" (epoch {c.epoch})" if c.epoch else "")
+    history = read_history(run.kind, run.run_dir)
+    entry = JobEntry.of(run)
+    entry.history = history
+    return PaneData(fields, history, f"#{run.id} {run.name}", entry)
+
+
+def comparable_pair(runs) -> tuple[int | None, int | None]:
+    """The two newest runs that have curves, of one kind where there are two (the newest runs are often an
+    ensemble and a prediction, which have none). Reads each run's log: call it in a worker."""
+    trained = [r for r in reversed(runs) if has_curves(r.kind) and read_history(r.kind, r.run_dir)]
+    if not trained:
+        return None, None
+    left = trained[0]
+    right = next((r for r in trained[1:] if r.kind == left.kind), trained[1] if len(trained) > 1 else None)
+    return left.id, (right.id if right is not None else None)
+
+
 class RunPane(QtWidgets.QWidget):
-    def __init__(self, store_getter, parent=None):
+    def __init__(self, parent=None):
         super().__init__(parent)
-        self._store = store_getter
         self.combo = QtWidgets.QComboBox()
         self.table = QtWidgets.QTreeWidget()
         self.table.setHeaderLabels(["Field", "Value"])
         self.table.setRootIsDecorated(False)
         self.table.header().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
-        self.view = RunView()           # curves of a training run, the report of an ensemble / prediction
-        self.curves = self.view.curves
-        split = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
-        split.addWidget(self.view)
-        split.addWidget(self.table)
-        split.setSizes([260, 400])
+        self.view: RunView | None = None     # curves of a training run, the report of an ensemble / prediction:
+        self.curves = None                   # built on its turn (RunsBrowser._next_stage)
+        self.placeholder = QtWidgets.QLabel("Reading the run…")
+        self.placeholder.setObjectName("dim")
+        self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.split = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        self.split.addWidget(self.placeholder)
+        self.split.addWidget(self.table)
+        self.split.setSizes([260, 400])
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.combo)
-        lay.addWidget(split, 1)
-        self.fields: dict[str, str] = {}
-        self.history: list[dict] = []
-        self.label = ""
-        self.entry: JobEntry | None = None
+        lay.addWidget(self.split, 1)
+        self.data = PaneData()
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return self.data.fields
+
+    @property
+    def history(self) -> list[dict]:
+        return self.data.history
+
+    @property
+    def label(self) -> str:
+        return self.data.label
+
+    @property
+    def entry(self) -> JobEntry | None:
+        return self.data.entry
 
     def fill_runs(self, runs) -> None:
         cur = self.combo.currentData()
@@ -63,29 +123,13 @@ class RunPane(QtWidgets.QWidget):
         self.combo.setCurrentIndex(i if i >= 0 else 0)
         self.combo.blockSignals(False)
 
-    def load(self) -> None:
-        """Read the chosen run from the store and its per-epoch log (once per selection)."""
-        store = self._store()
-        rid = self.combo.currentData()
-        self.entry, self.fields, self.history, self.label = None, {}, [], ""
-        if store is None or rid is None:
-            return
-        run = store.get_run(int(rid))
-        fields = {"state": run.state, "run folder": run.run_dir or ""}
-        if run.error:
-            fields["error"] = run.error
-        fields.update({f"metric {k}": v for k, v in flatten(run.metrics).items()})
-        fields.update({f"config {k}": v for k, v in flatten(run.config).items()})
-        for c in store.checkpoints(run.id):
-            fields[f"checkpoint {c.path.rsplit('/', 1)[-1]}"] = f"{c.path}" + (f" (epoch {c.epoch})" if c.epoch else "")
-        self.fields = fields
-        self.history = read_history(run.kind, run.run_dir)
-        self.label = f"#{run.id} {run.name}"
-        self.entry = JobEntry.of(run)
-        self.entry.history = self.history
-
     def render(self, other: dict[str, str] | None = None) -> None:
         """Table and curves of the loaded run; values that differ from ``other`` in amber."""
+        if self.view is None:
+            self.view = RunView()
+            self.curves = self.view.curves
+            self.split.replaceWidget(0, self.view)
+            self.placeholder.deleteLater()
         self.table.clear()
         for k, v in self.fields.items():
             it = QtWidgets.QTreeWidgetItem([k, v])
@@ -105,22 +149,22 @@ class RunsBrowser(QtWidgets.QDialog):
         self.setWindowTitle("Runs")
         screen = (parent.screen() if parent is not None else QtWidgets.QApplication.primaryScreen()).availableGeometry()
         self.resize(min(1400, screen.width() - 40), min(860, screen.height() - 40))   # fits a 1280×720 laptop
-        self.left = RunPane(lambda: project.store)
-        self.right = RunPane(lambda: project.store)
+        self.left = RunPane()
+        self.right = RunPane()
         split = QtWidgets.QSplitter()
         split.addWidget(self.left)
         split.addWidget(self.right)
         self.compare_metric = QtWidgets.QComboBox()
-        self.overlay_box = LegendPlot("value", "epoch")
-        self.overlay = self.overlay_box.plot
+        self.overlay_box: LegendPlot | None = None      # built on its turn, after the panes
+        self.overlay = None
         bottom = QtWidgets.QWidget()
-        bl = QtWidgets.QVBoxLayout(bottom)
+        self._bottom = bl = QtWidgets.QVBoxLayout(bottom)
         bl.setContentsMargins(0, 0, 0, 0)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Compare per epoch"))
         row.addWidget(self.compare_metric, 1)
         bl.addLayout(row)
-        bl.addWidget(self.overlay_box, 1)
+        bl.addStretch(1)
         outer = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         outer.addWidget(split)
         outer.addWidget(bottom)
@@ -131,7 +175,16 @@ class RunsBrowser(QtWidgets.QDialog):
         self.right.combo.currentIndexChanged.connect(lambda _i: self.refresh_panes())
         self.compare_metric.currentIndexChanged.connect(lambda _i: self.draw_overlay())
         self.overlay_series: dict[str, tuple[list, list]] = {}    # run label -> (epochs, values) drawn
+        self._worker = AsyncCaller(workers=1, parent=self)
+        self._stages: deque = deque()
+        self._stage_timer = QtCore.QTimer(self, singleShot=True, interval=0)
+        self._stage_timer.timeout.connect(self._next_stage)
         self.reload()
+
+    @property
+    def settled(self) -> bool:
+        """Everything chosen is read and drawn (nothing in the worker, no stage left)."""
+        return self._worker.pending == 0 and not self._stages
 
     def reload(self) -> None:
         store = self.project.store
@@ -139,31 +192,37 @@ class RunsBrowser(QtWidgets.QDialog):
         first = self.left.combo.count() == 0
         self.left.fill_runs(runs)
         self.right.fill_runs(runs)
-        if first:
-            self._choose_comparable(runs)
+        if first and runs:
+            self._worker.submit(lambda: comparable_pair(runs), self._choose_pair, self._read_failed, key="pair")
+            return
+        self._choose_pair((None, None))
+
+    def _choose_pair(self, pair: tuple[int | None, int | None]) -> None:
+        """Open on the pair ``comparable_pair`` found, else on two different runs."""
+        for pane, rid in zip((self.left, self.right), pair):
+            if rid is not None:
+                pane.combo.blockSignals(True)
+                pane.combo.setCurrentIndex(pane.combo.findData(rid))
+                pane.combo.blockSignals(False)
         if self.right.combo.count() > 1 and self.right.combo.currentIndex() == self.left.combo.currentIndex():
+            self.right.combo.blockSignals(True)
             self.right.combo.setCurrentIndex(1)
+            self.right.combo.blockSignals(False)
         self.refresh_panes()
 
-    def _choose_comparable(self, runs) -> None:
-        """Open on the two newest runs that have curves, of one kind where there are two (the newest runs are
-        often an ensemble and a prediction, which have none)."""
-        trained = [r for r in reversed(runs) if has_curves(r.kind) and read_history(r.kind, r.run_dir)]
-        if not trained:
-            return
-        left = trained[0]
-        right = next((r for r in trained[1:] if r.kind == left.kind), trained[1] if len(trained) > 1 else None)
-        for pane, run in ((self.left, left), (self.right, right)):
-            if run is not None:
-                pane.combo.blockSignals(True)
-                pane.combo.setCurrentIndex(pane.combo.findData(run.id))
-                pane.combo.blockSignals(False)
-
     def refresh_panes(self) -> None:
-        self.left.load()
-        self.right.load()
-        self.left.render(self.right.fields)
-        self.right.render(self.left.fields)
+        """Read both chosen runs in the worker; ``_show_panes`` draws them."""
+        store, left, right = self.project.store, self.left.combo.currentData(), self.right.combo.currentData()
+        self._stages.clear()
+        self._worker.submit(lambda: (read_pane(store, left), read_pane(store, right)), self._show_panes,
+                            self._read_failed, key="panes")
+
+    def _read_failed(self, message: str) -> None:
+        self._stages.clear()
+        QtWidgets.QMessageBox.warning(self, "Runs", f"Cannot read the runs of this project: {message}")
+
+    def _show_panes(self, data: tuple[PaneData, PaneData]) -> None:
+        self.left.data, self.right.data = data
         keys: list[str] = []
         for pane in (self.left, self.right):
             for h in pane.history:
@@ -177,10 +236,24 @@ class RunsBrowser(QtWidgets.QDialog):
         prefer = [cur, "val_balanced_accuracy", "loss", "train_loss"]
         self.compare_metric.setCurrentIndex(next((self.compare_metric.findText(k) for k in prefer if k in keys), 0))
         self.compare_metric.blockSignals(False)
-        self.draw_overlay()
+        # one plot-building step per event-loop turn: the window answers between them
+        self._stages.extend([lambda: self.left.render(self.right.fields), lambda: self.right.render(self.left.fields),
+                             self.draw_overlay])
+        self._stage_timer.start()
+
+    def _next_stage(self) -> None:
+        if self._stages:
+            self._stages.popleft()()
+        if self._stages:
+            self._stage_timer.start()
 
     def draw_overlay(self) -> None:
         """The chosen per-epoch metric of the left and the right run in one plot."""
+        if self.overlay_box is None:
+            self.overlay_box = LegendPlot("value", "epoch")
+            self.overlay = self.overlay_box.plot
+            self._bottom.takeAt(self._bottom.count() - 1)       # the stretch that held its place
+            self._bottom.addWidget(self.overlay_box, 1)
         self.overlay.clear()
         key = self.compare_metric.currentText()
         self.overlay_series = {}

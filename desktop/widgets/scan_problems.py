@@ -64,7 +64,8 @@ class ScanProblemsButton(QtWidgets.QToolButton):
 
 
 class ScanProblemsDialog(QtWidgets.QDialog):
-    """The list: file, reason; Copy puts it on the clipboard as tab-separated text."""
+    """The list: file, reason; the chosen row's whole path and reason wrap below it (in the columns both were
+    elided past reading); Copy puts the list on the clipboard as tab-separated text."""
 
     def __init__(self, rows: list[tuple[str, str]], parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
@@ -83,6 +84,13 @@ class ScanProblemsDialog(QtWidgets.QDialog):
         self.tree.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)   # the file name stays readable
         self.tree.resizeColumnToContents(0)
         self.tree.setColumnWidth(0, min(self.tree.columnWidth(0), 520))
+        self.details = QtWidgets.QLabel()
+        self.details.setWordWrap(True)
+        self.details.setTextFormat(QtCore.Qt.TextFormat.PlainText)
+        self.details.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.tree.currentItemChanged.connect(self._show_details)
+        self.tree.setCurrentItem(self.tree.topLevelItem(0))
         copy = QtWidgets.QPushButton("Copy list")
         copy.clicked.connect(lambda: QtGui.QGuiApplication.clipboard().setText(
             "\n".join(f"{p}\t{r}" for p, r in rows)))
@@ -95,4 +103,10 @@ class ScanProblemsDialog(QtWidgets.QDialog):
         note.setWordWrap(True)
         lay.addWidget(note)
         lay.addWidget(self.tree, 1)
+        lay.addWidget(self.details)
         lay.addWidget(buttons)
+
+    def _show_details(self, item, _previous=None) -> None:
+        # a zero-width space after each "/" lets a long path wrap at its folders
+        self.details.setText("" if item is None else
+                             f"{item.text(0).replace('/', '/' + chr(0x200B))}\n{item.text(1)}")

@@ -1,11 +1,18 @@
 """Screenshots of the real app for review: start page, library grid, viewer with entropy heatmap, viewer
 with lesion mask, viewer with the MAE mask, MAE panel, shortcuts dialog; on the demo project and on
-BUSI (``../shared/data/busi``) when present.
+BUSI (``../shared/data/busi``) when present. ``--pages`` instead shoots every page and dialog once, the
+whole screen each time (so a dialog off-screen or clipped shows): start page, library, unreadable-files
+list, viewer with the lesion overlay, MAE panel, predictions, Confusion & ROC, runs browser, jobs panel
+with a running job and with a failed one (a long error), weights page, study dialog, per-case view,
+review mode, near-duplicates; on a small phantom project (no training: prediction and runs are recorded
+as a job leaves them).
 
     python tests/desktop/gui_screenshots.py [--out /tmp/screens] [--mae-checkpoint RUN_DIR] [--data-dir DIR]
+    python tests/desktop/gui_screenshots.py --pages --screen 1280x720 [--out /tmp/screens]
 
-Without a display it re-runs itself under ``xvfb-run -a -s "-screen 0 1600x1000x24"`` (install with
-``scripts/xvfb-deps.sh``). Not a pytest test (no ``test_`` prefix): it takes a minute and writes files.
+Without a display it re-runs itself under ``xvfb-run -a -s "-screen 0 WxHx24"`` (``--screen``, default
+1600x1000) with the openbox window manager when installed (install with ``scripts/xvfb-deps.sh``). Not a
+pytest test (no ``test_`` prefix): it takes a minute and writes files.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def _reexec_under_xvfb() -> None:
+def _reexec_under_xvfb(screen: str) -> None:
     if os.environ.get("DISPLAY") or os.environ.get("MEDSSL_SCREENSHOTS_CHILD"):
         return
     xvfb = shutil.which("xvfb-run")
@@ -33,8 +40,18 @@ def _reexec_under_xvfb() -> None:
         sys.exit("no display and no xvfb-run: run scripts/xvfb-deps.sh first")
     env = dict(os.environ, MEDSSL_SCREENSHOTS_CHILD="1")
     env.pop("QT_QPA_PLATFORM", None)
-    cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv]
+    cmd = [xvfb, "-a", "-s", f"-screen 0 {screen}x24", sys.executable, *sys.argv]
     sys.exit(subprocess.call(cmd, env=env))
+
+
+def start_window_manager():
+    """openbox on the Xvfb display (decorations, placement and maximising as on a desktop); None without."""
+    wm = shutil.which("openbox")
+    if wm is None or not os.environ.get("MEDSSL_SCREENSHOTS_CHILD"):
+        return None
+    proc = subprocess.Popen([wm], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc
 
 
 def spin(ms: int) -> None:
@@ -60,6 +77,16 @@ def shoot(win, path: Path) -> None:
     pm = screen.grabWindow(win.winId()) if os.environ.get("DISPLAY") else win.grab()
     if pm.isNull() or pm.width() < 100:
         pm = win.grab()
+    pm.save(str(path))
+    print(f"  saved {path} ({pm.width()}x{pm.height()})")
+
+
+def shoot_screen(path: Path) -> None:
+    """The whole screen: what is off-screen or under another window shows as such."""
+    from PySide6 import QtGui
+
+    spin(500)
+    pm = QtGui.QGuiApplication.primaryScreen().grabWindow(0)
     pm.save(str(path))
     print(f"  saved {path} ({pm.width()}x{pm.height()})")
 
@@ -183,7 +210,7 @@ def jobs_tour(win, folder: Path, out: Path, prefix: str, epochs: int = 3, tiny: 
     wait(lambda: win.project.scan_complete, 300)
     win.jobs_dock.hide()
     win.predictions.refresh()
-    wait(lambda: win.predictions.model.rowCount() > 0)          # rows are read in a worker
+    wait(lambda: win.predictions.model.rows and win.predictions.model.filled)   # read in a worker, shown in batches
     win.show_page("predictions")
     shoot(win, out / f"{prefix}_jobs_6_predictions.png")
     win.predictions.suggest()
@@ -198,9 +225,140 @@ def jobs_tour(win, folder: Path, out: Path, prefix: str, epochs: int = 3, tiny: 
     browser.left.combo.setCurrentIndex(browser.left.combo.findData(ft[-1]))
     browser.right.combo.setCurrentIndex(browser.right.combo.findData(ft[0]))
     browser.resize(1440, 900)
-    spin(500)
+    wait(lambda: browser.settled, 30)
     shoot(browser, out / f"{prefix}_jobs_9_runs_browser.png")
     browser.close()
+
+
+def pages_project(root: Path) -> Path:
+    """A small phantom project (24 images in cases, with masks) plus one unreadable file and one identical
+    copy filed under another class (a label conflict and a near-duplicate group)."""
+    from core.data.demo import generate_demo
+
+    folder = generate_demo(root / "phantoms", n_cases=2, images_per_case=2, seed=3)
+    (folder / "benign" / "broken_export_from_the_scanner.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    first = sorted((folder / "malignant").rglob("*.png"))
+    first = next(p for p in first if "_mask" not in p.name)
+    shutil.copy(first, folder / "benign" / f"copy_of_{first.name}")
+    return folder
+
+
+def record_runs(store) -> None:
+    """Two finished fine-tuning runs with per-epoch logs, and a finished prediction run over every image
+    (random probabilities, two members), as the jobs leave them."""
+    import json
+
+    import numpy as np
+
+    from core.project import runs
+
+    rng = np.random.default_rng(0)
+    for name, lr in (("atto-imagenet", 1e-3), ("atto-mae", 5e-4)):
+        run = runs.create_run(store, "finetune", name, {"lr": lr, "epochs": 6, "backbone": "convnext_atto"})
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run.run_dir) / "history.jsonl", "w") as fh:
+            for epoch in range(1, 7):
+                fh.write(json.dumps({"epoch": epoch, "train_loss": 1.1 / epoch + rng.random() * 0.05,
+                                     "val_balanced_accuracy": 0.4 + 0.08 * epoch * rng.random(),
+                                     "val_accuracy": 0.45 + 0.07 * epoch * rng.random(), "lr": lr / epoch}) + "\n")
+        store.update_run(run.id, state="finished", metrics={"test_accuracy": 0.71, "test_balanced_accuracy": 0.68})
+    images = [im.id for im in store.images()]
+    classes = store.classes()
+    mp = rng.dirichlet(np.ones(len(classes)), size=(2, len(images)))
+    p = mp.mean(0)
+    ent = -(p * np.log(p)).sum(1)
+    rid = store.add_run("predict", "ensemble of both", {}, state="finished")
+    store.add_prediction_arrays(rid, images, classes, ["atto-imagenet", "atto-mae"], p, mp, ent,
+                                np.abs(mp[0] - mp[1]).sum(1) / 2)
+
+
+def pages_tour(win, root: Path, out: Path, prefix: str) -> None:
+    """Every page and dialog once, the whole screen each time."""
+    from core.models.backbones import TINY_CONVNEXT
+    from core.pretrain.config import TrainConfig
+    from core.project import runs
+    from PySide6 import QtWidgets
+    from desktop.widgets.study_dialog import StudyDialog
+
+    folder = pages_project(root)
+    shoot_screen(out / f"{prefix}_00_start.png")
+    assert win.open_path(folder)
+    wait(lambda: win.project.scan_complete, 300)
+    wait(lambda: win.thumbs.pending() == 0, 30)
+    shoot_screen(out / f"{prefix}_01_library.png")
+
+    dlg = win.scan_problems.open_list()
+    shoot_screen(out / f"{prefix}_02_unreadable_files.png")
+    dlg.close()
+
+    row = pick_row(win, lambda it: it.n_masks > 0 and it.label == "malignant")
+    win.open_item(win.library.model.rows[row])
+    wait(lambda: win.viewer.loaded is not None and win.viewer.loaded.item is win.library.model.rows[row], 30)
+    win.viewer.ov_lesion.set_checked(True)
+    shoot_screen(out / f"{prefix}_03_viewer_mask.png")
+    win.show_page("mae")
+    shoot_screen(out / f"{prefix}_04_mae_panel.png")
+
+    record_runs(win.project.store)
+    win.predictions.refresh()
+    wait(lambda: win.predictions.model.rows and win.predictions.model.filled, 60)
+    win.show_page("predictions")
+    shoot_screen(out / f"{prefix}_05_predictions.png")
+    win.predictions.tabs.setCurrentWidget(win.predictions.charts)
+    wait(lambda: win.predictions.charts.matrix is not None, 60)
+    shoot_screen(out / f"{prefix}_06_confusion_roc.png")
+    win.predictions.tabs.setCurrentIndex(0)
+
+    browser = win.show_runs()
+    wait(lambda: browser.settled, 30)
+    shoot_screen(out / f"{prefix}_07_runs_browser.png")
+    browser.close()
+
+    store = win.project.store
+    failed = runs.create_run(store, "finetune", "atto-fails-on-a-long-error", {"lr": 1e-3})
+    store.update_run(failed.id, state="failed", error=(
+        "RuntimeError: CUDA out of memory while building the batch of 64 images at 512 px from "
+        "/data/clinic/exports/2024-11-03/ultrasound/left-breast/very/long/path/to/a/scanner/export.png "
+        "(tried to allocate 2.00 GiB; 1.20 GiB free): lower the batch size or the image size and Resume"))
+    win.jobs.load()
+    win.jobs_dock.show()
+    win.jobs_panel.select_run(failed.id)
+    shoot_screen(out / f"{prefix}_08_jobs_failed.png")
+    files = sorted(it.rel_path for it in win.project.items if it.image_id is not None)[:16]
+    cfg = TrainConfig(method="mae", data=str(folder), files=files, backbone="convnext_atto",
+                      timm_kwargs={k: list(v) for k, v in TINY_CONVNEXT.items()}, image_size=64, epochs=200,
+                      batch_size=8, device="cpu")
+    rid = win.jobs.submit("pretrain", "mae-running", cfg.to_dict())
+    entry = win.jobs.entries[rid]
+    wait(lambda: entry.state == "running" and len(entry.losses) >= 6, 300)
+    win.jobs_panel.select_run(rid)
+    shoot_screen(out / f"{prefix}_09_jobs_running.png")
+    entry.runner.cancel()
+    wait(lambda: entry.state != "running", 120)
+    win.jobs_dock.hide()
+
+    weights = win.show_weights()
+    wait(lambda: weights.page.table.rowCount() > 0 or weights.page.caller.pending == 0, 60)
+    shoot_screen(out / f"{prefix}_10_weights.png")
+    weights.close()
+    study = StudyDialog(win.project, win.settings, win)
+    study.show()
+    shoot_screen(out / f"{prefix}_11_study_dialog.png")
+    study.close()
+    case = win.show_case()
+    shoot_screen(out / f"{prefix}_12_case_view.png")
+    case.close()
+    review = win.show_review()
+    shoot_screen(out / f"{prefix}_13_review.png")
+    review.close()
+    dup = win.show_duplicates()
+    dup.find()
+    wait(lambda: dup.groups.count() > 0 or dup.find_button.isEnabled(), 120)
+    if dup.groups.count():
+        dup.groups.setCurrentRow(0)
+    shoot_screen(out / f"{prefix}_14_duplicates.png")
+    dup.close()
+    QtWidgets.QApplication.processEvents()
 
 
 def main() -> int:
@@ -216,8 +374,11 @@ def main() -> int:
                          "the demo project)")
     ap.add_argument("--jobs-epochs", type=int, default=3)
     ap.add_argument("--jobs-tiny", action="store_true", help="test-size backbone (fast on a busy CPU)")
+    ap.add_argument("--pages", action="store_true", help="every page and dialog once, on a small phantom project")
+    ap.add_argument("--screen", default="1600x1000", help="the Xvfb screen, WxH (e.g. 1280x720)")
     args = ap.parse_args()
-    _reexec_under_xvfb()
+    _reexec_under_xvfb(args.screen)
+    wm = start_window_manager()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="medssl-screens-"))
     os.environ["MEDSSL_DATA_DIR"] = str(data)
@@ -232,6 +393,17 @@ def main() -> int:
     win = MainWindow(Settings(data / "desktop.ini"))
     win.resize(1440, 900)
     win.prewarm()
+    if args.pages:
+        win.showMaximized()
+        spin(800)
+        try:
+            pages_tour(win, data, args.out, args.screen)
+        finally:
+            win.close()
+            app.quit()
+            if wm is not None:
+                wm.terminate()
+        return 0
     win.show()
     spin(500)
     shoot(win, args.out / "0_start.png")

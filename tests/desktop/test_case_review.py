@@ -89,3 +89,17 @@ def test_review_steps_through_disputed_predictions_and_labels_with_one_key(qtbot
     QtTest.QTest.keyClick(dlg, QtCore.Qt.Key.Key_Space)                # keep the label, next
     QtTest.QTest.keyClick(dlg, QtCore.Qt.Key.Key_1)                    # correct the second to the first class
     assert store.current_label(items[1].image_id) == classes[0] and dlg.pos == 2
+
+
+def test_review_shows_a_small_image_at_the_dialogs_size_and_a_large_one_fitted(qtbot, tmp_path):
+    """A 128 px phantom sat as a stamp in the middle of the review dialog (screenshots at 1280×720)."""
+    import numpy as np
+    from PIL import Image
+
+    from desktop.pages.review import IMAGE_PX, load_review_image
+
+    Image.fromarray(np.zeros((64, 128), np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros((1000, 500), np.uint8)).save(tmp_path / "tall.png")
+    small, tall = load_review_image(str(tmp_path / "small.png")), load_review_image(str(tmp_path / "tall.png"))
+    assert (small.width(), small.height()) == (IMAGE_PX, IMAGE_PX // 2)
+    assert (tall.width(), tall.height()) == (IMAGE_PX // 2, IMAGE_PX)

@@ -143,6 +143,7 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     qtbot.addWidget(browser)
     browser.left.combo.setCurrentIndex(browser.left.combo.findData(fid))
     browser.right.combo.setCurrentIndex(browser.right.combo.findData(rid))
+    qtbot.waitUntil(lambda: browser.settled, timeout=10000)         # read in a worker, drawn a plot a turn
     assert browser.left.fields["state"] == "finished" and "metric test_accuracy" in browser.left.fields
     assert "config method" in browser.right.fields
     assert browser.left.curves.val_curves and browser.right.curves.loss_curve.xData is not None
@@ -276,6 +277,7 @@ def test_cli_finetune_run_shows_in_runs_browser_and_ensemble_dialog(qtbot, windo
     index = browser.left.combo.findData(run.id)
     assert index >= 0 and "from-cli (finished)" in browser.left.combo.itemText(index)
     browser.left.combo.setCurrentIndex(index)
+    qtbot.waitUntil(lambda: browser.settled, timeout=10000)
     assert browser.left.fields["state"] == "finished" and "metric test_accuracy" in browser.left.fields
     assert any(k.startswith("checkpoint checkpoint-best") for k in browser.left.fields)
     assert "val_balanced_accuracy" in browser.left.curves.val_curves     # per-epoch curves from the run folder
@@ -424,7 +426,8 @@ def test_ensemble_and_prediction_runs_show_their_report_not_empty_training_plots
     window.jobs.load()
     panel = window.jobs_panel
     panel.select_run(trained)
-    assert panel.view.currentWidget() is panel.curves
+    e = window.jobs.entries[trained]                                   # a training kind: curves, never a report
+    assert panel.view.currentWidget() is (panel.curves if e.losses or e.history else panel.view.empty)
     panel.select_run(ens.id)
     assert panel.view.currentWidget() is panel.view.report            # no plots left from the toy run
     rows = panel.view.report.rows

@@ -128,6 +128,9 @@ def test_confusion_and_roc(qtbot, window):
     with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
         page.refresh()
     view = page.charts
+    window.show_page("predictions")
+    with qtbot.waitSignal(view.drawn, timeout=30000):           # computed in a worker once the tab shows
+        page.tabs.setCurrentWidget(view)
     n = len(window.project.items)
     assert view.matrix is not None and view.matrix.sum() == n - 1
     set_label(window.project, window.project.by_id[items[0].image_id], "benign")     # labelled in the viewer
@@ -146,13 +149,21 @@ def test_confusion_and_roc(qtbot, window):
             x, y = int(px.x()), int(px.y())
             shown = img[y, x] if view.cm_image.axisOrder == "row-major" else img[x, y]
             assert shown == pytest.approx(norm[i, j])
-    view.source.setCurrentIndex(2)
+    with qtbot.waitSignal(view.drawn, timeout=30000):
+        view.source.setCurrentIndex(2)
     assert view.matrix.sum() == ens.sum()
     assert set(view.aucs) == set(CLASSES)
     fpr, tpr, auc = roc_curve(np.array([0.9, 0.8, 0.3, 0.1]), np.array([True, True, False, False]))
     assert auc == pytest.approx(1.0) and fpr[0] == 0 and tpr[-1] == 1
     _, _, auc = roc_curve(np.array([0.1, 0.2, 0.8, 0.9]), np.array([True, True, False, False]))
     assert auc == pytest.approx(0.0)
+    from desktop.pages.predictions import ROC_POINTS, thin_curve
+
+    rng = np.random.default_rng(1)
+    fpr, tpr, auc = roc_curve(rng.random(20000), rng.random(20000) < 0.5)
+    tf, tt, ta = thin_curve(fpr, tpr, auc)                  # what is drawn: few points, same ends and AUC
+    assert len(fpr) > ROC_POINTS >= len(tf) and ta == auc
+    assert (tf[0], tt[0], tf[-1], tt[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
 
 
 def _tiny_ensemble(root: Path, names: list[str]) -> Path:
@@ -252,8 +263,7 @@ bench.add_prediction_run(win.project.store)
 win.predictions.refresh()
 win.show_page("predictions")
 win.predictions.tabs.setCurrentWidget(win.predictions.charts)
-bench.spin(200)
-assert win.predictions.charts.matrix is not None
+assert bench.wait(lambda: win.predictions.charts.matrix is not None, 60)
 late = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("sklearn", "scipy"))
 print("LATE", late)
 win.close()
@@ -261,3 +271,36 @@ win.close()
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MEDSSL_DATA_DIR=str(tmp_path / "data"))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
     assert "LATE []" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_large_run_fills_the_table_in_batches_and_the_charts_off_the_ui_thread(qtbot, window, monkeypatch):
+    """10 000 rows set at once, sorted by the proxy and charted on the UI thread froze the first show of the
+    page for seconds (bench/gui.py): the page now shows the columns first, appends the rows a batch per
+    event-loop turn, and computes the confusion matrix in a worker, only once its tab is visible."""
+    import threading
+
+    import desktop.pages.predictions as predictions
+
+    monkeypatch.setattr(predictions, "FILL_BATCH", 5)
+    threads = []
+    confusion = predictions.confusion
+    monkeypatch.setattr(predictions, "confusion", lambda *a: threads.append(threading.current_thread()) or
+                        confusion(*a))
+    _rid, items, _ = fake_run(window, n_unlabeled=0)
+    qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
+    page, model = window.predictions, window.predictions.model
+    resets, inserts = [], []
+    model.modelReset.connect(lambda: resets.append(model.rowCount()))
+    model.rowsInserted.connect(lambda _p, first, last: inserts.append(last - first + 1))
+    window.show_page("predictions")
+    with qtbot.waitSignal(page.rowsLoaded, timeout=30000):
+        page.refresh()
+    assert resets == [0] and model.columnCount() > 0                    # columns first, no row yet
+    assert len(inserts) == -(-len(items) // 5) and max(inserts) == 5 and sum(inserts) == len(items)
+    names = [page.proxy.index(i, 1).data() for i in range(page.proxy.rowCount())]
+    assert len(names) == len(items) and names == sorted(names, key=predictions.natural_key)
+    assert threads == [] and page.charts.matrix is None                 # the hidden tab computed nothing
+    with qtbot.waitSignal(page.charts.drawn, timeout=30000):
+        page.tabs.setCurrentWidget(page.charts)
+    assert page.charts.matrix.sum() == len(items)
+    assert threads and threading.main_thread() not in threads

@@ -69,6 +69,8 @@ def test_duplicates_view_finds_groups_shows_labels_and_stores_the_choice(qtbot, 
     original = next(p for p in sorted((folder / "benign").glob("*.png")) if "_mask" not in p.name)
     img = Image.open(original)
     img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.BICUBIC).save(folder / "malignant" / "copy.png")
+    for k in (2, 5):                                     # a group of four: more than one row of tiles
+        img.resize((img.width * k // 4, img.height * k // 4), Image.BICUBIC).save(folder / "benign" / f"copy{k}.png")
     main_window.open_path(folder)
     qtbot.waitUntil(lambda: main_window.project.ready and main_window.project.scan_complete, timeout=30000)
     dlg = main_window.show_duplicates()
@@ -84,6 +86,12 @@ def test_duplicates_view_finds_groups_shows_labels_and_stores_the_choice(qtbot, 
     assert "labels disagree" in dlg.groups.item(row).text()
     texts = [w.text() for w in dlg.tiles.findChildren(QtWidgets.QLabel)]
     assert "label: malignant" in texts and "label: benign" in texts
+    # every image of the group is in sight without scrolling sideways (rows of TILES_PER_ROW)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    assert len(store.duplicate_groups()[row]) >= 4
+    viewport = dlg.tiles.parentWidget()
+    assert dlg.tiles_layout.sizeHint().width() <= viewport.width()
     copy_id = rel["malignant/copy.png"]
     box = dlg.choice_boxes[copy_id]
     box.setCurrentIndex(box.findData("exclude"))

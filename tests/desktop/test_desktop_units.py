@@ -227,14 +227,17 @@ def test_file_name_sort_is_by_file_name_in_natural_order():
 def test_predictions_table_sorts_image_names_naturally(qtbot):
     from PySide6 import QtCore
 
-    from desktop.pages.predictions import PredictionsFilter, PredictionsModel, PredRow
+    from desktop.pages.predictions import PredictionsFilter, PredictionsModel, PredRow, place_by_name
 
     names = ["benign (1).png", "benign (10).png", "benign (11).png", "benign (2).png", "benign (3).png"]
     model = PredictionsModel()
-    model.set_data([PredRow(i, n, f"benign/{n}", "benign", "benign", {"benign": 1.0}) for i, n in enumerate(names)],
-                   ["benign"], [])
+    rows = place_by_name([PredRow(i, n, f"benign/{n}", "benign", "benign", {"benign": 1.0})
+                          for i, n in enumerate(names)])                  # as load_rows leaves them
+    model.set_data(rows[::-1], ["benign"], [])
+    assert not model.show_more(100)
     proxy = PredictionsFilter()
     proxy.setSourceModel(model)
+    proxy.sort(1, QtCore.Qt.SortOrder.DescendingOrder)
     proxy.sort(1, QtCore.Qt.SortOrder.AscendingOrder)
     shown = [proxy.index(r, 1).data() for r in range(proxy.rowCount())]
     assert shown == ["benign (1).png", "benign (2).png", "benign (3).png", "benign (10).png", "benign (11).png"]

@@ -68,3 +68,7 @@ def test_probe_measures_a_tiny_model():
 def test_durations_read_plainly():
     assert [format_duration(s) for s in (42, 600, 3 * 3600 + 5 * 60, 3 * 86400)] == ["42 s", "10 min", "3 h 05 min",
                                                                                      "3.0 days"]
+    # the jobs panel's live ETA keeps the seconds under an hour; an unknown one reads as a dash
+    assert [format_duration(s, with_seconds=True) for s in (42, 247, 3 * 3600 + 5 * 60)] == ["42 s", "4 min 07 s",
+                                                                                          "3 h 05 min"]
+    assert format_duration(None) == format_duration(float("nan"), with_seconds=True) == "–"
