@@ -10,8 +10,8 @@
     OUT/panels/                 MAE reconstructions and Grad-CAM overlays of a few test images
     OUT/report/report.html, report.json
 
-Member A starts from ImageNet weights, member B from an entropy-guided MAE pretrained on the fold's
-training images only (strict; ``transductive``: once on all images, labels unused), the control from a
+Member A starts from ImageNet weights, member B from an entropy-guided MAE (itself started from ImageNet
+weights at the cpu budget, from random init at the gpu budget) pretrained on the fold's training images only (strict; ``transductive``: once on all images, labels unused), the control from a
 random-mask MAE at equal compute (same images, epochs, batch, backbone). All three are fine-tuned with the
 same recipe on the same folds. The ensemble A+B averages the members' calibrated probabilities (equal
 weights, or weights fitted on the validation part) and a temperature is fitted on the averaged
@@ -35,15 +35,17 @@ from core.train.data import LabeledData
 
 MEMBER_A, MEMBER_B, CONTROL, ENSEMBLE = "A", "B", "random-MAE", "A+B"
 
-#: what each compute budget picks (``tiny``: the tests' settings; ``cpu``: BUSI in about 3 hours on 2 cores;
-#: ``gpu``: the paper's scale, ConvNeXt-Tiny for both members at 224 px)
+#: what each compute budget picks (``tiny``: the tests' settings; ``cpu``: BUSI in about 3 hours on 2 cores,
+#: both members EfficientNet-Lite0 from ImageNet weights, B's MAE a short domain-adaptive pretraining;
+#: ``gpu``: the paper's scale, ConvNeXt-Tiny for both members at 224 px, B's MAE from random init)
 BUDGETS: dict[str, dict] = {
     "tiny": dict(backbone_a="convnext_atto", backbone_b="convnext_atto", tiny=True, image_size=32, pretrain_image_size=64, epochs=2,
-                 pretrain_epochs=2, batch_size=16, pretrain_batch_size=16, lr=3e-3),
-    "cpu": dict(backbone_a="efficientnet_lite0", backbone_b="convnext_atto", tiny=False, image_size=128, pretrain_image_size=128, epochs=25,
-                pretrain_epochs=40, batch_size=32, pretrain_batch_size=32, lr=5e-4),
+                 pretrain_epochs=2, pretrain_init="random", pretrain_lr=2e-3, batch_size=16, pretrain_batch_size=16, lr=3e-3),
+    "cpu": dict(backbone_a="efficientnet_lite0", backbone_b="efficientnet_lite0", tiny=False, image_size=192,
+                pretrain_image_size=192, epochs=12, pretrain_epochs=8, pretrain_init="imagenet", pretrain_lr=5e-4,
+                batch_size=32, pretrain_batch_size=32, lr=1e-3),
     "gpu": dict(backbone_a="convnext_tiny", backbone_b="convnext_tiny", tiny=False, image_size=224, pretrain_image_size=224, epochs=30,
-                pretrain_epochs=200, batch_size=32, pretrain_batch_size=64, lr=5e-4),
+                pretrain_epochs=200, pretrain_init="random", pretrain_lr=1.5e-3, batch_size=32, pretrain_batch_size=64, lr=5e-4),
 }
 ENSEMBLE_WEIGHTS = ("equal", "fitted")
 #: settings that may change between a study and its continuation (they do not change its results' meaning)
@@ -137,10 +139,12 @@ def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Pat
     options = {"entropy_mode": mask}
     if s["tiny"]:
         options["decoder_width"] = 32
+    imagenet_file = cfg.weights_file if s["backbone_b"] == s["backbone_a"] else None    # --weights-file is A's
     return TrainConfig(method="mae", data=str(root), files=list(files), out=str(out), backbone=s["backbone_b"],
                        timm_kwargs=kw, image_size=s["pretrain_image_size"], epochs=s["pretrain_epochs"],
                        batch_size=min(s["pretrain_batch_size"], len(files)), warmup_epochs=min(5.0, s["pretrain_epochs"] / 4),
-                       lr=2e-3 if s["tiny"] else 1.5e-3, seed=cfg.seed, options=options, device=cfg.device,
+                       init=s["pretrain_init"], init_weights=imagenet_file if s["pretrain_init"] == "imagenet" else None,
+                       lr=s["pretrain_lr"], seed=cfg.seed, options=options, device=cfg.device,
                        precision=cfg.precision, num_workers=cfg.num_workers or 0, probe_size=0 if s["tiny"] else 64)
 
 
@@ -281,8 +285,7 @@ class Study:
         self._check_settings()
         cfg = self.cfg
         try:
-            if cfg.member_a_init == "imagenet":
-                self._check_imagenet_weights()
+            self._check_imagenet_weights()
             data = self.load()
             report = self.duplicates(data)
             fold_of = self.folds(data, report)
@@ -325,11 +328,19 @@ class Study:
             self._add_seconds(time.time() - t0)
 
     def _check_imagenet_weights(self) -> None:
+        """Before any work: the ImageNet weights member A and B's MAE start from are on this machine."""
         from core.models.weights import find_imagenet_weights, missing_message
 
-        name = self.settings["backbone_a"]
-        if find_imagenet_weights(name, self.cfg.weights_file) is None:
-            raise FileNotFoundError(missing_message(name) + " (member A of the study; or --member-a-init random)")
+        s = self.settings
+        needed = ([(s["backbone_a"], self.cfg.weights_file, "member A of the study; or --member-a-init random")]
+                  if self.cfg.member_a_init == "imagenet" else [])
+        if s["pretrain_init"] == "imagenet":
+            same = s["backbone_b"] == s["backbone_a"]
+            needed.append((s["backbone_b"], self.cfg.weights_file if same else None,
+                           "the start of member B's MAE; or --set pretrain_init=random"))
+        for name, file, role in needed:
+            if find_imagenet_weights(name, file) is None:
+                raise FileNotFoundError(f"{missing_message(name)} ({role})")
 
     # -- results
     def outcome(self, data: LabeledData, report, seconds: float):
@@ -341,10 +352,13 @@ class Study:
         pre = ("transductive: once on all images of the data set, labels unused" if cfg.transductive
                else "strict: on each fold's training images only")
         a_init = "ImageNet" if cfg.member_a_init == "imagenet" else "random init"
+        b_init = " from ImageNet weights" if s["pretrain_init"] == "imagenet" else ""
         models = [ModelInfo(MEMBER_A, "member", f"{a_init} {s['backbone_a']}"),
-                  ModelInfo(MEMBER_B, "member", f"entropy-guided MAE {s['backbone_b']} ({s['pretrain_epochs']} ep.)")]
+                  ModelInfo(MEMBER_B, "member",
+                            f"entropy-guided MAE {s['backbone_b']}{b_init} ({s['pretrain_epochs']} ep.)")]
         if cfg.control:
-            models.append(ModelInfo(CONTROL, "member", f"random-mask MAE {s['backbone_b']}, equal compute"))
+            models.append(ModelInfo(CONTROL, "member",
+                                    f"random-mask MAE {s['backbone_b']}{b_init}, equal compute"))
         how = ("equal weights" if cfg.ensemble_weights == "equal"
                else "weights fitted on each fold's validation part")
         models.append(ModelInfo(ENSEMBLE, "ensemble", f"A and B, {how}, temperature on the average",

@@ -128,6 +128,11 @@ def test_member_a_imagenet_weights_missing_names_the_command(demo_dir, tmp_path,
                              overrides={"backbone_a": "convnext_atto", "tiny": False})).run()
     with pytest.raises(ValueError, match="tiny budget's models have no ImageNet weights"):
         study_job(tiny_study(demo_dir, tmp_path / "s2", member_a_init="imagenet")).run()
+    # B's MAE starting from ImageNet weights is checked before any work as well
+    with pytest.raises(FileNotFoundError, match="member B's MAE"):
+        study_job(tiny_study(demo_dir, tmp_path / "s3", overrides={"pretrain_init": "imagenet",
+                                                                  "tiny": False})).run()
+    assert not (tmp_path / "s3" / "folds.json").exists()
 
 
 def test_study_rejects_unknown_settings(demo_dir, tmp_path):
