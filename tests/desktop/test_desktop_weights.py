@@ -92,6 +92,28 @@ def test_offer_imports_a_file_and_page_lists_it(qtbot, atto_bytes, tmp_path, mon
     assert page.verify_result.text().startswith("1 of 1 files OK")
 
 
+def test_page_shows_weights_found_outside_its_folder_as_fine_tuning_finds_them(qtbot, atto_bytes, tmp_path,
+                                                                              monkeypatch):
+    """Weights in a Hugging Face cache are installed as far as fine-tuning is concerned: the page says so."""
+    from desktop.pages.weights_page import WeightsPage
+
+    monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / f"models--timm--{NAME}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(atto_bytes)
+    page = WeightsPage()
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: page.table.rowCount() > 0, timeout=120000)
+    names = [page.table.item(r, 0).text() for r in range(page.table.rowCount())]
+    row = names.index(NAME)
+    assert page.table.item(row, 1).text() == "yes (hf-cache)"
+    assert str(repo) in page.table.item(row, 3).text()
+    assert page.table.item(names.index("convnext_tiny.fb_in1k"), 1).text() == "no"
+
+
 def test_window_opens_the_weights_page_without_a_project(qtbot, main_window, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSSL_WEIGHTS_DIR", str(tmp_path / "weights"))
     action = main_window.actions_by_id["show_weights"]
