@@ -42,7 +42,7 @@ BUDGETS: dict[str, dict] = {
     "tiny": dict(backbone_a="convnext_atto", backbone_b="convnext_atto", tiny=True, image_size=32, pretrain_image_size=64, epochs=2,
                  pretrain_epochs=2, pretrain_init="random", pretrain_lr=2e-3, batch_size=16, pretrain_batch_size=16, lr=3e-3),
     "cpu": dict(backbone_a="efficientnet_lite0", backbone_b="efficientnet_lite0", tiny=False, image_size=192,
-                pretrain_image_size=192, epochs=12, pretrain_epochs=8, pretrain_init="imagenet", pretrain_lr=5e-4,
+                pretrain_image_size=192, epochs=10, pretrain_epochs=8, pretrain_init="imagenet", pretrain_lr=2e-4,
                 batch_size=32, pretrain_batch_size=32, lr=1e-3),
     "gpu": dict(backbone_a="convnext_tiny", backbone_b="convnext_tiny", tiny=False, image_size=224, pretrain_image_size=224, epochs=30,
                 pretrain_epochs=200, pretrain_init="random", pretrain_lr=1.5e-3, batch_size=32, pretrain_batch_size=64, lr=5e-4),
