@@ -14,6 +14,7 @@ import torch
 from core.csvcells import unescape_cell
 from tests.bad_inputs import check_handled, good_images, make_corpus, make_two_class_corpus, rel_to, tree
 from tests.test_csvcells import formula_cells
+from tests.test_kill_resume import PRETRAIN_ARGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -139,13 +140,6 @@ def logged_errors(text: str, root: Path, names: set[str], prefix: str) -> dict[s
     return errors
 
 
-PRETRAIN_ARGS = {
-    "mae": ["--image-size", "64", "--decoder-width", "16"],
-    "simclr": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
-    "micle": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
-    "fgssl": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
-    "multimodal": ["--image-size", "32", "--proj-hidden", "32", "--proj-dim", "16"],
-}
 
 
 def pretraining_corpus(root: Path, method: str) -> tuple[set[str], set[str]]:

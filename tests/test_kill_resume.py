@@ -70,9 +70,14 @@ def run_child(args: list[str], tmp: Path) -> None:
 
 def kill_when(args: list[str], tmp: Path, ready: Callable[[], bool], what: str) -> None:
     """Start ``medssl ARGS`` and SIGKILL it (its whole process group) as soon as ``ready()`` holds."""
-    err = open(tmp / "killed.err", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", *args], cwd=REPO, env=_env(tmp),
-                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    kill_command_when([sys.executable, "-m", "core.cli", *args], _env(tmp), tmp / "killed.err", ready, what)
+
+
+def kill_command_when(cmd: list[str], env: dict, err_path: Path, ready: Callable[[], bool], what: str) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group as soon as ``ready()`` holds
+    (polled from files on disk, never from the child's output); fails with its stderr if it ended first."""
+    err = open(err_path, "w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     deadline = time.monotonic() + CHILD_TIMEOUT_S
     try:
         while proc.poll() is None and time.monotonic() < deadline:

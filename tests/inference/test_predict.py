@@ -517,6 +517,7 @@ def test_torchrun_prediction_killed_as_a_whole_resumes_without_duplicate_or_miss
     import os
 
     from core.inference.predict import part_files
+    from tests.test_kill_resume import kill_command_when
 
     for rel in list_images(demo_dir)[1::2]:             # more images, so that a kill lands mid-way
         (folder / "more" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -526,20 +527,8 @@ def test_torchrun_prediction_killed_as_a_whole_resumes_without_duplicate_or_miss
     cmd = TORCHRUN_2 + ["-m", "core.cli", "predict", str(folder), "--ensemble", str(ensemble_file), "--out", str(out),
                         "--backend", "torch", "--precision", "fp32", "--workers", "0", "--batch-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if sum(_data_rows(p) for p in part_files(out)) >= 4:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.001)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_command_when(cmd, env, tmp_path / "killed.err", lambda: sum(_data_rows(p) for p in part_files(out)) >= 4,
+                      "4 rows were in its part files")
     in_parts = sum(len(_rows(p)) for p in part_files(out))
     assert 4 <= in_parts < len(listing) and _data_rows(out) == 0     # killed mid-way, nothing merged yet
 
