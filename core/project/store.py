@@ -66,8 +66,8 @@ from core.project.runs import TERMINAL_RUN_STATES, Run
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ProjectStore", "StoreVersionError", "ProjectFileError", "StoreWriteError", "MIGRATIONS", "ImageRow", "LabelEvent", "MaskEvent", "Run",
-    "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
+    "ProjectStore", "StoreVersionError", "ProjectFileError", "StoreWriteError", "MIGRATIONS", "ImageRow", "LabelEvent",
+    "MaskEvent", "Run", "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
 ]
 
 MASK_SOURCES = ("dataset", "app")
