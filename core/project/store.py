@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ProjectStore", "StoreVersionError", "ProjectFileError", "StoreWriteError", "MIGRATIONS", "ImageRow", "LabelEvent",
-    "MaskEvent", "Run", "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
+    "MaskEvent", "Run", "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES",
+    "TERMINAL_RUN_STATES",
 ]
 
 MASK_SOURCES = ("dataset", "app")
