@@ -17,7 +17,10 @@ def register_cli(subparsers) -> None:
         description="Scan an image folder: class sub-folders become labels, manifest.csv "
                     "(path,label,case_id,modality) overrides them, <name>_mask*.png are lesion masks. "
                     "Every unreadable file is reported with its reason; the rest is scanned.",
-        epilog="example: medssl scan ~/data/busi --store")
+        epilog="example: medssl scan ~/data/busi --store. Exit status: 0 done (unreadable files are listed, the "
+               "rest scanned); 1 an error, one line naming the file: a missing folder, a damaged project file, "
+               "or a full disk (nothing of the import is stored, the project keeps what it held); 2 a usage error; "
+               "130 cancelled")
     p.add_argument("folder", type=Path, help="image folder")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this (decompression-bomb guard; default %(default)s)")

@@ -66,8 +66,9 @@ from core.project.runs import TERMINAL_RUN_STATES, Run
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ProjectStore", "StoreVersionError", "ProjectFileError", "MIGRATIONS", "ImageRow", "LabelEvent", "MaskEvent", "Run",
-    "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES", "TERMINAL_RUN_STATES",
+    "ProjectStore", "StoreVersionError", "ProjectFileError", "StoreWriteError", "MIGRATIONS", "ImageRow", "LabelEvent",
+    "MaskEvent", "Run", "Checkpoint", "Prediction", "PredictionRecord", "default_user", "MASK_SOURCES",
+    "TERMINAL_RUN_STATES",
 ]
 
 MASK_SOURCES = ("dataset", "app")
@@ -88,6 +89,20 @@ class StoreVersionError(RuntimeError):
 
 class ProjectFileError(ValueError):
     """The project file is not an SQLite database (damaged, or another file under its name)."""
+
+
+class StoreWriteError(RuntimeError):
+    """A write to the project file failed because the disk is full. The transaction was rolled back: the
+    file holds exactly what it held before this write, and the store keeps working once there is space."""
+
+
+def _full_disk_error(path: Path, exc: BaseException) -> StoreWriteError | None:
+    """The clear error for SQLite's SQLITE_FULL ("database or disk is full"; also what a real ENOSPC on
+    the file or its WAL becomes), or None for any other failure."""
+    if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+        return StoreWriteError(f"{path}: not saved, the disk is full ({exc}). Nothing of this change was "
+                               f"written; everything saved before is intact. Free some space and try again")
+    return None
 
 
 # -- schema -----------------------------------------------------------------------------------------
@@ -354,8 +369,11 @@ class ProjectStore:
         self._closed = False
         try:
             self._migrate(self._conn())
-        except sqlite3.OperationalError:      # locked, disk I/O: not a verdict on the file
+        except sqlite3.OperationalError as exc:      # full, locked, disk I/O: not a verdict on the file
             self.close()
+            full = _full_disk_error(self.path, exc)
+            if full is not None:
+                raise full from exc
             raise
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -426,23 +444,31 @@ class ProjectStore:
         """All writes inside happen atomically (``BEGIN IMMEDIATE`` ... ``COMMIT``, rollback on error).
 
         Nested use joins the outer transaction, so callers can group several store writes
-        (``with store.transaction(): store.set_label(...); store.add_mask(...)``).
+        (``with store.transaction(): store.set_label(...); store.add_mask(...)``). A full disk, inside
+        or at the commit, is a :class:`StoreWriteError` raised here at the outermost level, after the
+        rollback, so every write method reports it the same way.
         """
         conn = self._conn()
         if conn.in_transaction:
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        try:
-            conn.commit()
-        except BaseException:
-            if conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
                 conn.rollback()
+                raise
+            try:
+                conn.commit()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        except sqlite3.OperationalError as exc:
+            full = _full_disk_error(self.path, exc)
+            if full is not None:
+                raise full from exc
             raise
 
     @contextmanager

@@ -1,5 +1,9 @@
 """Annotation edits as undoable commands, each committed to the project store at once.
 
+An edit is saved first and goes on the undo stack only once it is saved: a write the disk refuses (a full
+disk: :class:`core.project.store.StoreWriteError`, or the mask PNG's ``OSError``) is reported by
+:meth:`ProjectModel.write_failed`, the screen goes on showing what is stored, and the stack gets no entry.
+
 * :class:`LabelCommand`: set / clear an image's class (``ProjectStore.set_label``; undo and redo go
   through ``undo_label`` / ``redo_label`` so the store's audit trail shows them).
 * :class:`MaskCommand`: a brush stroke, fill or clear. It holds the mask state before and after (which
@@ -24,6 +28,7 @@ import numpy as np
 from PySide6 import QtGui
 
 from core.atomic import atomic_path
+from core.project.store import StoreWriteError
 from desktop.bridge import mask_ops
 from desktop.bridge.project import ProjectModel
 from desktop.bridge.rows import Item
@@ -31,17 +36,17 @@ from desktop.bridge.rows import Item
 
 # -- labels -------------------------------------------------------------------------------------------
 class LabelCommand(QtGui.QUndoCommand):
+    """A label edit already saved (its first redo, the push, writes nothing)."""
+
     def __init__(self, project: ProjectModel, image_id: int, old: str | None, new: str | None, name: str):
         super().__init__(f"Label {name}: {new or 'none'}")
         self.project, self.image_id, self.old, self.new = project, image_id, old, new
-        self._first = True
+        self._pushed = False
 
     def redo(self) -> None:
-        if self._first:
-            self._first = False
-            self.project.write_label(self.image_id, self.new)
-        else:
+        if self._pushed:
             self.project.redo_label(self.image_id, self.new)
+        self._pushed = True
         self.project.editApplied.emit(self.image_id)
 
     def undo(self) -> None:
@@ -54,10 +59,17 @@ class LabelCommand(QtGui.QUndoCommand):
 
 
 def set_label(project: ProjectModel, item: Item, label: str | None) -> bool:
-    """Push a label edit (no-op when unchanged). Returns True when something changed."""
+    """Save a label edit and push it on the undo stack (no-op when unchanged). Returns True when something
+    changed; False, with the label and the stack as they were, when the store refused the write."""
     if item is None or item.image_id is None or item.label == label:
         return False
-    project.undo_stack.push(LabelCommand(project, item.image_id, item.label, label, item.name))
+    old = item.label
+    try:
+        project.write_label(item.image_id, label)
+    except StoreWriteError as exc:
+        project.write_failed(f"Label “{label or 'none'}” of {item.name}", exc)
+        return False
+    project.undo_stack.push(LabelCommand(project, item.image_id, old, label, item.name))
     return True
 
 
@@ -132,14 +144,19 @@ class MaskFiles:
 
 
 class MaskCommand(QtGui.QUndoCommand):
+    """A mask edit already saved (its first redo, the push, writes nothing)."""
+
     def __init__(self, files: MaskFiles, item: Item, before: MaskState, after: MaskState, app_path: Path,
                  text: str):
         super().__init__(f"{text}: {item.name}")
         self.files, self.image_id, self.before, self.after, self.app_path = (files, item.image_id, before,
                                                                             after, app_path)
+        self._pushed = False
 
     def redo(self) -> None:
-        self.files.apply(self.image_id, self.after, self.app_path)
+        if self._pushed:
+            self.files.apply(self.image_id, self.after, self.app_path)
+        self._pushed = True
         self.files.project.editApplied.emit(self.image_id)
 
     def undo(self) -> None:
@@ -148,8 +165,9 @@ class MaskCommand(QtGui.QUndoCommand):
 
 
 def push_mask_edit(project: ProjectModel, files: MaskFiles, item: Item, before_pixels: np.ndarray,
-                   after_pixels: np.ndarray | None, text: str) -> None:
-    """Record a mask edit of ``item``: ``after_pixels`` None means "no mask" (clear)."""
+                   after_pixels: np.ndarray | None, text: str) -> bool:
+    """Save a mask edit of ``item`` and push it on the undo stack: ``after_pixels`` None means "no mask"
+    (clear). Returns False when the disk refused it: the viewer is given the stored mask back."""
     app_path = files.app_mask_path(item)
     before = files.state(item.image_id)
     # pixels the app file holds now (so undo can restore them when it was the attached mask)
@@ -159,4 +177,11 @@ def push_mask_edit(project: ProjectModel, files: MaskFiles, item: Item, before_p
         after = MaskState(())
     else:
         after = MaskState(((str(app_path), "app"),), mask_ops.pack(after_pixels))
+    try:
+        files.apply(item.image_id, after, app_path)
+    except (StoreWriteError, OSError) as exc:
+        project.write_failed(f"{text} on {item.name}", exc)
+        project.masks_changed(item.image_id)
+        return False
     project.undo_stack.push(MaskCommand(files, item, before, after, app_path, text))
+    return True

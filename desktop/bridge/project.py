@@ -16,6 +16,7 @@ from pathlib import Path
 from PySide6 import QtCore, QtGui
 
 from core.jobs import Job, JobContext
+from core.project.store import StoreWriteError
 from desktop.bridge.jobs_bridge import JobRunner
 from desktop.bridge.rows import Item, OpenResult, lesion_mask_count, read_items
 from desktop.settings import ProjectPaths, locate_project
@@ -282,6 +283,14 @@ class ProjectModel(QtCore.QObject):
         if self.store.current_label(image_id) != expected:
             self.store.set_label(image_id, expected)
         self._label_changed(image_id)
+
+    def write_failed(self, what: str, exc: Exception) -> None:
+        """An edit the disk refused (full): said in the status bar and a dialog, since a message that
+        vanishes is easy to miss and the user must free space. The rows keep the stored values."""
+        text = f"{what}: {exc}" if isinstance(exc, StoreWriteError) else f"{what}: not saved: {exc}"
+        log.warning("%s", text)
+        self.message.emit(text, 60000)
+        self.error.emit(text)
 
     def _label_changed(self, image_id: int) -> None:
         self._edited.add(image_id)

@@ -109,6 +109,40 @@ def test_scan_store_names_a_file_whose_name_is_not_utf8_and_imports_the_rest(tmp
     assert main(["scan", str(out), "--store"]) == 0       # a rerun as well
 
 
+def test_scan_store_on_a_full_disk_is_one_line_naming_the_project_file_and_exit_1(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from core.project.store import ProjectStore
+    from tests.full_disk import every_connection_full, fill_disk, write_until_full
+
+    out = tmp_path / "d"
+    assert main(["demo-data", str(out), "--cases", "1"]) == 0
+    assert main(["scan", str(out), "--store"]) == 0
+    db = out / ".medssl" / "project.db"
+    with ProjectStore(db) as store:     # fill the file's last free room, so a new image needs a new page
+        fill_disk(store._conn())
+        write_until_full(lambda i: store.add_image(content_hash=f"filler{i}", rel_path=f"filler/{i}.png",
+                                                   abs_path=f"/filler/{i}.png"))
+        before = (store.images(), store.labels(), store.label_audit())
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(
+        next(out.rglob("*.png")).parent / "new.png")
+    capsys.readouterr()
+
+    with monkeypatch.context() as m:
+        every_connection_full(m)
+        assert main(["scan", str(out), "--store"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("medssl")]
+    assert errors == [f"medssl: error: {db}: not saved, the disk is full (database or disk is full). Nothing of this "
+                      f"change was written; everything saved before is intact. Free some space and try again"]
+    with ProjectStore(db) as store:
+        assert store.integrity_check() == "ok"
+        assert (store.images(), store.labels(), store.label_audit()) == before
+    assert main(["scan", str(out), "--store"]) == 0       # space is back: the rerun imports the new image
+
+
 def test_version_does_not_import_torch():
     code = ("import sys\nfrom core.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n"
             "    assert e.code == 0\nprint('torch' in sys.modules)")

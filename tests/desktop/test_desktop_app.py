@@ -229,6 +229,118 @@ def test_fill_and_clear(qtbot, window, project_dir):
     assert window.project.by_id[item.image_id].n_masks == 0
 
 
+# -- a full disk ------------------------------------------------------------------------------------------
+FULL = "not saved, the disk is full (database or disk is full). Nothing of this change was written; everything " \
+       "saved before is intact. Free some space and try again"
+
+
+def test_a_full_disk_refuses_labels_and_masks_clearly_and_the_screen_shows_what_is_stored(qtbot, window, project_dir,
+                                                                                          monkeypatch):
+    from PySide6 import QtWidgets
+
+    from tests.full_disk import fill_disk, free_space, write_until_full
+
+    warnings = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
+                        staticmethod(lambda _parent, _title, text, *_a, **_k: warnings.append(text)))
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    project, store, v = window.project, window.project.store, window.viewer
+    classes = project.classes
+    key(qtbot, window, QtCore.Qt.Key.Key_1)            # saved before the disk fills
+    assert store.current_label(item.image_id) == classes[0]
+
+    # the disk fills (through the window's own connection: the UI thread's): the last free room in the
+    # label and mask history goes to another image
+    fill_disk(store._conn())
+    other = window.library.model.rows[1]
+    write_until_full(lambda i: project.write_label(other.image_id, classes[i % 2]))
+    write_until_full(lambda i: store.add_mask(other.image_id, f"/gone/{i}_mask.png") if i % 2 == 0
+                     else store.remove_mask(other.image_id, f"/gone/{i - 1}_mask.png"))
+    project.masks_changed(other.image_id)
+    steps, history = project.undo_stack.count(), v.history.count()
+
+    # a label key in the viewer: refused, said, and nothing on screen or on the stack changes
+    key(qtbot, window, QtCore.Qt.Key.Key_2)
+    expected = f"Label “{classes[1]}” of {item.name}: {store.path}: {FULL}"
+    assert warnings == [expected] and window.statusBar().currentMessage() == expected
+    assert store.current_label(item.image_id) == item.label == classes[0]
+    assert v.item is item and v.label_buttons.buttons[classes[0]].isChecked()
+    assert not v.label_buttons.buttons[classes[1]].isChecked()
+    assert project.undo_stack.count() == steps and v.history.count() == history
+
+    # the same key in the library
+    window.show_page("library")
+    window.library.select_item(item)
+    key(qtbot, window, QtCore.Qt.Key.Key_3)
+    assert warnings[-1] == f"Label “{classes[2]}” of {item.name}: {store.path}: {FULL}"
+    assert store.current_label(item.image_id) == item.label == classes[0]
+    assert project.undo_stack.count() == steps
+    window.show_page("viewer")
+
+    # a brush stroke: the mask is not attached, the viewer shows the stored mask again, no undo step
+    stored_masks = store.masks(item.image_id)
+    stored_pixels = v.files.read(item.image_id, v.loaded.grey.shape)
+    v.set_tool("brush")
+    c = v.canvas
+    c.strokeStarted.emit(10.0, 10.0)
+    for x in range(10, 60, 5):
+        c.strokeMoved.emit(float(x), 12.0)
+    c.strokeFinished.emit()
+    assert warnings[-1] == f"Brush stroke on {item.name}: {store.path}: {FULL}"
+    assert store.masks(item.image_id) == stored_masks
+    assert np.array_equal(v.mask, stored_pixels) and not v.mask[12, 55]
+    assert project.undo_stack.count() == steps
+    assert store.integrity_check() == "ok"
+
+    # space is back: the same window saves both, with undo steps
+    free_space(store._conn())
+    n_warnings = len(warnings)
+    key(qtbot, window, QtCore.Qt.Key.Key_2)
+    assert store.current_label(item.image_id) == item.label == classes[1]
+    c.strokeStarted.emit(10.0, 10.0)
+    c.strokeMoved.emit(55.0, 12.0)
+    c.strokeFinished.emit()
+    assert [m.source for m in store.masks(item.image_id)] == ["app"] and v.mask[12, 55]
+    assert project.undo_stack.count() == steps + 2 and len(warnings) == n_warnings
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert [(m.path, m.source) for m in store.masks(item.image_id)] == [(m.path, m.source) for m in stored_masks]
+    assert store.current_label(item.image_id) == classes[0]
+
+
+def test_a_mask_png_the_full_disk_refuses_is_said_and_nothing_is_attached(qtbot, window, project_dir, monkeypatch):
+    """A real full disk fails the mask file first (ENOSPC from the PNG write): the same message path."""
+    import errno
+
+    from PIL import Image
+    from PySide6 import QtWidgets
+
+    warnings = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
+                        staticmethod(lambda _parent, _title, text, *_a, **_k: warnings.append(text)))
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    store, v = window.project.store, window.viewer
+    stored_masks = store.masks(item.image_id)
+    steps = window.project.undo_stack.count()
+
+    def no_space(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+
+    v.set_tool("brush")
+    with monkeypatch.context() as m:
+        m.setattr(Image.Image, "save", no_space)
+        v.canvas.strokeStarted.emit(10.0, 10.0)
+        v.canvas.strokeMoved.emit(55.0, 12.0)
+        v.canvas.strokeFinished.emit()
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"Brush stroke on {item.name}: not saved: [Errno 28] No space left on device: ")
+    assert store.masks(item.image_id) == stored_masks and not v.mask[12, 55]
+    assert window.project.undo_stack.count() == steps
+    assert not list((project_dir / ".medssl" / "masks").rglob("*.png*"))   # no file, no temp file left
+
+
 def rescan(qtbot, win) -> None:
     with qtbot.waitSignal(win.project.scanFinished, timeout=20000):
         win.actions_by_id["rescan"].trigger()

@@ -344,6 +344,88 @@ def test_failed_multi_row_writes_leave_nothing(store, tmp_path):
     assert store.current_label(ids[0]) is None and store.masks(ids[0]) == []
 
 
+# -- a full disk -------------------------------------------------------------------------------------------
+def _everything(store: ProjectStore, run: int) -> tuple:
+    """All a project holds that the writes below touch, read back from the file."""
+    images = store.images()
+    return (images, store.labels(), store.classes(), store.label_audit(), store.meta(),
+            {im.id: store.mask_history(im.id) for im in images}, store.predictions(run), store.list_runs())
+
+
+def _new_images(root: Path, i: int) -> FakeScan:
+    return FakeScan(root, [FakeRecord(root / f"benign/new{i}-{k}.png", f"benign/new{i}-{k}.png", f"new{i}-{k}",
+                                      "benign", mask_paths=[root / f"benign/new{i}-{k}_mask.png"]) for k in range(3)])
+
+
+FULL_DISK_WRITES = {
+    "set_label": lambda s, ids, run, root, i: s.set_label(ids[i % len(ids)], ["benign", "normal"][i // len(ids) % 2],
+                                                           user="u"),
+    "set_labels": lambda s, ids, run, root, i: s.set_labels({x: ["benign", "normal"][(i + k) % 2]
+                                                             for k, x in enumerate(ids)}, user="u"),
+    "add_mask": lambda s, ids, run, root, i: s.add_mask(ids[i % len(ids)], f"/m/{i}_mask.png", user="u"),
+    "import_scan": lambda s, ids, run, root, i: s.import_scan(_new_images(root, i)),
+    "add_predictions": lambda s, ids, run, root, i: s.add_predictions(
+        run, [(x, "benign", {"benign": 0.6, "normal": 0.4}, {"note": "x" * (40 * i)}) for x in ids]),
+}
+
+
+@pytest.mark.parametrize("method", list(FULL_DISK_WRITES))
+def test_a_full_disk_refuses_the_write_clearly_and_keeps_everything_saved_before(tmp_path, method):
+    from core.project.store import StoreWriteError
+    from tests.full_disk import fill_disk, free_space, write_until_full
+
+    write = FULL_DISK_WRITES[method]
+    store = ProjectStore(tmp_path / "project.db")
+    store.import_scan(make_scan(tmp_path / "data"))
+    ids = [im.id for im in store.images()]
+    store.set_label(ids[0], "normal", user="alice")
+    run = store.add_run("predict", "p")
+    store.add_predictions(run, [(ids[1], "benign", {"benign": 0.9, "normal": 0.1}, {"entropy": 0.3})])
+    fill_disk(store._conn())
+
+    snapshots = []
+
+    def step(i: int) -> None:
+        snapshots.append(_everything(store, run))
+        write(store, ids, run, tmp_path / "data", i)
+
+    committed, err = write_until_full(step)
+    before = snapshots[-1]            # the state just before the refused write
+    assert isinstance(err, StoreWriteError)
+    message = str(err)
+    assert message.startswith(f"{store.path}: not saved, the disk is full")
+    assert "Nothing of this change was written; everything saved before is intact" in message
+    assert not store._conn().in_transaction
+    assert store.integrity_check() == "ok"
+    assert _everything(store, run) == before
+    with ProjectStore(store.path) as other:            # another connection reads the same from the file
+        assert other.integrity_check() == "ok"
+        assert _everything(other, run) == before
+    if committed:
+        assert before != snapshots[0]                  # the writes made before the disk filled are all kept
+
+    # space is back: the same store (and its connection) writes again
+    free_space(store._conn())
+    write(store, ids, run, tmp_path / "data", committed)
+    after = _everything(store, run)
+    assert after != before
+    store.close()
+    with ProjectStore(tmp_path / "project.db") as reopened:
+        assert _everything(reopened, run) == after
+
+
+def test_a_full_disk_when_the_project_file_is_created_is_the_same_clear_error(tmp_path, monkeypatch):
+    """A new project on a full disk: the schema cannot be written, and the error says so (not a raw
+    sqlite3.OperationalError)."""
+    from core.project.store import StoreWriteError
+    from tests.full_disk import every_connection_full
+
+    every_connection_full(monkeypatch)
+    with pytest.raises(StoreWriteError, match="not saved, the disk is full") as err:
+        ProjectStore(tmp_path / "new" / "project.db")
+    assert str(tmp_path / "new" / "project.db") in str(err.value)
+
+
 # -- migrations -----------------------------------------------------------------------------------------
 def test_migration_from_v1(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])    # a file of the first schema
