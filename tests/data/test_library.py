@@ -266,7 +266,7 @@ def test_busi_scan():
     assert sum(len(r.mask_paths) for r in result.images) == 798
     assert len(by_rel_path(result)["benign/benign (195).png"].mask_paths) == 3
     assert sum(r.is_color for r in result.images) == 16  # the images with colour annotation marks
-    assert seconds < 60, f"BUSI scan took {seconds:.1f} s"
+    print(f"BUSI scan: {seconds:.1f} s")      # a figure, not a check: speed is bench/'s job
     # BUSI holds one image twice, once in each of two classes: reported, not silently merged
     assert summary["n_duplicate_files"] == 1
     assert summary["label_conflicts"] == [["benign/benign (433).png (benign)",
