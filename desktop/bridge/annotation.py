@@ -45,17 +45,31 @@ class LabelCommand(QtGui.QUndoCommand):
 
     def redo(self) -> None:
         if self._pushed:
-            self.project.redo_label(self.image_id, self.new)
+            apply_or_drop(self, self.project, f"Redo of “{self.text()}”",
+                          lambda: self.project.redo_label(self.image_id, self.new))
         self._pushed = True
         self.project.editApplied.emit(self.image_id)
 
     def undo(self) -> None:
-        self.project.undo_label(self.image_id, self.old)
+        apply_or_drop(self, self.project, f"Undo of “{self.text()}”",
+                      lambda: self.project.undo_label(self.image_id, self.old))
         self.project.editApplied.emit(self.image_id)
 
     def rename_label(self, old: str, new: str) -> None:
         self.old = new if self.old == old else self.old
         self.new = new if self.new == old else self.new
+
+
+def apply_or_drop(command: QtGui.QUndoCommand, project: ProjectModel, what: str, write) -> bool:
+    """An undo or redo step's write. When the disk refuses it the step is said and dropped (QUndoStack deletes
+    a command made obsolete in its undo/redo), so the stack never claims a state the store does not hold."""
+    try:
+        write()
+    except (StoreWriteError, OSError) as exc:
+        project.write_failed(what, exc)
+        command.setObsolete(True)
+        return False
+    return True
 
 
 def set_label(project: ProjectModel, item: Item, label: str | None) -> bool:
@@ -155,13 +169,19 @@ class MaskCommand(QtGui.QUndoCommand):
 
     def redo(self) -> None:
         if self._pushed:
-            self.files.apply(self.image_id, self.after, self.app_path)
+            self._apply("Redo", self.after)
         self._pushed = True
         self.files.project.editApplied.emit(self.image_id)
 
     def undo(self) -> None:
-        self.files.apply(self.image_id, self.before, self.app_path)
+        self._apply("Undo", self.before)
         self.files.project.editApplied.emit(self.image_id)
+
+    def _apply(self, what: str, state: MaskState) -> None:
+        project = self.files.project
+        if not apply_or_drop(self, project, f"{what} of “{self.text()}”",
+                             lambda: self.files.apply(self.image_id, state, self.app_path)):
+            project.masks_changed(self.image_id)
 
 
 def push_mask_edit(project: ProjectModel, files: MaskFiles, item: Item, before_pixels: np.ndarray,

@@ -272,16 +272,19 @@ class ProjectModel(QtCore.QObject):
         self._label_changed(image_id)
 
     def undo_label(self, image_id: int, expected: str | None) -> None:
-        """Undo through the store's audit trail; fall back to a plain set if the stacks disagree."""
-        self.store.undo_label(image_id)
-        if self.store.current_label(image_id) != expected:
-            self.store.set_label(image_id, expected)
+        """Undo through the store's audit trail; fall back to a plain set if the stacks disagree (one
+        transaction: a refused write leaves the label as it was)."""
+        with self.store.transaction():
+            self.store.undo_label(image_id)
+            if self.store.current_label(image_id) != expected:
+                self.store.set_label(image_id, expected)
         self._label_changed(image_id)
 
     def redo_label(self, image_id: int, expected: str | None) -> None:
-        self.store.redo_label(image_id)
-        if self.store.current_label(image_id) != expected:
-            self.store.set_label(image_id, expected)
+        with self.store.transaction():
+            self.store.redo_label(image_id)
+            if self.store.current_label(image_id) != expected:
+                self.store.set_label(image_id, expected)
         self._label_changed(image_id)
 
     def write_failed(self, what: str, exc: Exception) -> None:

@@ -309,6 +309,41 @@ def test_a_full_disk_refuses_labels_and_masks_clearly_and_the_screen_shows_what_
     assert store.current_label(item.image_id) == classes[0]
 
 
+def test_undo_and_redo_on_a_full_disk_are_said_and_dropped_and_the_screen_shows_what_is_stored(qtbot, window,
+                                                                                                 project_dir,
+                                                                                                 monkeypatch):
+    """Ctrl+Z / Ctrl+Shift+Z whose write the full disk refuses: the message, the stored label kept on screen,
+    and the step dropped from the stack (it would otherwise claim a state the store does not hold)."""
+    from PySide6 import QtWidgets
+
+    from tests.full_disk import fill_disk, free_space, write_until_full
+
+    warnings = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
+                        staticmethod(lambda _parent, _title, text, *_a, **_k: warnings.append(text)))
+    open_and_scan(qtbot, window, project_dir)
+    item = show_first(qtbot, window)
+    project, store, v = window.project, window.project.store, window.viewer
+    classes = project.classes
+    first = item.label
+    key(qtbot, window, QtCore.Qt.Key.Key_1)
+    key(qtbot, window, QtCore.Qt.Key.Key_2)
+    assert store.current_label(item.image_id) == classes[1]
+    steps = project.undo_stack.count()
+    fill_disk(store._conn())
+    other = window.library.model.rows[1]
+    write_until_full(lambda i: project.write_label(other.image_id, classes[i % 2]))
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert warnings and warnings[-1].startswith("Undo of “Label") and FULL in warnings[-1]
+    assert store.current_label(item.image_id) == item.label == classes[1]
+    assert v.label_buttons.buttons[classes[1]].isChecked()
+    assert project.undo_stack.count() == steps - 1 and project.undo_stack.index() == steps - 1
+    assert store.integrity_check() == "ok"
+    free_space(store._conn())
+    key(qtbot, window, QtCore.Qt.Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)   # the step before it
+    assert store.current_label(item.image_id) == item.label == first
+
+
 def test_a_mask_png_the_full_disk_refuses_is_said_and_nothing_is_attached(qtbot, window, project_dir, monkeypatch):
     """A real full disk fails the mask file first (ENOSPC from the PNG write): the same message path."""
     import errno
