@@ -234,15 +234,21 @@ FULL = "not saved, the disk is full (database or disk is full). Nothing of this 
        "saved before is intact. Free some space and try again"
 
 
-def test_a_full_disk_refuses_labels_and_masks_clearly_and_the_screen_shows_what_is_stored(qtbot, window, project_dir,
-                                                                                          monkeypatch):
+@pytest.fixture
+def warnings(monkeypatch) -> list[str]:
+    """The texts of the warning dialogs the window shows (collected instead of shown)."""
     from PySide6 import QtWidgets
 
+    shown: list[str] = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
+                        staticmethod(lambda _parent, _title, text, *_a, **_k: shown.append(text)))
+    return shown
+
+
+def test_a_full_disk_refuses_labels_and_masks_clearly_and_the_screen_shows_what_is_stored(qtbot, window, project_dir,
+                                                                                          warnings):
     from tests.full_disk import fill_disk, free_space, write_until_full
 
-    warnings = []
-    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
-                        staticmethod(lambda _parent, _title, text, *_a, **_k: warnings.append(text)))
     open_and_scan(qtbot, window, project_dir)
     item = show_first(qtbot, window)
     project, store, v = window.project, window.project.store, window.viewer
@@ -311,16 +317,11 @@ def test_a_full_disk_refuses_labels_and_masks_clearly_and_the_screen_shows_what_
 
 def test_undo_and_redo_on_a_full_disk_are_said_and_dropped_and_the_screen_shows_what_is_stored(qtbot, window,
                                                                                                  project_dir,
-                                                                                                 monkeypatch):
+                                                                                                 warnings):
     """Ctrl+Z / Ctrl+Shift+Z whose write the full disk refuses: the message, the stored label kept on screen,
     and the step dropped from the stack (it would otherwise claim a state the store does not hold)."""
-    from PySide6 import QtWidgets
-
     from tests.full_disk import fill_disk, free_space, write_until_full
 
-    warnings = []
-    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
-                        staticmethod(lambda _parent, _title, text, *_a, **_k: warnings.append(text)))
     open_and_scan(qtbot, window, project_dir)
     item = show_first(qtbot, window)
     project, store, v = window.project, window.project.store, window.viewer
@@ -344,16 +345,13 @@ def test_undo_and_redo_on_a_full_disk_are_said_and_dropped_and_the_screen_shows_
     assert store.current_label(item.image_id) == item.label == first
 
 
-def test_a_mask_png_the_full_disk_refuses_is_said_and_nothing_is_attached(qtbot, window, project_dir, monkeypatch):
+def test_a_mask_png_the_full_disk_refuses_is_said_and_nothing_is_attached(qtbot, window, project_dir, warnings,
+                                                                          monkeypatch):
     """A real full disk fails the mask file first (ENOSPC from the PNG write): the same message path."""
     import errno
 
     from PIL import Image
-    from PySide6 import QtWidgets
 
-    warnings = []
-    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
-                        staticmethod(lambda _parent, _title, text, *_a, **_k: warnings.append(text)))
     open_and_scan(qtbot, window, project_dir)
     item = show_first(qtbot, window)
     store, v = window.project.store, window.viewer
