@@ -128,6 +128,13 @@ def study_split_name(cfg: StudyConfig) -> str:
     return f"study-{slug(Path(cfg.out).name)}"
 
 
+def mae_imagenet_file(cfg: StudyConfig) -> str | None:
+    """The ImageNet weights file B's MAE starts from: ``--weights-file`` is member A's, so only when both members
+    share the backbone (else None: found as fine-tuning finds it)."""
+    s = cfg.settings()
+    return cfg.weights_file if s["backbone_b"] == s["backbone_a"] else None
+
+
 def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Path, mask: str):
     """MAE pretraining; ``mask`` = "high" (entropy-guided) or "random": equal compute otherwise (a batch is
     never larger than the images, so a small project still gets a step per epoch)."""
@@ -139,11 +146,10 @@ def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Pat
     options = {"entropy_mode": mask}
     if s["tiny"]:
         options["decoder_width"] = 32
-    imagenet_file = cfg.weights_file if s["backbone_b"] == s["backbone_a"] else None    # --weights-file is A's
     return TrainConfig(method="mae", data=str(root), files=list(files), out=str(out), backbone=s["backbone_b"],
                        timm_kwargs=kw, image_size=s["pretrain_image_size"], epochs=s["pretrain_epochs"],
                        batch_size=min(s["pretrain_batch_size"], len(files)), warmup_epochs=min(5.0, s["pretrain_epochs"] / 4),
-                       init=s["pretrain_init"], init_weights=imagenet_file if s["pretrain_init"] == "imagenet" else None,
+                       init=s["pretrain_init"], init_weights=mae_imagenet_file(cfg) if s["pretrain_init"] == "imagenet" else None,
                        lr=s["pretrain_lr"], seed=cfg.seed, options=options, device=cfg.device,
                        precision=cfg.precision, num_workers=cfg.num_workers or 0, probe_size=0 if s["tiny"] else 64)
 
@@ -335,8 +341,7 @@ class Study:
         needed = ([(s["backbone_a"], self.cfg.weights_file, "member A of the study; or --member-a-init random")]
                   if self.cfg.member_a_init == "imagenet" else [])
         if s["pretrain_init"] == "imagenet":
-            same = s["backbone_b"] == s["backbone_a"]
-            needed.append((s["backbone_b"], self.cfg.weights_file if same else None,
+            needed.append((s["backbone_b"], mae_imagenet_file(self.cfg),
                            "the start of member B's MAE; or --set pretrain_init=random"))
         for name, file, role in needed:
             if find_imagenet_weights(name, file) is None:
