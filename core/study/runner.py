@@ -149,7 +149,8 @@ def pretrain_config(cfg: StudyConfig, root: Path, files: Sequence[str], out: Pat
     return TrainConfig(method="mae", data=str(root), files=list(files), out=str(out), backbone=s["backbone_b"],
                        timm_kwargs=kw, image_size=s["pretrain_image_size"], epochs=s["pretrain_epochs"],
                        batch_size=min(s["pretrain_batch_size"], len(files)), warmup_epochs=min(5.0, s["pretrain_epochs"] / 4),
-                       init=s["pretrain_init"], init_weights=mae_imagenet_file(cfg) if s["pretrain_init"] == "imagenet" else None,
+                       init=s["pretrain_init"],
+                       init_weights=mae_imagenet_file(cfg) if s["pretrain_init"] == "imagenet" else None,
                        lr=s["pretrain_lr"], seed=cfg.seed, options=options, device=cfg.device,
                        precision=cfg.precision, num_workers=cfg.num_workers or 0, probe_size=0 if s["tiny"] else 64)
 
