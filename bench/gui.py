@@ -23,7 +23,7 @@ the UI thread could not react):
 The machine's own load shows up as stalls too: ``load_avg`` is reported alongside. The benchmark's own set-up
 (the prediction run it writes, the large image it saves) is not measured: the probe pauses across it.
 
-Usage: ``python bench/gui.py [--images 10000] [--folder DIR]`` (runs offscreen unless a display is set). Each run
+Usage: ``python bench/gui.py [--images 10000] [--folder DIR] [--stacks]`` (runs offscreen unless a display is set). Each run
 works in its own temporary folder (removed at the end); ``--folder`` keeps the generated images for reuse.
 The last line printed is one JSON object.
 """
@@ -121,6 +121,47 @@ class Probe:
         return round(max(0.0, self.max_gap) * 1000, 1)
 
 
+class StallSampler:
+    """Where the UI thread is while it stalls: a thread that, whenever the probe has not ticked for 40 ms,
+    samples the UI thread's Python stack every 5 ms (``--stacks``). A stack ending in a Qt or SQLite call that
+    releases the GIL with little busy time is a wait (the GIL, the disk); one in Python code is work."""
+
+    def __init__(self, probe: Probe, depth: int = 6):
+        import collections
+        import threading
+
+        self.probe, self.depth = probe, depth
+        self.ui_thread = threading.get_ident()
+        self.samples: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import traceback
+
+        while not self._stop.wait(0.005):
+            last = self.probe.last
+            if last is None or not self.probe.timer.isActive() or time.perf_counter() - last < 0.04:
+                continue
+            frame = sys._current_frames().get(self.ui_thread)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)[-self.depth:]
+            key = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack))
+            self.samples[self.probe.phase][key] += 1
+
+    def top(self, n: int = 5) -> dict:
+        """Per phase, the n most sampled stacks with their share of 5 ms samples."""
+        return {ph: [{"samples": c, "stack": k} for k, c in cnt.most_common(n)] for ph, cnt in self.samples.items()}
+
+
 def spin(ms: int) -> None:
     """Run the event loop for ``ms`` (QEventLoop.exec releases the GIL while idle; QTest.qWait does not,
     which would starve the worker threads and distort the measurement)."""
@@ -148,7 +189,7 @@ def wait(cond, timeout: float) -> bool:
     return cond()
 
 
-def run(folder: Path, out: dict) -> None:
+def run(folder: Path, out: dict, stacks: bool = False) -> None:
     from PySide6 import QtTest
 
     from desktop.app import create_app
@@ -181,6 +222,9 @@ def run(folder: Path, out: dict) -> None:
 
     probe = Probe()
     probe.start()
+    sampler = StallSampler(probe) if stacks else None
+    if sampler:
+        sampler.start()
     spin(100)
     probe.max_gap = 0.0
 
@@ -251,6 +295,9 @@ def run(folder: Path, out: dict) -> None:
     out["stop_job_quit_s"] = round(time.perf_counter() - t0, 2)
     spin(300)
     probe.timer.stop()
+    if sampler:
+        sampler.stop()
+        out["stall_stacks"] = sampler.top()
     out["max_ui_block_ms"] = probe.block_ms()          # over everything: cold open ... quit
     out["phase_block_ms"] = phases = {k: round(max(0.0, v) * 1000, 1) for k, v in probe.phase_max.items()}
     busy = {k: round(v * 1000, 1) for k, v in probe.phase_busy.items()}
@@ -354,6 +401,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--folder", type=Path, default=None,
                     help="reuse generated images there (made when absent; its .medssl is removed each run)")
+    ap.add_argument("--stacks", action="store_true",
+                    help="sample the UI thread's stack during stalls (adds a sampling thread; for finding causes)")
     args = ap.parse_args()
     import tempfile
 
@@ -371,7 +420,7 @@ def main() -> None:
         shutil.rmtree(folder / ".medssl", ignore_errors=True)          # cold open every run
         out: dict = {"bench": "gui", "images_generated_s": round(time.perf_counter() - t, 1),
                      "qpa": os.environ.get("QT_QPA_PLATFORM", "xcb"), "cpus": os.cpu_count()}
-        run(folder, out)
+        run(folder, out, stacks=args.stacks)
     out["load_avg"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     out["ok"] = bool(out.get("first_thumbnails_s") is not None and out["first_thumbnails_s"] < 1.0
                      and out["max_ui_block_ms"] <= 100)

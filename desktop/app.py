@@ -61,14 +61,18 @@ def create_app(argv: Sequence[str] | None = None):
 def preload_engine() -> None:
     """Import the torch-backed engine modules now, in the UI thread, before the window exists.
 
-    Importing torch (or scikit-learn, for the predictions page's confusion matrix and ROC) takes seconds and
-    holds Python's GIL most of that time; done later, even from a worker thread, it would freeze the window
-    for that long. Done here, behind the splash screen, the window never stalls on it.
+    Importing torch (or scikit-learn, for the predictions page's confusion matrix and ROC; or timm, whose
+    pretrained configs say where ImageNet weights are, asked by the start page as soon as it shows) takes
+    seconds and holds Python's GIL most of that time; done later, even from a worker thread, it would freeze
+    the window for that long. Done here, behind the splash screen, the window never stalls on it, and
+    ``MainWindow.prewarm`` moves the ~200 000 objects these imports leave out of the garbage collector's
+    way (imported later, every full collection walked them: 40-110 ms stalls while a folder was scanned).
     """
     import importlib
 
     for name in ("core.analysis.entropy", "core.analysis.masking", "core.data.library", "core.project.store",
-                 "core.data.demo", "sklearn.metrics"):
+                 "core.data.demo", "sklearn.metrics", "timm", "core.models.weights", "core.models.weights_folder",
+                 "core.models.download"):
         importlib.import_module(name)
 
 

@@ -402,9 +402,41 @@ STATE_COLORS = {"running": theme.ACCENT, "queued": theme.TEXT_DIM, "finished": "
 CURVE_COLORS = ["#4e9fd8", "#f0a04b", "#b084e0", "#5fbf7f", "#e0607e", "#d6c94a"]
 
 
+class OpaqueGridAxis(pg.AxisItem):
+    """An axis whose grid lines are opaque, their colour pre-blended over the plot's background.
+
+    Qt's raster engine draws a translucent line ~30 times slower than an opaque one (the ~100 grid lines of
+    a 640x480 plot: 17 ms against 0.6 ms), which made each paint of a plot with a grid cost ~25 ms of UI
+    thread: Confusion & ROC's first show stalled the window ~100 ms. Drawn below the plot's contents
+    (below the view box) so that an opaque line does not cut through a curve or the confusion matrix.
+    """
+
+    def __init__(self, orientation: str, background: str):
+        super().__init__(orientation)
+        self._background = QtGui.QColor(background)
+
+    def drawPicture(self, p, axisSpec, tickSpecs, textSpecs):  # noqa: N802 (pyqtgraph name)
+        super().drawPicture(p, axisSpec, [(self._opaque(pen), p1, p2) for pen, p1, p2 in tickSpecs], textSpecs)
+
+    def _opaque(self, pen: QtGui.QPen) -> QtGui.QPen:
+        color = pen.color()
+        a = color.alphaF()
+        if a >= 1.0:
+            return pen
+        bg = self._background
+        pen = QtGui.QPen(pen)
+        pen.setColor(QtGui.QColor.fromRgbF(bg.redF() + (color.redF() - bg.redF()) * a,
+                                           bg.greenF() + (color.greenF() - bg.greenF()) * a,
+                                           bg.blueF() + (color.blueF() - bg.blueF()) * a))
+        return pen
+
+
 def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str) -> None:
     plot.setBackground(theme.PANEL)
     pi = plot.getPlotItem()
+    pi.setAxisItems({side: OpaqueGridAxis(side, theme.PANEL) for side in ("left", "bottom")})
+    for side in ("left", "bottom"):           # the grid under the curves (pyqtgraph puts axes at 0.5, over
+        pi.getAxis(side).setZValue(pi.vb.zValue() - 1)      # the view box and what it shows)
     pi.setTitle(f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>")
     for axis, text in (("left", left), ("bottom", bottom)):
         ax = pi.getAxis(axis)

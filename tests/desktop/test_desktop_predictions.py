@@ -232,10 +232,12 @@ def test_exported_csv_cells_cannot_run_as_formulas(qtbot, tmp_path):
     assert formula_cells(out) == []
 
 
-def test_showing_the_predictions_page_imports_nothing_heavy(small_demo, tmp_path):
-    """Importing sklearn on the UI thread froze the first show of Predictions / Confusion & ROC for seconds:
-    after the start-up preload (as desktop.app.main does behind its splash), showing them imports no
-    scikit-learn or scipy module."""
+def test_showing_the_start_and_predictions_pages_imports_nothing_heavy(small_demo, tmp_path):
+    """Importing sklearn on the UI thread froze the first show of Predictions / Confusion & ROC for seconds;
+    timm (and with it torchvision, torch._dynamo, sympy: ~1 300 modules), imported by the start page's
+    weights check in a worker, left ~200 000 objects that every later full garbage collection walked, 40-110
+    ms stalls during a scan (bench/gui.py). After the start-up preload (as desktop.app.main does behind its
+    splash), showing these pages imports none of them."""
     import os
     import shutil
     import subprocess
@@ -257,6 +259,7 @@ from desktop.settings import Settings
 import bench.gui as bench
 win = MainWindow(Settings(Path({str(tmp_path)!r}) / "d.ini"))
 win.show()
+assert bench.wait(lambda: win.start.weights.installed is not None, 60)    # the weights check has answered
 win.open_path({str(folder)!r})
 assert bench.wait(lambda: win.project.scan_complete, 60)
 bench.add_prediction_run(win.project.store)
@@ -264,7 +267,8 @@ win.predictions.refresh()
 win.show_page("predictions")
 win.predictions.tabs.setCurrentWidget(win.predictions.charts)
 assert bench.wait(lambda: win.predictions.charts.matrix is not None, 60)
-late = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("sklearn", "scipy"))
+heavy = ("sklearn", "scipy", "timm", "torchvision", "sympy", "huggingface_hub")
+late = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy)
 print("LATE", late)
 win.close()
 """
