@@ -127,8 +127,8 @@ class ReviewDialog(QtWidgets.QDialog):
         item = self.project.by_id.get(case.image_id) if case is not None else None
         if item is None or not label:
             return
-        set_label(self.project, item, label)
-        self.step()
+        if set_label(self.project, item, label) or item.label == label:    # refused: stay (the window says why)
+            self.step()
 
     def accept_prediction(self) -> None:
         case = self.current()

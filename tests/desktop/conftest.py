@@ -1,5 +1,5 @@
 """Desktop test fixtures: the window's questions are answered without a modal dialog (offscreen, a modal
-dialog would wait for a click forever)."""
+dialog would wait for a click forever); its warnings are collected."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def questions(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(QtWidgets.QMessageBox, "question", staticmethod(question))
     return asked
+
+
+@pytest.fixture
+def warnings(monkeypatch) -> list[str]:
+    """The texts of the warning dialogs the window shows (collected instead of shown)."""
+    pytest.importorskip("PySide6")
+    from PySide6 import QtWidgets
+
+    shown: list[str] = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
+                        staticmethod(lambda _parent, _title, text, *_a, **_k: shown.append(text)))
+    return shown
 
 
 class _Questions(list):

@@ -91,6 +91,36 @@ def test_review_steps_through_disputed_predictions_and_labels_with_one_key(qtbot
     assert store.current_label(items[1].image_id) == classes[0] and dlg.pos == 2
 
 
+def test_review_stays_on_an_image_whose_label_the_full_disk_refused(qtbot, demo_window, warnings):
+    """Review mode moved on to the next image even when the store refused the label: the person saw the
+    next case, believing the last one decided. It stays, says so, and moves on once the label is saved (or
+    when the label is already what was chosen)."""
+    from PySide6 import QtCore, QtTest
+
+    from tests.full_disk import fill_disk, free_space, write_until_full
+
+    win = demo_window
+    store = win.project.store
+    items = [it for it in win.project.items if it.label]
+    _rid, predicted = add_disputed_predictions(store, items, win.project.class_names())
+    dlg = win.show_review()
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: bool(dlg.queue), timeout=30000)
+    old = items[0].label
+    fill_disk(store._conn())
+    write_until_full(lambda i: win.project.write_label(items[-1].image_id, (old, predicted)[i % 2]))
+    dlg.activateWindow()
+    QtTest.QTest.keyClick(dlg, QtCore.Qt.Key.Key_Return)
+    assert dlg.pos == 0 and store.current_label(items[0].image_id) == old
+    assert len(warnings) == 1 and items[0].name in warnings[0] and "disk is full" in warnings[0]
+    free_space(store._conn())
+    QtTest.QTest.keyClick(dlg, QtCore.Qt.Key.Key_Return)
+    assert dlg.pos == 1 and store.current_label(items[0].image_id) == predicted
+    QtTest.QTest.keyClick(dlg, QtCore.Qt.Key.Key_Left)
+    QtTest.QTest.keyClick(dlg, QtCore.Qt.Key.Key_Return)              # already that label: next
+    assert dlg.pos == 1
+
+
 def test_review_shows_a_small_image_at_the_dialogs_size_and_a_large_one_fitted(qtbot, tmp_path):
     """A 128 px phantom sat as a stamp in the middle of the review dialog (screenshots at 1280×720)."""
     import numpy as np

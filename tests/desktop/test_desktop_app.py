@@ -234,17 +234,6 @@ FULL = "not saved, the disk is full (database or disk is full). Nothing of this 
        "saved before is intact. Free some space and try again"
 
 
-@pytest.fixture
-def warnings(monkeypatch) -> list[str]:
-    """The texts of the warning dialogs the window shows (collected instead of shown)."""
-    from PySide6 import QtWidgets
-
-    shown: list[str] = []
-    monkeypatch.setattr(QtWidgets.QMessageBox, "warning",
-                        staticmethod(lambda _parent, _title, text, *_a, **_k: shown.append(text)))
-    return shown
-
-
 def test_a_full_disk_refuses_labels_and_masks_clearly_and_the_screen_shows_what_is_stored(qtbot, window, project_dir,
                                                                                           warnings):
     from tests.full_disk import fill_disk, free_space, write_until_full
