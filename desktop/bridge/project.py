@@ -100,10 +100,13 @@ class ProjectModel(QtCore.QObject):
         return paths
 
     def close(self, wait: bool = False) -> None:
-        """Close the project. The store's files are closed in the background unless ``wait``."""
+        """Close the project. A running scan is cancelled and the store's files are closed in the background
+        unless ``wait`` (quitting): opening another folder mid-scan froze the window until the scan ended
+        (up to 5 s); what a cancelled scan still sends is dropped (``_generation``)."""
         if self.scan_runner is not None and self.scan_runner.running:
             self.scan_runner.cancel()
-            self.scan_runner.job.wait(5)
+            if wait:
+                self.scan_runner.job.wait(5)
         self.scan_runner = None
         self.undo_stack.clear()
         was_open = self.paths is not None

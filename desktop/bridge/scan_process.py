@@ -179,16 +179,18 @@ def run_scan(ctx, store_path: Path, root: Path, folder_writable: bool, *,
     cancel_sent = False
     try:
         while True:
+            # asked on every message, not only when none came for a while: a scan sends progress every
+            # 50 ms, so a cancel looked at only on a quiet queue reached the child after the whole scan
+            if ctx.cancel_requested and not cancel_sent:
+                cancel_sent = True
+                try:
+                    proc.stdin.write(b"cancel\n")
+                    proc.stdin.flush()
+                except OSError:
+                    pass
             try:
                 msg = q.get(timeout=0.1)
             except queue_mod.Empty:
-                if ctx.cancel_requested and not cancel_sent:
-                    cancel_sent = True
-                    try:
-                        proc.stdin.write(b"cancel\n")
-                        proc.stdin.flush()
-                    except OSError:
-                        pass
                 continue
             if msg is None:
                 raise RuntimeError(f"the scan process stopped unexpectedly (exit code {proc.wait()})")
