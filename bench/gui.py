@@ -23,8 +23,9 @@ the UI thread could not react):
 The machine's own load shows up as stalls too: ``load_avg`` is reported alongside. The benchmark's own set-up
 (the prediction run it writes, the large image it saves) is not measured: the probe pauses across it.
 
-Usage: ``python bench/gui.py [--images 10000] [--folder DIR] [--stacks]`` (runs offscreen unless a display is set). Each run
-works in its own temporary folder (removed at the end); ``--folder`` keeps the generated images for reuse.
+Usage: ``python bench/gui.py [--images 10000] [--folder DIR] [--stacks]`` (runs offscreen unless a display is
+set). Each run works in its own temporary folder (removed at the end); ``--folder`` keeps the generated images
+for reuse.
 The last line printed is one JSON object.
 """
 

@@ -34,6 +34,7 @@ from core.train.estimate import format_duration
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
 from desktop.pages.library import whole_percent
+from desktop.widgets.plots import LegendPlot, style_plot
 from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
@@ -402,85 +403,6 @@ STATE_COLORS = {"running": theme.ACCENT, "queued": theme.TEXT_DIM, "finished": "
 CURVE_COLORS = ["#4e9fd8", "#f0a04b", "#b084e0", "#5fbf7f", "#e0607e", "#d6c94a"]
 
 
-class OpaqueGridAxis(pg.AxisItem):
-    """An axis whose grid lines are opaque, their colour pre-blended over the plot's background.
-
-    Qt's raster engine draws a translucent line ~30 times slower than an opaque one (the ~100 grid lines of
-    a 640x480 plot: 17 ms against 0.6 ms), which made each paint of a plot with a grid cost ~25 ms of UI
-    thread: Confusion & ROC's first show stalled the window ~100 ms. Drawn below the plot's contents
-    (below the view box) so that an opaque line does not cut through a curve or the confusion matrix.
-    """
-
-    def __init__(self, orientation: str, background: str):
-        super().__init__(orientation)
-        self._background = QtGui.QColor(background)
-
-    def drawPicture(self, p, axisSpec, tickSpecs, textSpecs):  # noqa: N802 (pyqtgraph name)
-        super().drawPicture(p, axisSpec, [(self._opaque(pen), p1, p2) for pen, p1, p2 in tickSpecs], textSpecs)
-
-    def _opaque(self, pen: QtGui.QPen) -> QtGui.QPen:
-        color = pen.color()
-        a = color.alphaF()
-        if a >= 1.0:
-            return pen
-        bg = self._background
-        pen = QtGui.QPen(pen)
-        pen.setColor(QtGui.QColor.fromRgbF(bg.redF() + (color.redF() - bg.redF()) * a,
-                                           bg.greenF() + (color.greenF() - bg.greenF()) * a,
-                                           bg.blueF() + (color.blueF() - bg.blueF()) * a))
-        return pen
-
-
-def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str) -> None:
-    plot.setBackground(theme.PANEL)
-    pi = plot.getPlotItem()
-    pi.setAxisItems({side: OpaqueGridAxis(side, theme.PANEL) for side in ("left", "bottom")})
-    for side in ("left", "bottom"):           # the grid under the curves (pyqtgraph puts axes at 0.5, over
-        pi.getAxis(side).setZValue(pi.vb.zValue() - 1)      # the view box and what it shows)
-    pi.setTitle(f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>")
-    for axis, text in (("left", left), ("bottom", bottom)):
-        ax = pi.getAxis(axis)
-        ax.setPen(pg.mkPen(theme.BORDER))
-        ax.setTextPen(pg.mkPen(theme.TEXT_DIM))
-        ax.setLabel(text, color=theme.TEXT_DIM)
-        ax.enableAutoSIPrefix(False)          # "value (x0.001)" confuses more than it helps
-    pi.showGrid(x=True, y=True, alpha=0.15)
-
-
-def legend_title(title: str, entries: list[tuple[str, str]]) -> str:
-    """A plot title that is also its legend (coloured names after the title): an in-plot legend covers the
-    curves of the short plots in the jobs panel and the runs browser."""
-    names = " ".join(f"<span style='color:{color}; white-space:nowrap'>&#9679;&nbsp;{name}</span>"
-                     for name, color in entries)
-    return (f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>"
-            + (f"&nbsp;&nbsp; <span style='font-size:9pt'>{names}</span>" if names else ""))
-
-
-class LegendPlot(QtWidgets.QWidget):
-    """A plot under a title-legend label that wraps: a title inside pyqtgraph's plot is as wide as its text
-    and, with four curve names, made the plot wider than its pane, which then clipped it."""
-
-    def __init__(self, left: str, bottom: str, parent=None):
-        super().__init__(parent)
-        self.title = QtWidgets.QLabel()
-        self.title.setTextFormat(QtCore.Qt.TextFormat.RichText)
-        self.title.setWordWrap(True)
-        self.title.setAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter)
-        self.title.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
-        self.title.setStyleSheet(f"background: {theme.PANEL}; padding-top: 4px;")
-        self.plot = pg.PlotWidget()
-        style_plot(self.plot, "", left, bottom)
-        self.plot.getPlotItem().setTitle(None)
-        lay = QtWidgets.QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        lay.addWidget(self.title)
-        lay.addWidget(self.plot, 1)
-
-    def set_title(self, title: str, entries: list[tuple[str, str]]) -> None:
-        self.title.setText(legend_title(title, entries))
-
-
 #: short legend names, so that the title-legend fits above the per-epoch plot
 CURVE_NAMES = {"val_accuracy": "accuracy", "val_balanced_accuracy": "bal. accuracy", "val_macro_f1": "macro F1",
                "train_acc": "train acc.", "loss": "loss", "visible_loss": "visible loss", "feat_std": "feature std"}
@@ -509,10 +431,10 @@ class CurvesWidget(QtWidgets.QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.loss_plot = pg.PlotWidget()
-        style_plot(self.loss_plot, "Training loss", "loss", "step")
+        style_plot(self.loss_plot, "Training loss", "loss", "step", whole_x=True)
         self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(theme.ACCENT, width=1.5))
         self.loss_smooth = self.loss_plot.plot(pen=pg.mkPen("#f0a04b", width=2))
-        self.val_box = LegendPlot("value", "epoch")
+        self.val_box = LegendPlot("value", "epoch", whole_x=True)
         self.val_plot = self.val_box.plot
         self.val_curves: dict[str, pg.PlotDataItem] = {}
         lay = QtWidgets.QHBoxLayout(self)

@@ -18,7 +18,7 @@ from core import csvcells
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller
 from desktop.bridge.rows import natural_key
-from desktop.pages.jobs_panel import style_plot
+from desktop.widgets.plots import style_plot
 from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.frozen_table import FrozenColumnsTable
 

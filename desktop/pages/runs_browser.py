@@ -19,8 +19,8 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from core.project.runs import read_history
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller
-from desktop.pages.jobs_panel import (CURVE_COLORS, CURVE_NAMES, JobEntry, LegendPlot, RunView, has_curves,
-                                      kind_label)
+from desktop.pages.jobs_panel import CURVE_COLORS, CURVE_NAMES, JobEntry, RunView, has_curves, kind_label
+from desktop.widgets.plots import LegendPlot
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -250,7 +250,7 @@ class RunsBrowser(QtWidgets.QDialog):
     def draw_overlay(self) -> None:
         """The chosen per-epoch metric of the left and the right run in one plot."""
         if self.overlay_box is None:
-            self.overlay_box = LegendPlot("value", "epoch")
+            self.overlay_box = LegendPlot("value", "epoch", whole_x=True)
             self.overlay = self.overlay_box.plot
             self._bottom.takeAt(self._bottom.count() - 1)       # the stretch that held its place
             self._bottom.addWidget(self.overlay_box, 1)

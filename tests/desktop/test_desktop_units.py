@@ -359,7 +359,7 @@ def test_plot_grid_lines_are_opaque_and_drawn_under_the_curves(qtbot, monkeypatc
     from PySide6 import QtGui
 
     from desktop import theme
-    from desktop.pages.jobs_panel import style_plot
+    from desktop.widgets.plots import style_plot
 
     drawn = []
     base = pg.AxisItem.drawPicture
@@ -380,3 +380,22 @@ def test_plot_grid_lines_are_opaque_and_drawn_under_the_curves(qtbot, monkeypatc
     assert grid.name() in {pen.color().name() for pen in drawn}
     for side in ("left", "bottom"):
         assert plot.getPlotItem().getAxis(side).zValue() < plot.getPlotItem().vb.zValue()
+
+
+def test_epoch_axes_tick_only_whole_numbers(qtbot):
+    """The runs browser's wide per-epoch comparison ticked 1.5, 2.5 … between epochs (screenshot at 1280×720)."""
+    import pyqtgraph as pg
+
+    from desktop.widgets.plots import style_plot
+
+    epochs, fpr = pg.PlotWidget(), pg.PlotWidget()
+    for plot in (epochs, fpr):
+        qtbot.addWidget(plot)
+    style_plot(epochs, "", "bal. accuracy", "epoch", whole_x=True)
+    style_plot(fpr, "", "true positive rate", "false positive rate")
+    axis = epochs.getPlotItem().getAxis("bottom")
+    for first, last in ((1, 6), (1, 3), (1, 2)):
+        ticks = [v for _spacing, vs in axis.tickValues(first, last, 1100) for v in vs]
+        assert all(float(v).is_integer() for v in ticks) and set(range(first, last + 1)) <= set(ticks)
+    ticks = [v for _spacing, vs in fpr.getPlotItem().getAxis("bottom").tickValues(0, 1, 500) for v in vs]
+    assert any(not float(v).is_integer() for v in ticks)               # a rate axis keeps its fractions
