@@ -66,6 +66,7 @@ def register_cli(subparsers) -> None:
     F.add_argument(r, "device")
     F.add_argument(r, "num_workers", "--workers")
     F.add_argument(r, "precision")
+    F.add_argument(r, "tta")
     r.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_finetune)
 
@@ -104,7 +105,7 @@ def _finetune(args) -> int:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, drop_path=args.drop_path,
         balance=args.balance, patience=args.patience, val_fraction=args.val_fraction,
         test_fraction=0.0 if args.kfold else args.test_fraction, seed=args.seed, num_workers=args.workers,
-        device=args.device, precision=args.precision,
+        device=args.device, precision=args.precision, tta=args.tta,
         aug=AugmentConfig(vflip=args.vflip, rotate_deg=args.rotate))
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.project and main_rank:     # recorded in the project's runs table, like a run from the window

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from core.models.backbones import create_backbone
+from core.models.tta import TTA_CHOICES, with_tta
 from core.models.weights import read_safetensors, safetensors_metadata
 from core.train.checkpoint import read_json, resolve_classifier_checkpoint, write_checkpoint_dir
 from core.train.config import FinetuneConfig
@@ -41,6 +42,8 @@ def _check_config(cfg: dict, where: Path) -> None:
             raise ValueError(f"{where}: config.json lacks '{key}'")
     if len(cfg["classes"]) != int(cfg["num_classes"]):
         raise ValueError(f"{where}: {len(cfg['classes'])} classes listed but num_classes = {cfg['num_classes']}")
+    if cfg.get("tta", "none") not in TTA_CHOICES:
+        raise ValueError(f"{where}: config.json tta must be one of {', '.join(TTA_CHOICES)}, got {cfg['tta']!r}")
     size = cfg["image_size"]
     if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMAGE_SIZE:
         raise ValueError(f"{where}: config.json image_size must be a whole number of pixels from 8 to "
@@ -66,7 +69,7 @@ def load_classifier(ckpt: str | Path, device: str | torch.device = "cpu") -> tup
     except RuntimeError as exc:
         raise ValueError(f"{ckpt}: weights do not match the model described by config.json ({exc})") from None
     cfg["checkpoint"] = str(ckpt)
-    return model.eval().to(device), cfg
+    return with_tta(model, cfg.get("tta", "none")).eval().to(device), cfg
 
 
 def load_matching_weights(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> dict:
@@ -185,7 +188,7 @@ def build_classifier(cfg: FinetuneConfig, classes: Sequence[str], log_fn: Callab
         "backbone": cfg.backbone, "timm_kwargs": kwargs, "in_chans": 3,
         "num_classes": len(classes), "classes": list(classes), "image_size": int(cfg.image_size),
         "mean": list(mean), "std": list(std), "interpolation": "bicubic", "resize": "squash",
-        "init": init,
+        "init": init, "tta": cfg.tta,
     }
     return model, ckpt_cfg
 

@@ -40,12 +40,14 @@ MEMBER_A, MEMBER_B, CONTROL, ENSEMBLE = "A", "B", "random-MAE", "A+B"
 #: ``gpu``: the paper's scale, ConvNeXt-Tiny for both members at 224 px, B's MAE from random init)
 BUDGETS: dict[str, dict] = {
     "tiny": dict(backbone_a="convnext_atto", backbone_b="convnext_atto", tiny=True, image_size=32, pretrain_image_size=64, epochs=2,
-                 pretrain_epochs=2, pretrain_init="random", pretrain_lr=2e-3, batch_size=16, pretrain_batch_size=16, lr=3e-3),
+                 pretrain_epochs=2, pretrain_init="random", pretrain_lr=2e-3, batch_size=16, pretrain_batch_size=16, lr=3e-3,
+                 tta="hflip"),
     "cpu": dict(backbone_a="efficientnet_lite0", backbone_b="efficientnet_lite0", tiny=False, image_size=192,
                 pretrain_image_size=192, epochs=10, pretrain_epochs=8, pretrain_init="imagenet", pretrain_lr=2e-4,
-                batch_size=32, pretrain_batch_size=32, lr=1e-3),
+                batch_size=32, pretrain_batch_size=32, lr=1e-3, tta="hflip"),
     "gpu": dict(backbone_a="convnext_tiny", backbone_b="convnext_tiny", tiny=False, image_size=224, pretrain_image_size=224, epochs=30,
-                pretrain_epochs=200, pretrain_init="random", pretrain_lr=1.5e-3, batch_size=32, pretrain_batch_size=64, lr=5e-4),
+                pretrain_epochs=200, pretrain_init="random", pretrain_lr=1.5e-3, batch_size=32, pretrain_batch_size=64, lr=5e-4,
+                tta="hflip"),
 }
 ENSEMBLE_WEIGHTS = ("equal", "fitted")
 #: settings that may change between a study and its continuation (they do not change its results' meaning)
@@ -92,7 +94,7 @@ def finetune_config(cfg: StudyConfig, member: str, init_weights: str | None = No
     s = cfg.settings()
     common = dict(image_size=s["image_size"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
                   seed=cfg.seed, test_fraction=0.0, device=cfg.device, precision=cfg.precision,
-                  num_workers=cfg.num_workers, tiny=s["tiny"], patience=max(8, s["epochs"] // 3))
+                  num_workers=cfg.num_workers, tiny=s["tiny"], patience=max(8, s["epochs"] // 3), tta=s["tta"])
     if s["tiny"]:
         common.update(warmup_epochs=0.5, patience=100)
     if member == MEMBER_A:
@@ -112,7 +114,7 @@ def finetune_command(cfg: StudyConfig, member: str, fold: int, out: str, init_we
             "--backbone", c.backbone, "--init", c.init,
             "--image-size", str(c.image_size), "--epochs", str(c.epochs), "--batch-size", str(c.batch_size),
             "--lr", str(c.lr), "--warmup-epochs", str(c.warmup_epochs), "--patience", str(c.patience),
-            "--seed", str(c.seed), "--precision", c.precision]
+            "--seed", str(c.seed), "--precision", c.precision, "--tta", c.tta]
     args += ["--tiny"] if c.tiny else []
     if c.init_weights:
         args += ["--init-weights" if c.init == "pretrained" else "--weights-file", c.init_weights]

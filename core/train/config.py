@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from core.data.transforms import AugmentConfig
 from core.models.backbones import TINY_CONVNEXT
+from core.models.tta import TTA_CHOICES
 from core.train.options import ConfigOptions, Option
 from core.train.precision import PRECISION_HELP, PRECISIONS
 
@@ -43,6 +44,7 @@ class FinetuneConfig:
     cache_mb: float = 2048
     device: str | None = None
     precision: str = "auto"              # auto | fp32 | bf16 | fp16 (core.train.precision)
+    tta: str = "none"                    # none | hflip (core.models.tta): every evaluation and prediction
     aug: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
@@ -88,6 +90,8 @@ FINETUNE_OPTIONS = ConfigOptions(FinetuneConfig, {
     "num_workers": Option("DataLoader worker processes (none given: min(2, CPU count))", min=0),
     "device": Option("cpu, cuda, cuda:1 (default: CUDA when present)"),
     "precision": Option(PRECISION_HELP, choices=PRECISIONS),
+    "tta": Option("test-time augmentation of every evaluation and prediction of the model: hflip averages the "
+                  "logits of the image and its mirror (twice the inference time)", choices=TTA_CHOICES),
 })
 
 AUGMENT_OPTIONS = ConfigOptions(AugmentConfig, {

@@ -48,6 +48,7 @@ from core.atomic import write_json_atomic
 from core.data.splits import read_folds_file
 from core.inference.logits import predict_logits, softmax, write_logits
 from core.models.classifier import build_classifier, save_classifier_checkpoint
+from core.models.tta import with_tta
 from core.models.weights import read_safetensors, read_torch_file
 from core.train.checkpoint import REQUIRED, find_checkpoint_dir, read_json, repair_checkpoint_dir, trim_epoch_log
 from core.train.config import AUGMENT_OPTIONS, FINETUNE_OPTIONS, FinetuneConfig
@@ -308,6 +309,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    eval_model = with_tta(model, cfg.tta)          # validation and test as predictions will see the model
 
     loaders = _Loaders(cfg, parts, cidx, cache, ckpt_cfg["mean"], ckpt_cfg["std"], dd, ctx)
     train_loader, sampler, train_y = loaders.train, loaders.sampler, loaders.train_y
@@ -353,7 +355,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
                 done = (epoch + 1) * iters
                 ctx.progress(done, schedule["total"], message=f"epoch {epoch + 1}/{cfg.epochs}: validating",
                              phase="validating", epoch=epoch + 1, eta_s=pace.eta_s(schedule["total"] - done))
-            m, _ = evaluate(model, val_loader, device, precision, classes)
+            m, _ = evaluate(eval_model, val_loader, device, precision, classes)
             row.update({f"val_{k}": m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "nll")})
             key = (m["balanced_accuracy"], -m["nll"])
         improved = stopper.update(epoch + 1, key)
@@ -379,7 +381,7 @@ def finetune(cfg: FinetuneConfig, data: LabeledData, run_dir: str | Path, *, par
         samples = parts.get(part) or []
         if not samples:
             continue
-        result[part], logits = evaluate(model, loaders.evaluation(samples), device, precision, classes)
+        result[part], logits = evaluate(eval_model, loaders.evaluation(samples), device, precision, classes)
         if is_main:
             write_logits(run_dir / f"logits_{part}.csv", samples, logits, classes)
     if is_main:
