@@ -113,6 +113,12 @@ class JobRunner(QtCore.QObject):
             self._unsubscribe = None
 
 
+#: the pause between the steps of UI-thread work split across event-loop turns: steps chained by 0 ms timers ran
+#: back to back before the window's other timers got a turn (bench/gui.py: the runs browser's five stages were one
+#: 170 ms stall)
+STEP_PAUSE_MS = 5
+
+
 class _CallSignals(QtCore.QObject):
     done = QtCore.Signal(object)     # (key, serial, callback, result)
     error = QtCore.Signal(object)    # (key, serial, callback, message)

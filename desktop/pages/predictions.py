@@ -16,7 +16,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core import csvcells
 from desktop import theme
-from desktop.bridge.jobs_bridge import AsyncCaller
+from desktop.bridge.jobs_bridge import STEP_PAUSE_MS, AsyncCaller
 from desktop.bridge.rows import natural_key
 from desktop.widgets.plots import style_plot
 from desktop.widgets.elided_label import ElidedLabel
@@ -545,7 +545,7 @@ class PredictionsPage(QtWidgets.QWidget):
         project.itemChanged.connect(self._label_changed)
         self._redraw_charts = QtCore.QTimer(self, singleShot=True, interval=100)   # a burst of labels: one redraw
         self._redraw_charts.timeout.connect(self.charts.redraw)
-        self._fill = QtCore.QTimer(self, interval=0)        # one batch of rows per event-loop turn
+        self._fill = QtCore.QTimer(self, interval=STEP_PAUSE_MS)     # one batch of rows per event-loop turn
         self._fill.timeout.connect(self._show_batch)
 
     # -- data -----------------------------------------------------------------------------------------

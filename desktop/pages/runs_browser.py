@@ -18,7 +18,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from core.project.runs import read_history
 from desktop import theme
-from desktop.bridge.jobs_bridge import AsyncCaller
+from desktop.bridge.jobs_bridge import STEP_PAUSE_MS, AsyncCaller
 from desktop.pages.jobs_panel import CURVE_COLORS, CURVE_NAMES, JobEntry, RunView, has_curves, kind_label
 from desktop.widgets.plots import LegendPlot
 
@@ -123,13 +123,17 @@ class RunPane(QtWidgets.QWidget):
         self.combo.setCurrentIndex(i if i >= 0 else 0)
         self.combo.blockSignals(False)
 
-    def render(self, other: dict[str, str] | None = None) -> None:
-        """Table and curves of the loaded run; values that differ from ``other`` in amber."""
+    def build_view(self) -> None:
+        """The plots, built (and first painted) on their own event-loop turn, apart from filling them."""
         if self.view is None:
             self.view = RunView()
             self.curves = self.view.curves
             self.split.replaceWidget(0, self.view)
             self.placeholder.deleteLater()
+
+    def render(self, other: dict[str, str] | None = None) -> None:
+        """Table and curves of the loaded run; values that differ from ``other`` in amber."""
+        self.build_view()
         self.table.clear()
         for k, v in self.fields.items():
             it = QtWidgets.QTreeWidgetItem([k, v])
@@ -177,7 +181,7 @@ class RunsBrowser(QtWidgets.QDialog):
         self.overlay_series: dict[str, tuple[list, list]] = {}    # run label -> (epochs, values) drawn
         self._worker = AsyncCaller(workers=1, parent=self)
         self._stages: deque = deque()
-        self._stage_timer = QtCore.QTimer(self, singleShot=True, interval=0)
+        self._stage_timer = QtCore.QTimer(self, singleShot=True, interval=STEP_PAUSE_MS)
         self._stage_timer.timeout.connect(self._next_stage)
         self.reload()
 
@@ -237,8 +241,8 @@ class RunsBrowser(QtWidgets.QDialog):
         self.compare_metric.setCurrentIndex(next((self.compare_metric.findText(k) for k in prefer if k in keys), 0))
         self.compare_metric.blockSignals(False)
         # one plot-building step per event-loop turn: the window answers between them
-        self._stages.extend([lambda: self.left.render(self.right.fields), lambda: self.right.render(self.left.fields),
-                             self.draw_overlay])
+        self._stages.extend([self.left.build_view, self.right.build_view, lambda: self.left.render(self.right.fields),
+                             lambda: self.right.render(self.left.fields), self.draw_overlay])
         self._stage_timer.start()
 
     def _next_stage(self) -> None:
