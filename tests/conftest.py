@@ -96,3 +96,35 @@ def demo_window(qtbot, main_window, small_demo, tmp_path):
     main_window.open_path(folder)
     qtbot.waitUntil(lambda: main_window.project.ready and main_window.project.scan_complete, timeout=60000)
     return main_window
+
+
+@pytest.fixture(autouse=True)
+def no_unarranged_dialogs(request, monkeypatch):
+    """Offscreen, a modal dialog waits forever for a click nobody makes, and ``qtbot.waitUntil`` never
+    looks at its timeout again while it waits: one such dialog can hold a whole CI run. In a Qt test every
+    message box, file or text dialog the test did not arrange (``questions``, ``warnings`` or its own
+    monkeypatch) is answered at once (Yes / OK / cancelled) and fails the test with its text."""
+    if "qtbot" not in request.fixturenames:
+        yield []
+        return
+    from PySide6 import QtWidgets
+
+    shown: list[str] = []
+    button = QtWidgets.QMessageBox.StandardButton
+
+    def answering(kind: str, answer):
+        def show(_parent, title="", text="", *_args, **_kwargs):
+            shown.append(f"{kind}: {title}: {text}")
+            return answer
+        return staticmethod(show)
+
+    for kind, answer in (("question", button.Yes), ("warning", button.Ok), ("critical", button.Ok),
+                         ("information", button.Ok), ("about", None)):
+        monkeypatch.setattr(QtWidgets.QMessageBox, kind, answering(f"QMessageBox.{kind}", answer))
+    for kind, answer in (("getOpenFileName", ("", "")), ("getOpenFileNames", ([], "")),
+                         ("getSaveFileName", ("", "")), ("getExistingDirectory", "")):
+        monkeypatch.setattr(QtWidgets.QFileDialog, kind, answering(f"QFileDialog.{kind}", answer))
+    monkeypatch.setattr(QtWidgets.QInputDialog, "getText", answering("QInputDialog.getText", ("", False)))
+    yield shown
+    if shown:
+        pytest.fail("the window showed dialogs the test did not arrange:\n" + "\n".join(shown), pytrace=False)
