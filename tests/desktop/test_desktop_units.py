@@ -399,3 +399,15 @@ def test_epoch_axes_tick_only_whole_numbers(qtbot):
         assert all(float(v).is_integer() for v in ticks) and set(range(first, last + 1)) <= set(ticks)
     ticks = [v for _spacing, vs in fpr.getPlotItem().getAxis("bottom").tickValues(0, 1, 500) for v in vs]
     assert any(not float(v).is_integer() for v in ticks)               # a rate axis keeps its fractions
+
+
+def test_a_dialog_no_test_arranged_returns_at_once_and_is_reported(qtbot, no_unarranged_dialogs):
+    """The safety net of tests/conftest.py: offscreen, a real modal dialog would wait forever."""
+    from PySide6 import QtWidgets
+
+    button = QtWidgets.QMessageBox.StandardButton
+    assert QtWidgets.QMessageBox.warning(None, "Open", "Cannot open x") == button.Ok
+    assert QtWidgets.QFileDialog.getExistingDirectory(None, "Choose") == ""
+    assert no_unarranged_dialogs == ["QMessageBox.warning: Open: Cannot open x",
+                                     "QFileDialog.getExistingDirectory: Choose: "]
+    no_unarranged_dialogs.clear()          # seen: the test passes (left there, it fails at teardown)
