@@ -350,9 +350,15 @@ def add_prediction_run(store, n_members: int = 3) -> int:
     rid = store.add_run("predict", "bench predictions", {}, state="finished")
     store.add_prediction_arrays(rid, images, classes, [f"m{k}" for k in range(n_members)], p, mp, ent,
                                 np.zeros(len(images)))
+    from core.project import runs
+
     for k in range(2):                      # two fine-tuning runs with curves for the runs browser
-        fid = store.add_run("finetune", f"bench fine-tune {k}", {"epochs": 20}, state="finished")
-        store.update_run(fid, metrics={"val_accuracy": 0.8})
+        run = runs.create_run(store, "finetune", f"bench fine-tune {k}", {"epochs": 20})
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run.run_dir) / "history.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_accuracy": 0.5 + 0.015 * e + 0.01 * k,
+                        "val_balanced_accuracy": 0.45 + 0.015 * e}) + "\n" for e in range(1, 21)))
+        store.update_run(run.id, state="finished", metrics={"val_accuracy": 0.8})
     return rid
 
 

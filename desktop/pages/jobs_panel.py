@@ -34,7 +34,7 @@ from core.train.estimate import format_duration
 from desktop import theme
 from desktop.bridge.jobs_bridge import AsyncCaller, JobRunner
 from desktop.pages.library import whole_percent
-from desktop.widgets.plots import LegendPlot, style_plot
+from desktop.widgets.plots import LegendPlot, app_plot
 from desktop.widgets.elided_label import ElidedLabel
 
 log = logging.getLogger(__name__)
@@ -430,17 +430,27 @@ class CurvesWidget(QtWidgets.QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.loss_plot = pg.PlotWidget()
-        style_plot(self.loss_plot, "Training loss", "loss", "step", whole_x=True)
+        self.loss_plot = app_plot("Training loss", "loss", "step", whole_x=True)
         self.loss_curve = self.loss_plot.plot(pen=pg.mkPen(theme.ACCENT, width=1.5))
         self.loss_smooth = self.loss_plot.plot(pen=pg.mkPen("#f0a04b", width=2))
-        self.val_box = LegendPlot("value", "epoch", whole_x=True)
-        self.val_plot = self.val_box.plot
+        self._val_box: LegendPlot | None = None
         self.val_curves: dict[str, pg.PlotDataItem] = {}
-        lay = QtWidgets.QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.loss_plot)
-        lay.addWidget(self.val_box)
+        self._layout = QtWidgets.QHBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.addWidget(self.loss_plot)
+
+    @property
+    def val_box(self) -> LegendPlot:
+        """The per-epoch plot, made on first use: the runs browser builds its four plots one per event-loop
+        turn (~20 ms each), not a pane's two at once."""
+        if self._val_box is None:
+            self._val_box = LegendPlot("value", "epoch", whole_x=True)
+            self._layout.addWidget(self._val_box)
+        return self._val_box
+
+    @property
+    def val_plot(self) -> pg.PlotWidget:
+        return self.val_box.plot
 
     def show_entry(self, e: JobEntry | None) -> None:
         if e is None or not e.losses:
@@ -606,15 +616,28 @@ class RunView(QtWidgets.QStackedWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.curves = CurvesWidget()
+        self._curves: CurvesWidget | None = None
         self.report = ReportView()
         self.empty = QtWidgets.QLabel()
         self.empty.setObjectName("dim")
         self.empty.setWordWrap(True)
         self.empty.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.addWidget(self.curves)
         self.addWidget(self.report)
         self.addWidget(self.empty)
+
+    @property
+    def curves(self) -> CurvesWidget:
+        """Made when first needed: its plots cost ~20 ms of UI thread each, and a view that shows a report or
+        says why there is nothing to plot never needs them."""
+        if self._curves is None:
+            self._curves = CurvesWidget()
+            self.insertWidget(0, self._curves)
+        return self._curves
+
+    @staticmethod
+    def shows_curves(e: JobEntry | None) -> bool:
+        """Whether ``e`` is shown as curves (a training run with steps or epochs recorded)."""
+        return e is not None and has_curves(e.kind) and bool(e.losses or e.history)
 
     def show_entry(self, e: JobEntry | None, full: bool = True) -> None:
         if e is not None and not has_curves(e.kind):
@@ -622,7 +645,7 @@ class RunView(QtWidgets.QStackedWidget):
                 self.report.show_entry(e)
             self.setCurrentWidget(self.report)
             return
-        if e is None or (not e.losses and not e.history):
+        if not self.shows_curves(e):
             self.empty.setText(nothing_to_plot(e))
             self.setCurrentWidget(self.empty)
             return
@@ -669,7 +692,6 @@ class JobsPanel(QtWidgets.QWidget):
         self.cancel_btn.setToolTip("Stop the job at the next safe point; a checkpoint is saved")
         self.resume_btn.setToolTip("Continue a cancelled, failed or interrupted job from its last checkpoint")
         self.view = RunView()
-        self.curves = self.view.curves
         self.log_view = QtWidgets.QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(400)
@@ -719,6 +741,10 @@ class JobsPanel(QtWidgets.QWidget):
         self.rebuild()
 
     # -- list -----------------------------------------------------------------------------------------
+    @property
+    def curves(self) -> CurvesWidget:
+        return self.view.curves
+
     def rebuild(self) -> None:
         self.list.clear()
         self.items = {}

@@ -7,6 +7,7 @@ confusion matrices and one-vs-rest ROC curves of the ensemble and of each member
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from core import csvcells
 from desktop import theme
 from desktop.bridge.jobs_bridge import STEP_PAUSE_MS, AsyncCaller
 from desktop.bridge.rows import natural_key
-from desktop.widgets.plots import style_plot
+from desktop.widgets.plots import app_plot
 from desktop.widgets.elided_label import ElidedLabel
 from desktop.widgets.frozen_table import FrozenColumnsTable
 
@@ -102,6 +103,8 @@ class PredictionsModel(QtCore.QAbstractTableModel):
         self.classes: list[str] = []
         self.members: list[str] = []
         self.columns: list[tuple[str, str, object]] = []   # (header, kind, key)
+        self._cells: dict[int, list[tuple]] = {}            # id(row) -> its cells (see ``data``)
+        self._name_col = -1
 
     def set_data(self, rows: list[PredRow], classes: list[str], members: list[str]) -> None:
         self.beginResetModel()
@@ -113,6 +116,8 @@ class PredictionsModel(QtCore.QAbstractTableModel):
         cols += [("Entropy", "entropy", None), ("Disagreement", "disagreement", None), ("Correct", "correct", None)]
         cols += [(f"{m}: p({c})", "member", (m, c)) for m in members for c in classes]
         self.columns = cols
+        self._cells = {}
+        self._name_col = next(i for i, c in enumerate(cols) if c[1] == "name")
         self.endResetModel()
 
     def show_more(self, batch: int) -> bool:
@@ -145,6 +150,7 @@ class PredictionsModel(QtCore.QAbstractTableModel):
     def set_ranks(self, ranks: dict[int, int]) -> None:
         for r in self.rows:
             r.rank = ranks.get(r.image_id)
+        self._cells = {}
         if self.shown:
             self.dataChanged.emit(self.index(0, 0), self.index(self.shown - 1, 0))
 
@@ -177,35 +183,71 @@ class PredictionsModel(QtCore.QAbstractTableModel):
         return None
 
     def data(self, index, role=QtCore.Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
+        """From a per-row cache: a paint asks ~7 roles of each of ~500 visible cells, and computing each answer
+        (value, text, brush) on every call made one paint of the table cost ~90 ms of UI thread (bench/gui.py:
+        it repaints whenever a dialog opens, as item views do on losing activation)."""
+        slot = CELL_SLOTS.get(role)
+        if slot is None or not index.isValid():
+            if role == QtCore.Qt.ItemDataRole.ToolTipRole and index.isValid() and index.column() == self._name_col:
+                return self.rows[index.row()].rel_path
             return None
         row = self.rows[index.row()]
-        v = self.value(row, index.column())
-        kind = self.columns[index.column()][1]
-        if role == QtCore.Qt.ItemDataRole.DisplayRole:
-            if v is None:
-                return "" if kind != "label" else "—"
-            if kind == "correct":
-                return "✓" if v else "✗"
-            if isinstance(v, float):
-                return f"{v:.3f}"
-            return str(v)
-        if role == QtCore.Qt.ItemDataRole.ForegroundRole:
-            if kind == "correct" and v is not None:
-                return QtGui.QBrush(QtGui.QColor("#5fbf7f" if v else theme.ERROR))
-            if kind in ("label", "predicted") and v is not None and v in self.classes:
-                return QtGui.QBrush(theme.class_color(self.classes.index(v)))
-            if kind == "label" and v is None:
-                return QtGui.QBrush(QtGui.QColor(theme.TEXT_DIM))
-        if role == QtCore.Qt.ItemDataRole.BackgroundRole and kind in ("prob", "member") and isinstance(v, float):
-            c = QtGui.QColor(theme.ACCENT)
-            c.setAlphaF(0.08 + 0.55 * max(0.0, min(1.0, v)))
-            return QtGui.QBrush(c)
-        if role == QtCore.Qt.ItemDataRole.TextAlignmentRole and kind not in ("name", "label", "predicted"):
-            return int(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
-        if role == QtCore.Qt.ItemDataRole.ToolTipRole and kind == "name":
-            return row.rel_path
-        return None
+        cells = self._cells.get(id(row))
+        if cells is None:
+            cells = self._cells[id(row)] = [self._cell(row, col) for col in range(len(self.columns))]
+        return cells[index.column()][slot]
+
+    def row_changed(self, row: int) -> None:
+        """Row ``row``'s record changed (its label): its cells are computed again."""
+        self._cells.pop(id(self.rows[row]), None)
+        if row < self.shown:
+            self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
+
+    def _cell(self, row: PredRow, col: int) -> tuple:
+        """(text, foreground, background, alignment) of one cell; the order of ``CELL_SLOTS``."""
+        v = self.value(row, col)
+        kind = self.columns[col][1]
+        if v is None:
+            text = "" if kind != "label" else "—"
+        elif kind == "correct":
+            text = "✓" if v else "✗"
+        elif isinstance(v, float):
+            text = f"{v:.3f}"
+        else:
+            text = str(v)
+        fg = None
+        if kind == "correct" and v is not None:
+            fg = _brush("#5fbf7f" if v else theme.ERROR)
+        elif kind in ("label", "predicted") and v is not None and v in self.classes:
+            fg = _brush(theme.class_color(self.classes.index(v)).name())
+        elif kind == "label" and v is None:
+            fg = _brush(theme.TEXT_DIM)
+        bg = _shade(v) if kind in ("prob", "member") and isinstance(v, float) else None
+        align = None if kind in ("name", "label", "predicted") else RIGHT_ALIGNED
+        return text, fg, bg, align
+
+
+#: the roles a table cell answers from ``PredictionsModel``'s cache, and their places in a cached cell
+CELL_SLOTS = {QtCore.Qt.ItemDataRole.DisplayRole: 0, QtCore.Qt.ItemDataRole.ForegroundRole: 1,
+              QtCore.Qt.ItemDataRole.BackgroundRole: 2, QtCore.Qt.ItemDataRole.TextAlignmentRole: 3}
+RIGHT_ALIGNED = int(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+
+
+@functools.lru_cache(maxsize=64)
+def _brush(color: str) -> QtGui.QBrush:
+    return QtGui.QBrush(QtGui.QColor(color))
+
+
+@functools.lru_cache(maxsize=128)
+def _shade_level(level: int) -> QtGui.QBrush:
+    c = QtGui.QColor(theme.ACCENT)
+    c.setAlphaF(0.08 + 0.55 * level / 100)
+    return QtGui.QBrush(c)
+
+
+def _shade(p: float) -> QtGui.QBrush:
+    """A probability's cell background: the accent colour, more opaque the higher ``p`` (100 steps)."""
+    return _shade_level(round(100 * max(0.0, min(1.0, p))))
 
 
 class PredictionsFilter(QtCore.QSortFilterProxyModel):
@@ -343,15 +385,13 @@ class ConfusionRocView(QtWidgets.QWidget):
         self.caption = QtWidgets.QLabel()
         self.caption.setObjectName("dim")
         self.caption.setWordWrap(True)
-        self.cm_plot = pg.PlotWidget()
-        style_plot(self.cm_plot, "Confusion matrix", "true class", "predicted class")
+        self.cm_plot = app_plot("Confusion matrix", "true class", "predicted class")
         self.cm_plot.setAspectLocked(True)
         self.cm_plot.getPlotItem().invertY(True)
         self.cm_image = pg.ImageItem(axisOrder="row-major")   # explicit: the app-wide option depends on imports
         self.cm_plot.addItem(self.cm_image)
         self.cm_texts: list[pg.TextItem] = []
-        self.roc_plot = pg.PlotWidget()
-        style_plot(self.roc_plot, "ROC (one class vs the rest)", "true positive rate", "false positive rate")
+        self.roc_plot = app_plot("ROC (one class vs the rest)", "true positive rate", "false positive rate")
         self.roc_plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.02)
         self.roc_legend = self.roc_plot.addLegend(offset=(-10, -10), labelTextColor=theme.TEXT)
         top = QtWidgets.QHBoxLayout()
@@ -650,10 +690,7 @@ class PredictionsPage(QtWidgets.QWidget):
         for r in self.model.rows:
             if r.image_id == image_id and it is not None:
                 r.label = it.label
-                row = self.model.rows.index(r)
-                if row < self.model.shown:
-                    self.model.dataChanged.emit(self.model.index(row, 0),
-                                                self.model.index(row, self.model.columnCount() - 1))
+                self.model.row_changed(self.model.rows.index(r))
                 self._redraw_charts.start()     # the confusion matrix and ROC count labelled images
                 break
 

@@ -83,7 +83,7 @@ class RunPane(QtWidgets.QWidget):
         self.table.setRootIsDecorated(False)
         self.table.header().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         self.view: RunView | None = None     # curves of a training run, the report of an ensemble / prediction:
-        self.curves = None                   # built on its turn (RunsBrowser._next_stage)
+                                             # built on its turn (RunsBrowser._next_stage)
         self.placeholder = QtWidgets.QLabel("Reading the run…")
         self.placeholder.setObjectName("dim")
         self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
@@ -96,6 +96,10 @@ class RunPane(QtWidgets.QWidget):
         lay.addWidget(self.combo)
         lay.addWidget(self.split, 1)
         self.data = PaneData()
+
+    @property
+    def curves(self):
+        return self.view.curves if self.view is not None else None
 
     @property
     def fields(self) -> dict[str, str]:
@@ -127,9 +131,17 @@ class RunPane(QtWidgets.QWidget):
         """The plots, built (and first painted) on their own event-loop turn, apart from filling them."""
         if self.view is None:
             self.view = RunView()
-            self.curves = self.view.curves
             self.split.replaceWidget(0, self.view)
             self.placeholder.deleteLater()
+
+    def build_plot(self, which: str) -> None:
+        """One plot (``"loss"`` or ``"epoch"``) of a run that shows curves, on a turn of its own, before
+        ``render`` fills them."""
+        self.build_view()
+        if RunView.shows_curves(self.entry):
+            curves = self.view.curves           # made with its loss plot
+            if which == "epoch":
+                curves.val_box
 
     def render(self, other: dict[str, str] | None = None) -> None:
         """Table and curves of the loaded run; values that differ from ``other`` in amber."""
@@ -241,8 +253,11 @@ class RunsBrowser(QtWidgets.QDialog):
         self.compare_metric.setCurrentIndex(next((self.compare_metric.findText(k) for k in prefer if k in keys), 0))
         self.compare_metric.blockSignals(False)
         # one plot-building step per event-loop turn: the window answers between them
-        self._stages.extend([self.left.build_view, self.right.build_view, lambda: self.left.render(self.right.fields),
-                             lambda: self.right.render(self.left.fields), self.draw_overlay])
+        self._stages.extend([self.left.build_view, self.right.build_view]
+                            + [lambda p=pane, w=which: p.build_plot(w) for pane in (self.left, self.right)
+                               for which in ("loss", "epoch")]
+                            + [lambda: self.left.render(self.right.fields),
+                               lambda: self.right.render(self.left.fields), self.build_overlay, self.draw_overlay])
         self._stage_timer.start()
 
     def _next_stage(self) -> None:
@@ -251,13 +266,16 @@ class RunsBrowser(QtWidgets.QDialog):
         if self._stages:
             self._stage_timer.start()
 
-    def draw_overlay(self) -> None:
-        """The chosen per-epoch metric of the left and the right run in one plot."""
+    def build_overlay(self) -> None:
         if self.overlay_box is None:
             self.overlay_box = LegendPlot("value", "epoch", whole_x=True)
             self.overlay = self.overlay_box.plot
             self._bottom.takeAt(self._bottom.count() - 1)       # the stretch that held its place
             self._bottom.addWidget(self.overlay_box, 1)
+
+    def draw_overlay(self) -> None:
+        """The chosen per-epoch metric of the left and the right run in one plot."""
+        self.build_overlay()
         self.overlay.clear()
         key = self.compare_metric.currentText()
         self.overlay_series = {}

@@ -48,15 +48,38 @@ class OpaqueGridAxis(pg.AxisItem):
         return pen
 
 
-def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str, *, whole_x: bool = False) -> None:
-    """The app's plot look; ``whole_x``: the x axis counts (epochs, steps), ticks only at whole numbers."""
+class LazyMenuViewBox(pg.ViewBox):
+    """A view box whose context menu (pyqtgraph's ViewBoxMenu: ~17 ms of widgets per plot) is made on the
+    first right-click instead of with the plot: the runs browser builds five plots while the user waits."""
+
+    def __init__(self, **kwargs):
+        super().__init__(enableMenu=False, **kwargs)
+        self.state["enableMenu"] = True
+
+    def getMenu(self, ev):  # noqa: N802 (pyqtgraph name)
+        if self.menu is None:
+            from pyqtgraph.graphicsItems.ViewBox.ViewBoxMenu import ViewBoxMenu
+
+            self.menu = ViewBoxMenu(self)
+            self.updateViewLists()
+        return self.menu
+
+    def getContextMenus(self, event):  # noqa: N802 (pyqtgraph name)
+        return self.getMenu(event).actions() if self.menuEnabled() else []
+
+
+def app_plot(title: str, left: str, bottom: str, *, whole_x: bool = False) -> pg.PlotWidget:
+    """A plot with the app's look; ``whole_x``: the x axis counts (epochs, steps), ticks only at whole numbers.
+    Its axes are given to pyqtgraph at construction (replacing the default ones afterwards built them twice)."""
+    plot = pg.PlotWidget(viewBox=LazyMenuViewBox(), axisItems={
+        "left": OpaqueGridAxis("left", theme.PANEL),
+        "bottom": OpaqueGridAxis("bottom", theme.PANEL, whole_numbers=whole_x)})
     plot.setBackground(theme.PANEL)
     pi = plot.getPlotItem()
-    pi.setAxisItems({"left": OpaqueGridAxis("left", theme.PANEL),
-                     "bottom": OpaqueGridAxis("bottom", theme.PANEL, whole_numbers=whole_x)})
     for side in ("left", "bottom"):           # the grid under the curves (pyqtgraph puts axes at 0.5, over
         pi.getAxis(side).setZValue(pi.vb.zValue() - 1)      # the view box and what it shows)
-    pi.setTitle(f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>")
+    if title:
+        pi.setTitle(f"<span style='color:{theme.TEXT}; font-size:10pt'>{title}</span>")
     for axis, text in (("left", left), ("bottom", bottom)):
         ax = pi.getAxis(axis)
         ax.setPen(pg.mkPen(theme.BORDER))
@@ -64,6 +87,7 @@ def style_plot(plot: pg.PlotWidget, title: str, left: str, bottom: str, *, whole
         ax.setLabel(text, color=theme.TEXT_DIM)
         ax.enableAutoSIPrefix(False)          # "value (x0.001)" confuses more than it helps
     pi.showGrid(x=True, y=True, alpha=0.15)
+    return plot
 
 
 def legend_title(title: str, entries: list[tuple[str, str]]) -> str:
@@ -87,9 +111,7 @@ class LegendPlot(QtWidgets.QWidget):
         self.title.setAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter)
         self.title.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.title.setStyleSheet(f"background: {theme.PANEL}; padding-top: 4px;")
-        self.plot = pg.PlotWidget()
-        style_plot(self.plot, "", left, bottom, whole_x=whole_x)
-        self.plot.getPlotItem().setTitle(None)
+        self.plot = app_plot("", left, bottom, whole_x=whole_x)
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)

@@ -837,7 +837,7 @@ def test_the_runs_browser_opens_before_the_runs_are_read_and_builds_its_plots_a_
                                                                                                monkeypatch):
     """Five plots built and drawn at once, after reading every run's log on the UI thread, held the window
     for a quarter of a second (bench/gui.py): now the dialog shows first, a worker reads, and each
-    event-loop turn builds at most one pane's two plots."""
+    event-loop turn builds at most one plot."""
     import json as json_
     import threading
 
@@ -864,7 +864,7 @@ def test_the_runs_browser_opens_before_the_runs_are_read_and_builds_its_plots_a_
     dlg._stage_timer.timeout.connect(lambda: built.append(len(dlg.findChildren(pg.PlotWidget))))
     qtbot.waitUntil(lambda: dlg.settled, timeout=10000)
     assert readers and threading.main_thread() not in readers
-    assert built == [2, 4, 4, 4, 5] and dlg.overlay_series      # each pane's plots built on a turn of their own
+    assert built == [0, 0, 1, 2, 3, 4, 4, 4, 5, 5] and dlg.overlay_series    # one plot per turn at most
 
 
 def test_the_lesion_fill_lets_the_texture_through_and_its_outline_stays(qtbot, window, project_dir):
