@@ -740,11 +740,11 @@ class JobsPanel(QtWidgets.QWidget):
         self.resume_btn.clicked.connect(lambda: self.current is not None and manager.resume(self.current))
         self.rebuild()
 
-    # -- list -----------------------------------------------------------------------------------------
     @property
     def curves(self) -> CurvesWidget:
         return self.view.curves
 
+    # -- list -----------------------------------------------------------------------------------------
     def rebuild(self) -> None:
         self.list.clear()
         self.items = {}

@@ -141,7 +141,7 @@ class RunPane(QtWidgets.QWidget):
         if RunView.shows_curves(self.entry):
             curves = self.view.curves           # made with its loss plot
             if which == "epoch":
-                curves.val_box
+                curves.val_box                  # made on first use
 
     def render(self, other: dict[str, str] | None = None) -> None:
         """Table and curves of the loaded run; values that differ from ``other`` in amber."""
