@@ -379,7 +379,8 @@ def measure_pages(win, probe, out: dict) -> None:
     probe.set_phase("confusion_roc")
     win.predictions.tabs.setCurrentWidget(win.predictions.charts)
     spin(400)
-    win.predictions.tabs.setCurrentIndex(0)
+    win.predictions.tabs.setCurrentIndex(0)         # back on the table (repainted): a click of its own
+    spin(300)
     probe.set_phase("runs_browser")
     dlg = win.show_runs()
     spin(500)
