@@ -133,3 +133,21 @@ def test_review_shows_a_small_image_at_the_dialogs_size_and_a_large_one_fitted(q
     small, tall = load_review_image(str(tmp_path / "small.png")), load_review_image(str(tmp_path / "tall.png"))
     assert (small.width(), small.height()) == (IMAGE_PX, IMAGE_PX // 2)
     assert (tall.width(), tall.height()) == (IMAGE_PX // 2, IMAGE_PX)
+
+
+def test_review_fits_a_1280x720_screen_with_its_texts_below_the_image(qtbot, demo_window):
+    """The image was held at 480 px: the dialog needed ~690 px of height, and on a 1280×720 screen the window
+    manager squeezed it so the texts lay over the image (screenshot 13_review). The image now takes the room
+    the dialog leaves it."""
+    win = demo_window
+    items = [it for it in win.project.items if it.label]
+    add_disputed_predictions(win.project.store, items, win.project.class_names())
+    dlg = win.show_review()
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.image.pixmap() is not None and not dlg.image.pixmap().isNull(), timeout=30000)
+    dlg.resize(520, 560)                          # what a 720 px screen leaves below title bar and panel
+    qtbot.waitUntil(lambda: dlg.height() == 560, timeout=5000)
+    qtbot.waitUntil(lambda: dlg.image.pixmap().height() <= dlg.image.height(), timeout=5000)
+    image, details = dlg.image.geometry(), dlg.details.geometry()
+    assert image.bottom() < details.top() and details.bottom() < dlg.height()
+    assert dlg.image.pixmap().width() <= image.width() and dlg.image.pixmap().height() > 200
