@@ -210,8 +210,8 @@ def jobs_tour(win, folder: Path, out: Path, prefix: str, epochs: int = 3, tiny: 
     wait(lambda: win.project.scan_complete, 300)
     win.jobs_dock.hide()
     win.predictions.refresh()
-    wait(lambda: win.predictions.model.rows and win.predictions.model.filled)   # read in a worker, shown in batches
     win.show_page("predictions")
+    wait(lambda: win.predictions.model.rows and win.predictions.model.filled)   # read in a worker, shown in batches
     shoot(win, out / f"{prefix}_jobs_6_predictions.png")
     win.predictions.suggest()
     win.show_page("predictions")
@@ -301,8 +301,8 @@ def pages_tour(win, root: Path, out: Path, prefix: str) -> None:
 
     record_runs(win.project.store)
     win.predictions.refresh()
-    wait(lambda: win.predictions.model.rows and win.predictions.model.filled, 60)
     win.show_page("predictions")
+    wait(lambda: win.predictions.model.rows and win.predictions.model.filled, 60)
     shoot_screen(out / f"{prefix}_05_predictions.png")
     win.predictions.tabs.setCurrentWidget(win.predictions.charts)
     wait(lambda: win.predictions.charts.matrix is not None, 60)

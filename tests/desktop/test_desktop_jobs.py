@@ -132,6 +132,7 @@ def test_pretrain_then_finetune_from_the_dialogs(qtbot, window):
     preds = store.predictions(pid)
     assert len(preds) == n_images
     assert set(preds[0].probs["members"]) == set(store.get_run(eid).config["names"])   # per-member columns
+    window.show_page("predictions")                   # a hidden page reads the new run when it is shown
     qtbot.waitUntil(lambda: window.predictions.model.rowCount() == n_images, timeout=10000)
     assert window.predictions.run_combo.currentData() == pid
     # the library rows carry the new predictions (badges, filters) without a rescan of the folder

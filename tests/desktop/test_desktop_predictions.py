@@ -52,9 +52,9 @@ def test_table_has_member_columns_filters_and_exports(qtbot, window, tmp_path):
     rid, items, _ = fake_run(window)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
+    window.show_page("predictions")                             # a hidden page reads its rows when shown
     with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
         page.refresh()
-    window.show_page("predictions")
     assert page.run_combo.currentData() == rid
     m = page.model
     headers = [m.headerData(c, __import__("PySide6").QtCore.Qt.Orientation.Horizontal) for c in range(m.columnCount())]
@@ -88,6 +88,7 @@ def test_suggest_next_orders_unlabeled_by_disagreement_and_opens_viewer(qtbot, w
     rid, items, disagreement = fake_run(window, n_unlabeled=6)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
+    window.show_page("predictions")                             # a hidden page reads its rows when shown
     with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
         page.refresh()
     ids = page.suggest()
@@ -125,10 +126,10 @@ def test_confusion_and_roc(qtbot, window):
     _rid, items, _ = fake_run(window, n_unlabeled=1)
     qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
     page = window.predictions
+    window.show_page("predictions")                             # a hidden page reads its rows when shown
     with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
         page.refresh()
     view = page.charts
-    window.show_page("predictions")
     with qtbot.waitSignal(view.drawn, timeout=30000):           # computed in a worker once the tab shows
         page.tabs.setCurrentWidget(view)
     n = len(window.project.items)
@@ -212,6 +213,7 @@ def test_prediction_run_stores_typed_records_from_arrays(qtbot, window, tmp_path
         assert rec.entropy == pytest.approx(float(row["entropy"]), abs=1e-6)
         assert rec.disagreement == pytest.approx(float(row["disagreement_js"]), abs=1e-6)
     page = window.predictions
+    window.show_page("predictions")                             # a hidden page reads its rows when shown
     with qtbot.waitSignal(page.rowsLoaded, timeout=30000):      # rows are read in a worker
         page.refresh()
     page.run_combo.setCurrentIndex(page.run_combo.findData(rid))
@@ -308,6 +310,32 @@ def test_a_large_run_fills_the_table_in_batches_and_the_charts_off_the_ui_thread
         page.tabs.setCurrentWidget(page.charts)
     assert page.charts.matrix.sum() == len(items)
     assert threads and threading.main_thread() not in threads
+
+
+def test_a_hidden_page_reads_its_run_when_it_is_shown(qtbot, window, monkeypatch):
+    """Reopening a 10 000-image project with the Predictions page hidden filled its table beside the scan and
+    the thumbnails (bench/gui.py's warm reopen: 95-129 ms stalls); the rows are read once the page is shown."""
+    import desktop.pages.predictions as predictions
+
+    rid, items, _ = fake_run(window, n_unlabeled=0)
+    qtbot.waitUntil(lambda: window.project.scan_complete and window.project.has_predictions(), timeout=30000)
+    window.show_page("library")
+    reads = []
+    load_rows = predictions.load_rows
+    monkeypatch.setattr(predictions, "load_rows", lambda *a: reads.append(a[1]) or load_rows(*a))
+    page = window.predictions
+    window.project.rescan()                                     # storeReady: the page refreshes, hidden
+    qtbot.waitUntil(lambda: window.project.scan_complete, timeout=30000)
+    page.refresh()
+    qtbot.wait(200)
+    assert reads == [] and page.run_combo.currentData() == rid  # the run is offered, its rows not read
+    with qtbot.waitSignal(page.rowsLoaded, timeout=30000):
+        window.show_page("predictions")
+    assert reads == [rid] and page.model.rowCount() == len(items)
+    window.show_page("library")
+    window.show_page("predictions")                             # shown again, nothing new: no second read
+    qtbot.wait(200)
+    assert reads == [rid]
 
 
 def test_the_table_answers_from_its_cell_cache_and_a_label_change_recomputes_the_row(qtbot):
