@@ -9,13 +9,12 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from desktop.bridge.annotation import set_label
 from desktop.bridge.jobs_bridge import AsyncCaller
+from desktop.widgets.fitted_image import FittedImage
 
 KEYS_HELP = ("Enter: accept the ensemble's class as the label · 1–9: set that class · Space / →: keep, next · "
              "←: previous · Ctrl+Z: undo")
 IMAGE_PX = 480
-#: the smallest the image may get: with a fixed 480 px image the dialog needed ~690 px of height, and on a
-#: 1280×720 screen the window manager squeezed it so the texts lay over the image
-MIN_IMAGE_PX = 200
+MIN_IMAGE_PX = 200      # the image shrinks to this so the dialog fits a 1280×720 screen
 
 
 def newest_prediction_run(store):
@@ -47,12 +46,7 @@ class ReviewDialog(QtWidgets.QDialog):
         self.position = QtWidgets.QLabel("Reading the predictions…")
         self.reasons = QtWidgets.QLabel()
         self.reasons.setWordWrap(True)
-        self.image = QtWidgets.QLabel()
-        self.image.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.image.setMinimumSize(MIN_IMAGE_PX, MIN_IMAGE_PX)
-        self.image.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Ignored)
-        self._qimage = None              # the shown image at IMAGE_PX; its pixmap follows the label's size
-        self.image.installEventFilter(self)
+        self.image = FittedImage(IMAGE_PX, MIN_IMAGE_PX)
         self.details = QtWidgets.QLabel()
         self.details.setWordWrap(True)
         help_ = QtWidgets.QLabel(KEYS_HELP)
@@ -106,7 +100,6 @@ class ReviewDialog(QtWidgets.QDialog):
                                   "it is sure." if not self.queue else f"End of the {len(self.queue)} images to review.")
             self.reasons.clear()
             self.details.clear()
-            self._qimage = None
             self.image.clear()
             return
         item = self.project.by_id.get(case.image_id)
@@ -119,28 +112,10 @@ class ReviewDialog(QtWidgets.QDialog):
         self.details.setText(f"Label: {label or 'none'} · Ensemble: {case.predicted} ({100 * conf:.0f} %)"
                              + (f" · Members: {members}" if members else "")
                              + f" · Uncertainty {100 * case.entropy_norm:.0f} % of the maximum")
-        self._qimage = None
         self.image.setText("Loading…")
         if item is not None:
-            self.caller.submit(lambda p=item.path: load_review_image(p), self._show_image,
+            self.caller.submit(lambda p=item.path: load_review_image(p), self.image.set_image,
                                lambda msg: self.image.setText(f"Cannot show {item.name}: {msg}"), key="image")
-
-    def _show_image(self, img) -> None:
-        self._qimage = img
-        self._fit_image()
-
-    def _fit_image(self) -> None:
-        """The image as large as the room the dialog leaves it, up to IMAGE_PX."""
-        if self._qimage is None:
-            return
-        side = max(1, min(IMAGE_PX, self.image.width(), self.image.height()))
-        self.image.setPixmap(QtGui.QPixmap.fromImage(self._qimage.scaled(
-            side, side, QtCore.Qt.AspectRatioMode.KeepAspectRatio, QtCore.Qt.TransformationMode.SmoothTransformation)))
-
-    def eventFilter(self, obj, event) -> bool:
-        if obj is self.image and event.type() == QtCore.QEvent.Type.Resize:
-            self._fit_image()
-        return super().eventFilter(obj, event)
 
     def step(self, delta: int = 1) -> None:
         if self.queue:
