@@ -484,3 +484,27 @@ def test_the_app_hands_pythons_gil_to_the_ui_thread_within_a_millisecond(qapp):
     sys.setswitchinterval(0.005)
     create_app()
     assert sys.getswitchinterval() == pytest.approx(UI_SWITCH_INTERVAL_S) and UI_SWITCH_INTERVAL_S <= 0.001
+
+
+# -- fitted image ----------------------------------------------------------------------------------------
+def test_a_fitted_image_follows_its_labels_size_up_to_its_largest_and_a_message_replaces_it(qtbot):
+    from PySide6 import QtGui
+
+    from desktop.widgets.fitted_image import FittedImage
+
+    label = FittedImage(max_px=300, min_px=50)
+    qtbot.addWidget(label)
+    label.resize(200, 120)
+    label.show()                      # a hidden widget gets its resize events only when shown
+    qtbot.waitExposed(label)
+    image = QtGui.QImage(400, 200, QtGui.QImage.Format.Format_Grayscale8)
+    image.fill(128)
+    label.set_image(image)
+    assert (label.pixmap().width(), label.pixmap().height()) == (120, 60)   # the short side, aspect kept
+    label.resize(800, 800)
+    qtbot.waitUntil(lambda: label.pixmap().width() == 300)
+    assert label.pixmap().height() == 150                                   # never past max_px
+    label.setText("Loading…")
+    label.resize(250, 250)                                                  # a resize brings no old image back
+    qtbot.waitUntil(lambda: label.size().width() == 250)
+    assert label.pixmap().isNull() and label.text() == "Loading…"
